@@ -1,0 +1,25 @@
+"""The MobileViT model family and checkpoint import."""
+
+from mvdeploy.models.mobilevit import (
+    FOLD_IMPLS,
+    MODEL_CFGS,
+    MobileViT,
+    MobileViTCfg,
+    check_resolution,
+    create_model,
+    get_model_cfg,
+    interpolated_stages,
+    list_models,
+)
+from mvdeploy.models.patches import (
+    PATCH_PRESETS,
+    PatchSizes,
+    format_patch_sizes,
+    parse_patch_sizes,
+)
+
+__all__ = [
+    "FOLD_IMPLS", "MODEL_CFGS", "PATCH_PRESETS", "MobileViT", "MobileViTCfg", "PatchSizes",
+    "check_resolution", "create_model", "format_patch_sizes", "get_model_cfg",
+    "interpolated_stages", "list_models", "parse_patch_sizes",
+]

@@ -1,0 +1,341 @@
+"""MobileViT v1 (Mehta & Rastegari, ICLR 2022), numerically equal to ml-cvnets and transformers.
+
+Structure: 3x3 stem -> layer1 (1 MV2) -> layer2 (3 MV2) -> layer3..5 (stride-2 MV2 + MobileViT
+block) -> 1x1 "exp" conv -> global average pool -> linear. The MobileViT block is
+local 3x3 conv -> 1x1 conv to d -> unfold -> L pre-norm transformer layers -> LayerNorm -> fold
+-> 1x1 conv back to C -> concat with the block input -> 3x3 fusion conv.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mvdeploy.errors import ConfigError
+from mvdeploy.models.patches import PATCH_PRESETS, Patch, PatchSizes, parse_patch_sizes
+
+FoldImpl = Literal["rank4", "permute"]
+FOLD_IMPLS: tuple[FoldImpl, ...] = ("rank4", "permute")
+
+
+@dataclass(frozen=True)
+class MobileViTCfg:
+    """One MobileViT v1 variant; channel numbers follow ml-cvnets / transformers' config names."""
+
+    name: str
+    # stem, layer1..layer5 outputs, exp conv: transformers' `neck_hidden_sizes`
+    channels: tuple[int, int, int, int, int, int, int]
+    hidden_sizes: tuple[int, int, int]  # transformer dim d of layer3..layer5
+    expand_ratio: float  # MV2 expansion
+    depths: tuple[int, int, int] = (2, 4, 3)  # transformer layers in layer3..layer5
+    num_heads: int = 4
+    mlp_ratio: float = 2.0
+    layer_norm_eps: float = 1e-5
+    # published reference numbers (paper / REFERENCE.md), for display and tests
+    paper_params: int = 0
+    paper_gmacs: float = 0.0
+    paper_top1: float = 0.0
+
+
+MODEL_CFGS: dict[str, MobileViTCfg] = {
+    cfg.name: cfg
+    for cfg in (
+        MobileViTCfg("mobilevit_xxs", (16, 16, 24, 48, 64, 80, 320), (64, 80, 96), 2.0,
+                     paper_params=1_272_024, paper_gmacs=0.42, paper_top1=69.0),
+        MobileViTCfg("mobilevit_xs", (16, 32, 48, 64, 80, 96, 384), (96, 120, 144), 4.0,
+                     paper_params=2_317_848, paper_gmacs=1.05, paper_top1=74.8),
+        MobileViTCfg("mobilevit_s", (16, 32, 64, 96, 128, 160, 640), (144, 192, 240), 4.0,
+                     paper_params=5_578_632, paper_gmacs=2.03, paper_top1=78.4),
+    )
+}
+
+
+def list_models() -> list[str]:
+    return list(MODEL_CFGS)
+
+
+def get_model_cfg(name: str) -> MobileViTCfg:
+    try:
+        return MODEL_CFGS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown model {name!r}: choose one of {', '.join(MODEL_CFGS)}"
+        ) from None
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round channels to a multiple of 8, never more than 10 % down (as ml-cvnets does)."""
+    new_value = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if new_value < 0.9 * value:
+        new_value += divisor
+    return int(new_value)
+
+
+# ---------------------------------------------------------------- unfold / fold
+# Both implementations order tokens identically: patch pixel p = i*pw + j (row-major inside a
+# patch), patch n = r*nw + c (row-major over the grid). They differ only in tensor rank.
+
+
+def unfold_permute(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
+    """One 6-D reshape + permute: the plain formulation (rank 6: Core ML and ANE reject it)."""
+    b, c, h, w = x.shape
+    nh, nw = h // ph, w // pw
+    x = x.reshape(b, c, nh, ph, nw, pw)  # [B, C, nh, ph, nw, pw]
+    x = x.permute(0, 3, 5, 2, 4, 1)  # [B, ph, pw, nh, nw, C]
+    return x.reshape(b * ph * pw, nh * nw, c)  # [B*P, N, C]
+
+
+def fold_permute(x: torch.Tensor, batch: int, ph: int, pw: int, h: int, w: int) -> torch.Tensor:
+    c = x.shape[-1]
+    nh, nw = h // ph, w // pw
+    x = x.reshape(batch, ph, pw, nh, nw, c)  # [B, ph, pw, nh, nw, C]
+    x = x.permute(0, 5, 3, 1, 4, 2)  # [B, C, nh, ph, nw, pw]
+    return x.reshape(batch, c, h, w)  # [B, C, H, W]
+
+
+def unfold_rank4(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
+    """Same result with no tensor above rank 4 (Core ML, ANE, TFLite GPU delegate).
+
+    pixel_unshuffle would do for square patches only, and torch.export decomposes it into a
+    6-D view anyway, so this uses two 4-D transposes instead (the ml-cvnets formulation).
+    """
+    b, c, h, w = x.shape
+    nh, nw = h // ph, w // pw
+    x = x.reshape(b * c * nh, ph, nw, pw)  # [B*C*nh, ph, nw, pw]
+    x = x.transpose(1, 2)  # [B*C*nh, nw, ph, pw]
+    x = x.reshape(b, c, nh * nw, ph * pw)  # [B, C, N, P]
+    x = x.transpose(1, 3)  # [B, P, N, C]
+    return x.reshape(b * ph * pw, nh * nw, c)  # [B*P, N, C]
+
+
+def fold_rank4(x: torch.Tensor, batch: int, ph: int, pw: int, h: int, w: int) -> torch.Tensor:
+    c = x.shape[-1]
+    nh, nw = h // ph, w // pw
+    x = x.reshape(batch, ph * pw, nh * nw, c)  # [B, P, N, C]
+    x = x.transpose(1, 3)  # [B, C, N, P]
+    x = x.reshape(batch * c * nh, nw, ph, pw)  # [B*C*nh, nw, ph, pw]
+    x = x.transpose(1, 2)  # [B*C*nh, ph, nw, pw]
+    return x.reshape(batch, c, h, w)  # [B, C, H, W]
+
+
+_UNFOLD = {"rank4": (unfold_rank4, fold_rank4), "permute": (unfold_permute, fold_permute)}
+
+
+def padded_size(size: int, patch: int) -> int:
+    """Feature-map size after resizing up to the next multiple of the patch (ml-cvnets rule)."""
+    return int(math.ceil(size / patch) * patch)
+
+
+# ---------------------------------------------------------------- building blocks
+
+
+class ConvBNAct(nn.Sequential):
+    """Conv (no bias) -> BatchNorm -> optional SiLU."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, *, stride: int = 1, groups: int = 1,
+                 act: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, stride, padding=(kernel - 1) // 2,
+                              groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        if act:
+            self.act = nn.SiLU()
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand -> 3x3 depthwise -> 1x1 project (+ residual)."""
+
+    def __init__(self, cin: int, cout: int, *, stride: int, expand_ratio: float):
+        super().__init__()
+        hidden = make_divisible(int(round(cin * expand_ratio)))
+        self.use_residual = stride == 1 and cin == cout
+        self.expand = ConvBNAct(cin, hidden, 1)
+        self.dw = ConvBNAct(hidden, hidden, 3, stride=stride, groups=hidden)
+        self.project = ConvBNAct(hidden, cout, 1, act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.dw(self.expand(x)))
+        return x + y if self.use_residual else y
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with explicit matmuls (so MAC counters and quantisers see them)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ConfigError(f"transformer dim {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bp, n, d = x.shape
+        # split before reshaping so no tensor exceeds rank 4: [BP, N, 3d] -> 3 x [BP, h, N, hd]
+        q, k, v = (
+            t.reshape(bp, n, self.num_heads, self.head_dim).transpose(1, 2)
+            for t in self.qkv(x).chunk(3, dim=-1)
+        )
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # [BP, h, N, N]
+        out = torch.matmul(scores.softmax(dim=-1), v)  # [BP, h, N, hd]
+        return self.proj(out.transpose(1, 2).reshape(bp, n, d))  # [BP, N, d]
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.SiLU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm transformer layer: x + MHSA(LN(x)), then x + FFN(LN(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, eps: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = MLP(dim, mlp_hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class MobileViTBlock(nn.Module):
+    """Local conv -> unfold -> transformer -> fold -> fuse with the block input."""
+
+    def __init__(self, channels: int, dim: int, depth: int, *, patch: Patch, fold: FoldImpl,
+                 num_heads: int, mlp_ratio: float, eps: float):
+        super().__init__()
+        if fold not in _UNFOLD:
+            raise ConfigError(f"unknown fold implementation {fold!r}: choose one of {FOLD_IMPLS}")
+        self.patch = patch
+        self.fold_impl = fold
+        self._unfold, self._fold = _UNFOLD[fold]
+        self.local_conv = ConvBNAct(channels, channels, 3)
+        self.to_tokens = nn.Conv2d(channels, dim, 1, bias=False)
+        self.transformer = nn.Sequential(
+            *(TransformerLayer(dim, num_heads, int(dim * mlp_ratio), eps) for _ in range(depth))
+        )
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.from_tokens = ConvBNAct(dim, channels, 1)
+        self.fusion = ConvBNAct(2 * channels, channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ph, pw = self.patch
+        y = self.to_tokens(self.local_conv(x))  # [B, d, H, W]
+        b, _, h, w = y.shape
+        hp, wp = padded_size(h, ph), padded_size(w, pw)
+        resize = (hp, wp) != (h, w)
+        if resize:  # patch does not divide the map: resize up, and back after folding
+            y = F.interpolate(y, size=(hp, wp), mode="bilinear", align_corners=False)
+        tokens = self._unfold(y, ph, pw)  # [B*P, N, d]
+        tokens = self.norm(self.transformer(tokens))
+        y = self._fold(tokens, b, ph, pw, hp, wp)  # [B, d, hp, wp]
+        if resize:
+            y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+        return self.fusion(torch.cat((x, self.from_tokens(y)), dim=1))
+
+    def extra_repr(self) -> str:
+        return f"patch={self.patch}, fold={self.fold_impl!r}"
+
+
+class MobileViT(nn.Module):
+    """MobileViT v1 classifier. Input: [B, 3, H, W] float, H and W multiples of 32."""
+
+    def __init__(self, cfg: MobileViTCfg, *, num_classes: int = 1000,
+                 patch_sizes: PatchSizes = PATCH_PRESETS["A"], fold: FoldImpl = "rank4"):
+        super().__init__()
+        if num_classes < 1:
+            raise ConfigError(f"num_classes must be at least 1, got {num_classes}")
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.patch_sizes = patch_sizes
+        self.fold = fold
+        self.class_labels: list[str] | None = None  # filled from checkpoints that carry them
+        c = cfg.channels
+        self.stem = ConvBNAct(3, c[0], 3, stride=2)
+        mv2 = dict(expand_ratio=cfg.expand_ratio)
+        stages: list[nn.Module] = [
+            nn.Sequential(InvertedResidual(c[0], c[1], stride=1, **mv2)),
+            nn.Sequential(
+                InvertedResidual(c[1], c[2], stride=2, **mv2),
+                InvertedResidual(c[2], c[2], stride=1, **mv2),
+                InvertedResidual(c[2], c[2], stride=1, **mv2),
+            ),
+        ]
+        for i in range(3):
+            cin, cout = c[i + 2], c[i + 3]
+            stages.append(nn.Sequential(
+                InvertedResidual(cin, cout, stride=2, **mv2),
+                MobileViTBlock(cout, cfg.hidden_sizes[i], cfg.depths[i], patch=patch_sizes[i],
+                               fold=fold, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
+                               eps=cfg.layer_norm_eps),
+            ))
+        self.stages = nn.Sequential(*stages)
+        self.head_conv = ConvBNAct(c[5], c[6], 1)
+        self.classifier = nn.Linear(c[6], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head_conv(self.stages(self.stem(x)))  # [B, exp, H/32, W/32]
+        return self.classifier(x.mean(dim=(2, 3)))  # [B, num_classes]
+
+
+def check_resolution(height: int, width: int) -> None:
+    """MobileViT downsamples 5 times: both sides must be positive multiples of 32."""
+    for side, value in (("height", height), ("width", width)):
+        if value < 32 or value % 32:
+            raise ConfigError(
+                f"input {side} {value} is not a multiple of 32: use e.g. "
+                f"{max(32, round(value / 32) * 32)}"
+            )
+
+
+def interpolated_stages(patch_sizes: PatchSizes, height: int, width: int) -> list[int]:
+    """Which MobileViT stages (0..2 = strides 8/16/32) must resize because the patch doesn't fit."""
+    out = []
+    for i, (ph, pw) in enumerate(patch_sizes):
+        stride = 8 * 2**i
+        h, w = height // stride, width // stride
+        if (padded_size(h, ph), padded_size(w, pw)) != (h, w):
+            out.append(i)
+    return out
+
+
+def create_model(name: str, *, num_classes: int | None = None,
+                 patch_sizes: str | PatchSizes | list = "A", fold: FoldImpl = "rank4",
+                 weights: str | None = None) -> MobileViT:
+    """Build a MobileViT variant in eval mode, optionally loading a local checkpoint.
+
+    `weights` is a Hugging Face model directory, an ml-cvnets `.pt`, or an mvdeploy state dict;
+    the class count then comes from the checkpoint unless `num_classes` is given (and must match).
+    """
+    cfg = get_model_cfg(name)
+    patches = parse_patch_sizes(patch_sizes)
+    if weights is None:
+        model = MobileViT(cfg, num_classes=num_classes or 1000, patch_sizes=patches, fold=fold)
+        return model.eval()
+    from mvdeploy.models.weights import load_pretrained
+
+    model = load_pretrained(weights, patch_sizes=patches, fold=fold)
+    if model.cfg.name != name:
+        raise ConfigError(
+            f"checkpoint {weights} holds {model.cfg.name}, not {name}: pass --model {model.cfg.name}"
+        )
+    if num_classes is not None and num_classes != model.num_classes:
+        raise ConfigError(
+            f"checkpoint {weights} has {model.num_classes} classes, not {num_classes}"
+        )
+    return model

@@ -1,0 +1,65 @@
+"""Per-stage patch sizes for the three MobileViT stages (strides 8, 16, 32).
+
+The paper's configuration A is (2,2,2) and B is (8,4,2): B uses larger patches
+in the high-resolution stages, so attention sees fewer, larger tokens there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mvdeploy.errors import ConfigError
+
+Patch = tuple[int, int]  # (patch height, patch width)
+PatchSizes = tuple[Patch, Patch, Patch]  # stages at stride 8, 16, 32
+
+PATCH_PRESETS: dict[str, PatchSizes] = {
+    "A": ((2, 2), (2, 2), (2, 2)),
+    "B": ((8, 8), (4, 4), (2, 2)),
+}
+
+_SPEC_HELP = "use a preset (A, B) or three sizes such as 8,4,2 or 2x4,2,2 (HEIGHTxWIDTH)"
+
+
+def _parse_one(item: object) -> Patch:
+    if isinstance(item, int) and not isinstance(item, bool):
+        pair = (item, item)
+    elif isinstance(item, str):
+        parts = item.strip().lower().split("x")
+        if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+            raise ConfigError(f"bad patch size {item!r}: {_SPEC_HELP}")
+        nums = [int(p) for p in parts]
+        pair = (nums[0], nums[-1])
+    elif isinstance(item, Sequence) and len(item) == 2 and all(isinstance(v, int) for v in item):
+        pair = (int(item[0]), int(item[1]))
+    else:
+        raise ConfigError(f"bad patch size {item!r}: {_SPEC_HELP}")
+    if min(pair) < 1:
+        raise ConfigError(f"patch sizes must be at least 1, got {item!r}")
+    return pair
+
+
+def parse_patch_sizes(spec: str | Sequence[object]) -> PatchSizes:
+    """Turn 'A', 'B', '8,4,2', '2x4,2,2', [8, 4, 2] or [[2, 4], 2, 2] into PatchSizes."""
+    if isinstance(spec, str):
+        key = spec.strip()
+        if key.upper() in PATCH_PRESETS:
+            return PATCH_PRESETS[key.upper()]
+        items: Sequence[object] = [s for s in key.split(",")]
+    else:
+        items = spec
+    if len(items) != 3:
+        raise ConfigError(
+            f"patch sizes need one entry per MobileViT stage (3), got {spec!r}: {_SPEC_HELP}"
+        )
+    first, second, third = (_parse_one(i) for i in items)
+    return (first, second, third)
+
+
+def format_patch_sizes(patch_sizes: PatchSizes) -> str:
+    """Inverse of parse_patch_sizes: '2,2,2' or '2x4,2,2' (and the preset name if any)."""
+    text = ",".join(str(h) if h == w else f"{h}x{w}" for h, w in patch_sizes)
+    for name, preset in PATCH_PRESETS.items():
+        if preset == patch_sizes:
+            return f"{name} ({text})"
+    return text

@@ -1,0 +1,330 @@
+"""Load MobileViT weights from Hugging Face directories, ml-cvnets `.pt` files or mvdeploy files.
+
+Every source goes through one key map (`foreign_keys`): our parameter name -> the source's
+name(s). The map is total and strict: a missing, unexpected or mis-shaped tensor is an error
+listing all of them, never a partial load.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from mvdeploy.errors import CheckpointError
+from mvdeploy.models.mobilevit import (
+    MODEL_CFGS,
+    FoldImpl,
+    MobileViT,
+    MobileViTCfg,
+)
+from mvdeploy.models.patches import PATCH_PRESETS, PatchSizes
+
+Source = Literal["mvdeploy", "huggingface", "mlcvnets"]
+
+# A key that only one source has, to recognise it (ARCHITECTURE.md: "telltale key").
+TELLTALE_KEYS: dict[Source, str] = {
+    "mvdeploy": "stem.conv.weight",
+    "huggingface": "mobilevit.conv_stem.convolution.weight",
+    "mlcvnets": "conv_1.block.conv.weight",
+}
+
+_Rule = tuple[str, str | Callable[[re.Match], str]]
+
+# Our names are regular, so each foreign name is a chain of substitutions on ours.
+# Rules apply in order; each one sees the result of the previous ones.
+_HF_RULES: list[_Rule] = [
+    (r"^stem\.", "mobilevit.conv_stem."),
+    (r"^stages\.([01])\.(\d+)\.", r"mobilevit.encoder.layer.\1.layer.\2."),
+    (r"^stages\.([234])\.0\.", r"mobilevit.encoder.layer.\1.downsampling_layer."),
+    (r"^stages\.([234])\.1\.", r"mobilevit.encoder.layer.\1."),
+    (r"^head_conv\.", "mobilevit.conv_1x1_exp."),
+    (r"\.expand\.", ".expand_1x1."),
+    (r"\.dw\.", ".conv_3x3."),
+    (r"\.project\.", ".reduce_1x1."),
+    (r"\.local_conv\.", ".conv_kxk."),
+    (r"\.to_tokens\.", ".conv_1x1.convolution."),
+    (r"\.from_tokens\.", ".conv_projection."),
+    (r"\.transformer\.(\d+)\.norm1\.", r".transformer.layer.\1.layernorm_before."),
+    (r"\.transformer\.(\d+)\.attn\.proj\.", r".transformer.layer.\1.attention.output.dense."),
+    (r"\.transformer\.(\d+)\.attn\.qkv\.", r".transformer.layer.\1.attention.attention.{qkv}."),
+    (r"\.transformer\.(\d+)\.norm2\.", r".transformer.layer.\1.layernorm_after."),
+    (r"\.transformer\.(\d+)\.mlp\.fc1\.", r".transformer.layer.\1.intermediate.dense."),
+    (r"\.transformer\.(\d+)\.mlp\.fc2\.", r".transformer.layer.\1.output.dense."),
+    (r"\.norm\.", ".layernorm."),
+    (r"\.conv\.", ".convolution."),
+    (r"\.bn\.", ".normalization."),
+]
+
+
+def _mlcvnets_rules(depths: tuple[int, int, int]) -> list[_Rule]:
+    # ml-cvnets keeps the block's final LayerNorm as global_rep[depth]: the index depends on depth
+    def final_norm(m: re.Match) -> str:
+        return f"layer_{m[1]}.1.global_rep.{depths[int(m[1]) - 3]}."
+
+    return [
+        (r"^stem\.", "conv_1.block."),
+        (r"^stages\.(\d)\.", lambda m: f"layer_{int(m[1]) + 1}."),
+        (r"^head_conv\.", "conv_1x1_exp.block."),
+        (r"^classifier\.", "classifier.fc."),
+        (r"\.expand\.", ".block.exp_1x1.block."),
+        (r"\.dw\.", ".block.conv_3x3.block."),
+        (r"\.project\.", ".block.red_1x1.block."),
+        (r"\.local_conv\.", ".local_rep.conv_3x3.block."),
+        (r"\.to_tokens\.", ".local_rep.conv_1x1.block.conv."),
+        (r"\.transformer\.(\d+)\.norm1\.", r".global_rep.\1.pre_norm_mha.0."),
+        (r"\.transformer\.(\d+)\.attn\.qkv\.", r".global_rep.\1.pre_norm_mha.1.qkv_proj."),
+        (r"\.transformer\.(\d+)\.attn\.proj\.", r".global_rep.\1.pre_norm_mha.1.out_proj."),
+        (r"\.transformer\.(\d+)\.norm2\.", r".global_rep.\1.pre_norm_ffn.0."),
+        (r"\.transformer\.(\d+)\.mlp\.fc1\.", r".global_rep.\1.pre_norm_ffn.1."),
+        (r"\.transformer\.(\d+)\.mlp\.fc2\.", r".global_rep.\1.pre_norm_ffn.4."),
+        (r"^layer_(\d)\.1\.norm\.", final_norm),
+        (r"\.from_tokens\.", ".conv_proj.block."),
+        (r"\.fusion\.", ".fusion.block."),
+        (r"\.bn\.", ".norm."),
+    ]
+
+
+def foreign_keys(key: str, source: Source, depths: tuple[int, int, int] = (2, 4, 3)) -> list[str]:
+    """Names that `source` uses for our parameter `key` (three for HF's split q/k/v)."""
+    if source == "mvdeploy":
+        return [key]
+    rules = _HF_RULES if source == "huggingface" else _mlcvnets_rules(depths)
+    for pattern, repl in rules:
+        key = re.sub(pattern, repl, key)
+    if "{qkv}" in key:  # HF stores q, k, v as three Linear layers; we fuse them
+        return [key.replace("{qkv}", part) for part in ("query", "key", "value")]
+    return [key]
+
+
+def _optional(key: str) -> bool:
+    # BatchNorm's step counter only matters for training; some exporters drop it.
+    return key.endswith("num_batches_tracked")
+
+
+def remap_state_dict(state: Mapping[str, torch.Tensor], model: MobileViT,
+                     source: Source) -> dict[str, torch.Tensor]:
+    """Rename a foreign state dict to our names, failing loudly on any mismatch."""
+    ours = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    missing: list[str] = []
+    bad_shape: list[str] = []
+    for key, ref in ours.items():
+        names = foreign_keys(key, source, model.cfg.depths)
+        if not all(n in state for n in names):
+            if _optional(key):
+                out[key] = ref  # keep the default so that loading can stay strict
+            else:
+                missing.extend(n for n in names if n not in state)
+            used.update(n for n in names if n in state)
+            continue
+        used.update(names)
+        value = torch.cat([state[n] for n in names]) if len(names) > 1 else state[names[0]]
+        if tuple(value.shape) != tuple(ref.shape):
+            bad_shape.append(f"{names[0]} {tuple(value.shape)} (expected {tuple(ref.shape)})")
+            continue
+        out[key] = value.to(ref.dtype)
+    unexpected = sorted(set(state) - used)
+    problems = [
+        (label, items) for label, items in (
+            ("missing", missing), ("unexpected", unexpected), ("wrong shape", bad_shape))
+        if items
+    ]
+    if problems:
+        detail = "; ".join(
+            f"{len(items)} {label}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
+            for label, items in problems
+        )
+        raise CheckpointError(
+            f"{source} checkpoint does not fit {model.cfg.name}: {detail}"
+        )
+    return out
+
+
+def export_state_dict(model: MobileViT, source: Source) -> dict[str, torch.Tensor]:
+    """Our weights under another source's key names (inverse of remap_state_dict)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        names = foreign_keys(key, source, model.cfg.depths)
+        for name, part in zip(names, value.chunk(len(names)) if len(names) > 1 else [value]):
+            out[name] = part.clone()
+    return out
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def _read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt, truncated, pickled code, wrong format: all user errors
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {reason[:200]} "
+            "(expected a PyTorch state dict or safetensors file)"
+        ) from None
+    # training checkpoints often wrap the weights
+    for wrapper in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return {_strip_wrappers(k): v for k, v in obj.items()}
+
+
+def _strip_wrappers(key: str) -> str:
+    for prefix in ("module.", "encoder."):  # DataParallel / ml-cvnets segmentation wrappers
+        key = key.removeprefix(prefix)
+    return key
+
+
+def detect_source(state: Mapping[str, torch.Tensor], where: object) -> Source:
+    for source, key in TELLTALE_KEYS.items():
+        if key in state:
+            return source
+    if "conv_stem.convolution.weight" in state:
+        raise CheckpointError(
+            f"{where} is a Hugging Face MobileViTModel without its classifier: "
+            "save a MobileViTForImageClassification instead"
+        )
+    raise CheckpointError(
+        f"{where} is not a MobileViT v1 checkpoint: expected one of the keys "
+        + ", ".join(TELLTALE_KEYS.values())
+    )
+
+
+def _infer_cfg(state: Mapping[str, torch.Tensor], source: Source, where: object) -> MobileViTCfg:
+    """Pick the variant whose widths match the checkpoint's (stem, exp conv, transformer dims)."""
+    def width(our_key: str) -> int | None:
+        name = foreign_keys(our_key, source)[0]
+        return int(state[name].shape[0]) if name in state else None
+
+    found = (
+        width("stem.conv.weight"),
+        width("head_conv.conv.weight"),
+        tuple(width(f"stages.{i}.1.to_tokens.weight") for i in (2, 3, 4)),
+    )
+    for cfg in MODEL_CFGS.values():
+        if found == (cfg.channels[0], cfg.channels[6], cfg.hidden_sizes):
+            return cfg
+    raise CheckpointError(
+        f"{where}: widths stem={found[0]} exp={found[1]} transformer dims={found[2]} match none "
+        f"of {', '.join(MODEL_CFGS)}"
+    )
+
+
+_HF_FIXED = {  # config.json values our architecture implements; anything else is refused
+    "num_attention_heads": 4, "mlp_ratio": 2.0, "conv_kernel_size": 3, "hidden_act": "silu",
+    "qkv_bias": True, "output_stride": 32, "num_channels": 3,
+}
+
+
+def _read_hf_config(directory: Path) -> tuple[MobileViTCfg, list[str] | None]:
+    cfg_path = directory / "config.json"
+    try:
+        conf = json.loads(cfg_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{directory} has no config.json: pass a Hugging Face model directory "
+            "(config.json + model.safetensors) or a .pt/.safetensors file"
+        ) from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {cfg_path}: {exc}") from None
+    model_type = conf.get("model_type")
+    if model_type != "mobilevit":
+        raise CheckpointError(
+            f"{cfg_path} describes model_type={model_type!r}; mvdeploy supports MobileViT v1 "
+            "('mobilevit') only"
+        )
+    for key, expected in _HF_FIXED.items():
+        if key in conf and conf[key] != expected:
+            raise CheckpointError(
+                f"{cfg_path}: {key}={conf[key]!r} is not supported (MobileViT v1 uses {expected!r})"
+            )
+    hidden = tuple(conf.get("hidden_sizes", ()))
+    neck = tuple(conf.get("neck_hidden_sizes", ()))
+    for cfg in MODEL_CFGS.values():
+        if (hidden, neck) == (cfg.hidden_sizes, cfg.channels):
+            if float(conf.get("expand_ratio", 4.0)) != cfg.expand_ratio:
+                raise CheckpointError(
+                    f"{cfg_path}: expand_ratio={conf.get('expand_ratio')} does not match "
+                    f"{cfg.name} (expects {cfg.expand_ratio})"
+                )
+            break
+    else:
+        raise CheckpointError(
+            f"{cfg_path}: hidden_sizes={list(hidden)} neck_hidden_sizes={list(neck)} match none of "
+            f"{', '.join(MODEL_CFGS)}"
+        )
+    id2label = conf.get("id2label")
+    labels = None
+    if isinstance(id2label, dict) and id2label:
+        labels = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    return cfg, labels
+
+
+def _hf_weights_file(directory: Path) -> Path:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / name).is_file():
+            return directory / name
+    raise CheckpointError(
+        f"{directory} has config.json but no model.safetensors or pytorch_model.bin"
+    )
+
+
+def load_pretrained(path: str | Path, *, patch_sizes: PatchSizes = PATCH_PRESETS["A"],
+                    fold: FoldImpl = "rank4") -> MobileViT:
+    """Build the model a checkpoint describes (variant, classes, labels) and load it strictly.
+
+    Patch sizes carry no weights, so any preset can be combined with any checkpoint; note that
+    the published checkpoints were trained with patch 2 at every stage (preset A).
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    labels: list[str] | None = None
+    if path.is_dir():
+        cfg, labels = _read_hf_config(path)
+        state = _read_tensor_file(_hf_weights_file(path))
+        source = detect_source(state, path)
+    else:
+        state = _read_tensor_file(path)
+        source = detect_source(state, path)
+        cfg = _infer_cfg(state, source, path)
+    classifier = foreign_keys("classifier.weight", source)[0]
+    if classifier not in state:
+        raise CheckpointError(f"{path} has no classifier weights ({classifier})")
+    num_classes = int(state[classifier].shape[0])
+    if labels is not None and len(labels) != num_classes:
+        raise CheckpointError(
+            f"{path}: config.json names {len(labels)} labels but the classifier has "
+            f"{num_classes} outputs"
+        )
+    model = MobileViT(cfg, num_classes=num_classes, patch_sizes=patch_sizes, fold=fold)
+    model.load_state_dict(remap_state_dict(state, model, source), strict=True)
+    model.class_labels = labels
+    return model.eval()
+
+
+def save_checkpoint(model: MobileViT, path: str | Path, source: Source = "mvdeploy") -> Path:
+    """Write the model's weights under `source`'s key names (`.safetensors` or `.pt`)."""
+    path = Path(path)
+    state = export_state_dict(model, source)
+    tmp = path.with_name(path.name + ".partial")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    else:
+        torch.save(state, str(tmp))
+    tmp.replace(path)
+    return path
