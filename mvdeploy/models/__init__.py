@@ -10,6 +10,7 @@ from mvdeploy.models.mobilevit import (
     get_model_cfg,
     interpolated_stages,
     list_models,
+    parse_resolution,
 )
 from mvdeploy.models.patches import (
     PATCH_PRESETS,
@@ -21,5 +22,5 @@ from mvdeploy.models.patches import (
 __all__ = [
     "FOLD_IMPLS", "MODEL_CFGS", "PATCH_PRESETS", "MobileViT", "MobileViTCfg", "PatchSizes",
     "check_resolution", "create_model", "format_patch_sizes", "get_model_cfg",
-    "interpolated_stages", "list_models", "parse_patch_sizes",
+    "interpolated_stages", "list_models", "parse_patch_sizes", "parse_resolution",
 ]

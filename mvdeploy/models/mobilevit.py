@@ -152,7 +152,7 @@ class InvertedResidual(nn.Module):
 
     def __init__(self, cin: int, cout: int, *, stride: int, expand_ratio: float):
         super().__init__()
-        hidden = make_divisible(int(round(cin * expand_ratio)))
+        hidden = make_divisible(round(cin * expand_ratio))
         self.use_residual = stride == 1 and cin == cout
         self.expand = ConvBNAct(cin, hidden, 1)
         self.dw = ConvBNAct(hidden, hidden, 3, stride=stride, groups=hidden)
@@ -267,7 +267,7 @@ class MobileViT(nn.Module):
         self.class_labels: list[str] | None = None  # filled from checkpoints that carry them
         c = cfg.channels
         self.stem = ConvBNAct(3, c[0], 3, stride=2)
-        mv2 = dict(expand_ratio=cfg.expand_ratio)
+        mv2 = {"expand_ratio": cfg.expand_ratio}
         stages: list[nn.Module] = [
             nn.Sequential(InvertedResidual(c[0], c[1], stride=1, **mv2)),
             nn.Sequential(
@@ -291,6 +291,23 @@ class MobileViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head_conv(self.stages(self.stem(x)))  # [B, exp, H/32, W/32]
         return self.classifier(x.mean(dim=(2, 3)))  # [B, num_classes]
+
+
+def parse_resolution(spec: str | int | tuple[int, int]) -> tuple[int, int]:
+    """'256' -> (256, 256); '320x256' -> (height 320, width 256); checked for multiples of 32."""
+    if isinstance(spec, int):
+        size = (spec, spec)
+    elif isinstance(spec, tuple):
+        size = spec
+    else:
+        parts = spec.strip().lower().split("x")
+        if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+            raise ConfigError(
+                f"bad resolution {spec!r}: use HEIGHTxWIDTH such as 320x256, or one number (256)"
+            )
+        size = (int(parts[0]), int(parts[-1]))
+    check_resolution(*size)
+    return size
 
 
 def check_resolution(height: int, width: int) -> None:
@@ -332,7 +349,8 @@ def create_model(name: str, *, num_classes: int | None = None,
     model = load_pretrained(weights, patch_sizes=patches, fold=fold)
     if model.cfg.name != name:
         raise ConfigError(
-            f"checkpoint {weights} holds {model.cfg.name}, not {name}: pass --model {model.cfg.name}"
+            f"checkpoint {weights} holds {model.cfg.name}, not {name}: "
+            f"pass --model {model.cfg.name}"
         )
     if num_classes is not None and num_classes != model.num_classes:
         raise ConfigError(

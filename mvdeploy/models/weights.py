@@ -151,7 +151,7 @@ def export_state_dict(model: MobileViT, source: Source) -> dict[str, torch.Tenso
     out: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
         names = foreign_keys(key, source, model.cfg.depths)
-        for name, part in zip(names, value.chunk(len(names)) if len(names) > 1 else [value]):
+        for name, part in zip(names, value.chunk(len(names)), strict=True):
             out[name] = part.clone()
     return out
 
