@@ -151,7 +151,8 @@ def export_state_dict(model: MobileViT, source: Source) -> dict[str, torch.Tenso
     out: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
         names = foreign_keys(key, source, model.cfg.depths)
-        for name, part in zip(names, value.chunk(len(names)), strict=True):
+        parts = value.chunk(len(names)) if len(names) > 1 else [value]  # 0-d tensors can't chunk
+        for name, part in zip(names, parts, strict=True):
             out[name] = part.clone()
     return out
 
@@ -167,10 +168,11 @@ def _read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated, pickled code, wrong format: all user errors
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = str(exc).strip().split(". ")[0].splitlines()
+        reason = first[0].rstrip(".") if first else type(exc).__name__
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {reason[:200]} "
-            "(expected a PyTorch state dict or safetensors file)"
+            f"cannot read checkpoint {path}: {reason[:160]} (the file is corrupt or truncated, "
+            "or is not a PyTorch state dict / safetensors file of tensors only)"
         ) from None
     # training checkpoints often wrap the weights
     for wrapper in ("state_dict", "model_state_dict", "model"):

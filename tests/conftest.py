@@ -1,0 +1,44 @@
+"""Shared fixtures. Hugging Face checkpoints are built from configs (random init, no download)
+once per session, with every tensor perturbed so that a mis-mapped key cannot go unnoticed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mvdeploy.models import MODEL_CFGS
+from tests.helpers import perturb_
+
+
+def hf_config(name: str, num_labels: int = 1000):
+    from transformers import MobileViTConfig
+
+    cfg = MODEL_CFGS[name]
+    return MobileViTConfig(
+        hidden_sizes=list(cfg.hidden_sizes),
+        neck_hidden_sizes=list(cfg.channels),
+        expand_ratio=cfg.expand_ratio,
+        num_labels=num_labels,
+        id2label={i: f"class_{i}" for i in range(num_labels)},
+    )
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoint(tmp_path_factory):
+    """name -> (HF model in eval mode, directory written by save_pretrained); built on demand."""
+    from transformers import MobileViTForImageClassification
+
+    cache: dict[str, tuple[torch.nn.Module, Path]] = {}
+
+    def get(name: str):
+        if name not in cache:
+            model = MobileViTForImageClassification(hf_config(name))
+            perturb_(model, seed=len(cache)).eval()
+            directory = tmp_path_factory.mktemp(f"hf_{name}")
+            model.save_pretrained(directory)
+            cache[name] = (model, directory)
+        return cache[name]
+
+    return get

@@ -1,0 +1,169 @@
+"""The model family: exact parameter counts, MACs, patch sizes, resolutions, fold equivalence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mvdeploy.errors import ConfigError
+from mvdeploy.models import (
+    MODEL_CFGS,
+    PATCH_PRESETS,
+    check_resolution,
+    create_model,
+    format_patch_sizes,
+    interpolated_stages,
+    list_models,
+    parse_patch_sizes,
+    parse_resolution,
+)
+from mvdeploy.models.macs import count_macs
+from mvdeploy.models.mobilevit import fold_permute, fold_rank4, unfold_permute, unfold_rank4
+
+from tests.helpers import perturb_
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_parameter_count_matches_paper_exactly(name):
+    model = create_model(name)
+    assert sum(p.numel() for p in model.parameters()) == MODEL_CFGS[name].paper_params
+
+
+def test_published_parameter_counts():
+    expected = {"mobilevit_xxs": 1_272_024, "mobilevit_xs": 2_317_848, "mobilevit_s": 5_578_632}
+    assert {n: create_model(n).cfg.paper_params for n in list_models()} == expected
+    assert sum(p.numel() for p in create_model("mobilevit_xxs", num_classes=10).parameters()) == (
+        1_272_024 - 990 * 321
+    )
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_macs_near_paper_and_attention_counted(name):
+    macs_a = count_macs(create_model(name, patch_sizes="A"))
+    macs_b = count_macs(create_model(name, patch_sizes="B"))
+    paper = MODEL_CFGS[name].paper_gmacs
+    assert abs(macs_a.gmacs - paper) / paper < 0.05
+    # attention matmuls per REFERENCE.md: ~78/117/178 M under A, ~7/11/17 M under B
+    expected_attention = {"mobilevit_xxs": (78, 7), "mobilevit_xs": (117, 11),
+                          "mobilevit_s": (178, 17)}[name]
+    assert round(macs_a.attention / 1e6) == pytest.approx(expected_attention[0], abs=1)
+    assert round(macs_b.attention / 1e6) == pytest.approx(expected_attention[1], abs=1)
+    assert macs_a.total - macs_b.total == macs_a.attention - macs_b.attention
+
+
+def test_xxs_config_a_is_042_gmacs():
+    assert count_macs(create_model("mobilevit_xxs")).gmacs == pytest.approx(0.42, abs=0.015)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("A", PATCH_PRESETS["A"]),
+        ("b", ((8, 8), (4, 4), (2, 2))),
+        ("8,4,2", ((8, 8), (4, 4), (2, 2))),
+        ("2x4,2,2", ((2, 4), (2, 2), (2, 2))),
+        ([8, 4, 2], ((8, 8), (4, 4), (2, 2))),
+        ([[2, 4], 2, [4, 2]], ((2, 4), (2, 2), (4, 2))),
+    ],
+)
+def test_parse_patch_sizes(spec, expected):
+    assert parse_patch_sizes(spec) == expected
+
+
+@pytest.mark.parametrize("bad", ["C", "8,4", "8,4,2,2", "0,2,2", "2x,2,2", "axb,2,2", [1.5, 2, 2]])
+def test_parse_patch_sizes_rejects_with_help(bad):
+    with pytest.raises(ConfigError, match="patch"):
+        parse_patch_sizes(bad)
+
+
+def test_format_patch_sizes_names_presets():
+    assert format_patch_sizes(PATCH_PRESETS["B"]) == "B (8,4,2)"
+    assert format_patch_sizes(((2, 4), (2, 2), (2, 2))) == "2x4,2,2"
+
+
+@pytest.mark.parametrize(("spec", "size"), [("256", (256, 256)), ("320x256", (320, 256)),
+                                            (224, (224, 224))])
+def test_parse_resolution(spec, size):
+    assert parse_resolution(spec) == size
+
+
+@pytest.mark.parametrize("bad", ["225", "256x100", "0", "16", "abc", "256x256x3"])
+def test_resolution_must_be_multiple_of_32(bad):
+    with pytest.raises(ConfigError, match=r"multiple of 32|HEIGHTxWIDTH"):
+        parse_resolution(bad)
+
+
+def test_check_resolution_suggests_a_fix():
+    with pytest.raises(ConfigError, match="use e.g. 224"):
+        check_resolution(230, 256)
+
+
+@pytest.mark.parametrize(("height", "width"), [(256, 256), (224, 224), (320, 256)])
+@pytest.mark.parametrize("patch", ["A", "B"])
+def test_any_multiple_of_32_runs(height, width, patch):
+    model = create_model("mobilevit_xxs", patch_sizes=patch)
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, height, width))
+    assert out.shape == (2, 1000)
+    assert torch.isfinite(out).all()
+
+
+def test_interpolated_stages():
+    # 224: maps are 28, 14, 7 -> patch 2 fails at stride 32 only; B's 8, 4, 2 fail at all three
+    assert interpolated_stages(PATCH_PRESETS["A"], 224, 224) == [2]
+    assert interpolated_stages(PATCH_PRESETS["B"], 224, 224) == [0, 1, 2]
+    assert interpolated_stages(parse_patch_sizes("4,2,2"), 224, 224) == [2]
+    assert interpolated_stages(PATCH_PRESETS["A"], 256, 256) == []
+    assert interpolated_stages(PATCH_PRESETS["B"], 320, 256) == []
+
+
+PATCHES = [(2, 2), (8, 8), (4, 4), (2, 4), (4, 2), (3, 5)]
+
+
+@pytest.mark.parametrize(("ph", "pw"), PATCHES)
+def test_unfold_implementations_agree_and_invert(ph, pw):
+    b, c, h, w = 2, 5, 3 * ph * 2, 2 * pw * 3
+    x = torch.randn(b, c, h, w)
+    tokens = unfold_rank4(x, ph, pw)
+    assert tokens.shape == (b * ph * pw, (h // ph) * (w // pw), c)
+    assert torch.equal(tokens, unfold_permute(x, ph, pw))
+    assert torch.equal(fold_rank4(tokens, b, ph, pw, h, w), x)
+    assert torch.equal(fold_permute(tokens, b, ph, pw, h, w), x)
+
+
+@pytest.mark.parametrize("patch", ["A", "B", "2x4,4x2,2", "4x2,2x4,2x1"])
+@pytest.mark.parametrize("resolution", [(256, 256), (320, 256), (224, 224)])
+def test_fold_implementations_give_identical_models(patch, resolution):
+    rank4 = perturb_(create_model("mobilevit_xxs", patch_sizes=patch, fold="rank4"), seed=1)
+    permute = create_model("mobilevit_xxs", patch_sizes=patch, fold="permute")
+    permute.load_state_dict(rank4.state_dict())
+    x = torch.randn(1, 3, *resolution)
+    with torch.no_grad():
+        diff = (rank4(x) - permute(x)).abs().max().item()
+    assert diff <= 1e-6
+
+
+def _max_rank(program) -> int:
+    ranks = [0]
+    for node in program.graph.nodes:
+        val = node.meta.get("val")
+        vals = val if isinstance(val, (list, tuple)) else [val]
+        ranks += [v.dim() for v in vals if isinstance(v, torch.Tensor)]
+    return max(ranks)
+
+
+@pytest.mark.slow
+def test_rank4_fold_exports_without_tensors_above_rank_4():
+    x = (torch.randn(1, 3, 64, 96),)
+    rank4 = torch.export.export(create_model("mobilevit_xxs", patch_sizes="2x4,2,2"), x)
+    permute = torch.export.export(
+        create_model("mobilevit_xxs", patch_sizes="2x4,2,2", fold="permute"), x)
+    assert _max_rank(rank4.run_decompositions()) == 4
+    assert _max_rank(permute.run_decompositions()) == 6  # the check does see rank-6 tensors
+
+
+def test_unknown_model_and_fold_are_config_errors():
+    with pytest.raises(ConfigError, match="mobilevit_xxs"):
+        create_model("mobilevit_xxl")
+    with pytest.raises(ConfigError, match="fold"):
+        create_model("mobilevit_xxs", fold="einops")
