@@ -29,8 +29,11 @@ def app() -> None:
                    "several. Default: A and B.")
 @click.option("--resolution", "-r", default="256", show_default=True, metavar="HxW",
               help="Input size: HEIGHTxWIDTH or one number, multiples of 32.")
+@click.option("--weights", "-w", metavar="PATH",
+              help="Describe the model this checkpoint holds (Hugging Face directory, ml-cvnets "
+                   ".pt, or mvdeploy .safetensors) instead of listing every variant.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def models(patch: tuple[str, ...], resolution: str, as_json: bool) -> None:
+def models(patch: tuple[str, ...], resolution: str, weights: str | None, as_json: bool) -> None:
     """List the MobileViT variants with parameters and MACs per patch configuration."""
     from mvdeploy.models import (
         create_model,
@@ -44,10 +47,21 @@ def models(patch: tuple[str, ...], resolution: str, as_json: bool) -> None:
 
     height, width = parse_resolution(resolution)
     presets = [parse_patch_sizes(p) for p in (patch or ("A", "B"))]
+    checkpoint = None
+    if weights:
+        from mvdeploy.models.weights import load_pretrained
+
+        checkpoint = load_pretrained(weights)
+        labels = checkpoint.class_labels
+        checkpoint_info = {"path": weights, "model": checkpoint.cfg.name,
+                           "num_classes": checkpoint.num_classes,
+                           "labels": labels[:5] + (["..."] if len(labels) > 5 else [])
+                           if labels else None}
     rows = []
-    for name in list_models():
+    for name in [checkpoint.cfg.name] if checkpoint else list_models():
         for patches in presets:
-            model = create_model(name, patch_sizes=patches)
+            model = create_model(name, patch_sizes=patches,
+                                 num_classes=checkpoint.num_classes if checkpoint else None)
             macs = count_macs(model, height, width)
             rows.append({
                 "model": name,
@@ -63,9 +77,16 @@ def models(patch: tuple[str, ...], resolution: str, as_json: bool) -> None:
                 "paper_top1": model.cfg.paper_top1,
             })
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"checkpoint": checkpoint_info, "models": rows} if checkpoint else rows,
+                         indent=2))
         return
-    table = Table(title=f"MobileViT v1 at {height}x{width} (1000 classes)", box=box.SIMPLE_HEAD)
+    if checkpoint:
+        console.print(f"{weights}: {checkpoint.cfg.name}, {checkpoint.num_classes} classes, "
+                      + (f"labels {', '.join(checkpoint_info['labels'])}"
+                         if checkpoint_info["labels"] else "no labels"), markup=False)
+    classes = checkpoint.num_classes if checkpoint else 1000
+    table = Table(title=f"MobileViT v1 at {height}x{width} ({classes} classes)",
+                  box=box.SIMPLE_HEAD)
     for col in ("model", "patch", "params", "GMACs", "attn", "resized", "paper"):
         table.add_column(col, justify="left" if col in ("model", "patch") else "right",
                          no_wrap=True)

@@ -19,7 +19,6 @@ from mvdeploy.models import (
 )
 from mvdeploy.models.macs import count_macs
 from mvdeploy.models.mobilevit import fold_permute, fold_rank4, unfold_permute, unfold_rank4
-
 from tests.helpers import perturb_
 
 
@@ -94,7 +93,7 @@ def test_resolution_must_be_multiple_of_32(bad):
 
 
 def test_check_resolution_suggests_a_fix():
-    with pytest.raises(ConfigError, match="use e.g. 224"):
+    with pytest.raises(ConfigError, match=r"use e\.g\. 224"):
         check_resolution(230, 256)
 
 

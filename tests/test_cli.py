@@ -1,0 +1,109 @@
+"""The command line: real output, one-line errors with exit code 2, the installed entry point."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from mvdeploy.cli import run
+from mvdeploy.models import create_model
+from mvdeploy.models.weights import save_checkpoint
+
+
+def _one_line_error(capsys, argv, match):
+    assert run(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mvdeploy: error:")
+    assert "\n" not in err and "Traceback" not in err
+    assert match in err
+    return err
+
+
+def test_models_table_has_real_counts(capsys):
+    assert run(["models"]) == 0
+    out = capsys.readouterr().out
+    for count in ("1,272,024", "2,317,848", "5,578,632"):
+        assert out.count(count) == 2  # patch A and B
+    assert "0.407" in out and "A (2,2,2)" in out and "B (8,4,2)" in out
+
+
+def test_models_json(capsys):
+    assert run(["models", "--json", "-p", "2x4,2,2", "-r", "224"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in rows] == ["mobilevit_xxs", "mobilevit_xs", "mobilevit_s"]
+    xxs = rows[0]
+    assert xxs["params"] == 1_272_024
+    assert xxs["patch_sizes"] == [[2, 4], [2, 2], [2, 2]]
+    assert xxs["resized_stages"] == [32]
+    assert 0 < xxs["attention_gmacs"] < xxs["gmacs"]
+
+
+def test_models_describes_a_checkpoint(capsys, tmp_path):
+    save_checkpoint(create_model("mobilevit_xs", num_classes=7), tmp_path / "w.safetensors")
+    assert run(["models", "--weights", str(tmp_path / "w.safetensors"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["checkpoint"]["model"] == "mobilevit_xs"
+    assert report["checkpoint"]["num_classes"] == 7
+    assert {r["model"] for r in report["models"]} == {"mobilevit_xs"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["models", "--patch", "3,3"], "one entry per MobileViT stage"),
+        (["models", "--resolution", "225"], "not a multiple of 32"),
+        (["models", "--bogus"], "No such option"),
+        (["modelz"], "No such command"),
+        (["models", "--weights", "/nonexistent/ckpt.pt"], "does not exist"),
+    ],
+)
+def test_user_mistakes_are_one_line_exit_2(capsys, argv, match):
+    _one_line_error(capsys, argv, match)
+
+
+def test_corrupt_checkpoint_is_one_line_exit_2(capsys, tmp_path):
+    (tmp_path / "w.pt").write_bytes(b"not a checkpoint")
+    _one_line_error(capsys, ["models", "-w", str(tmp_path / "w.pt")], "cannot read checkpoint")
+
+
+def test_doctor_reports_every_component(capsys):
+    assert run(["doctor", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    by_name = {c["package"]: c for c in report["components"]}
+    assert by_name["torch"]["importable"] and by_name["torch"]["version"].startswith("2.")
+    assert {"onnx", "onnxruntime", "litert-torch", "ai-edge-litert", "coremltools"} <= set(by_name)
+    for c in report["components"]:
+        assert c["importable"] == (c["error"] is None)
+    backends = {b["name"]: b for b in report["backends"]}
+    assert backends["torch"]["can_export"] and backends["torch"]["can_run"]
+    if sys.platform != "darwin":
+        assert not backends["coreml"]["can_run"] and "macOS" in backends["coreml"]["note"]
+
+
+def test_doctor_table(capsys):
+    assert run(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "Backends" in out and "torch" in out
+
+
+def test_help_and_bare_command(capsys):
+    assert run(["--help"]) == 0
+    assert "models" in capsys.readouterr().out
+    assert run([]) == 0
+    assert "doctor" in capsys.readouterr().out
+
+
+def test_installed_console_script():
+    exe = shutil.which("mvdeploy")
+    if exe is None:
+        pytest.skip("mvdeploy is not installed as a console script (pip install -e .)")
+    ok = subprocess.run([exe, "models", "-p", "A", "--json"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)[0]["params"] == 1_272_024
+    bad = subprocess.run([exe, "models", "-r", "100"], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "Traceback" not in bad.stderr
