@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from pathlib import Path
 
 import click
 from rich import box
@@ -128,6 +130,125 @@ def doctor(as_json: bool) -> None:
     console.print(table)
 
 
+def _export_overrides(**flags) -> dict:
+    """CLI flags -> config keys; only flags the user gave, so a config file's values stand."""
+    mapping = {
+        "model": "model.name", "weights": "model.weights", "patch": "model.patch",
+        "resolution": "model.resolution", "fold": "model.fold", "formats": "export.formats",
+        "out": "export.out", "batch": "export.batch", "dynamic_batch": "export.dynamic_batch",
+        "channels_last": "tflite.channels_last", "coreml_target":
+        "coreml.minimum_deployment_target", "coreml_precision": "coreml.compute_precision",
+        "images": "validate.images",
+    }
+    return {mapping[k]: v for k, v in flags.items() if v is not None}
+
+
+@app.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("--model", "-m", help="mobilevit_xxs, mobilevit_xs or mobilevit_s.")
+@click.option("--weights", "-w", metavar="PATH",
+              help="Local checkpoint (HF directory, ml-cvnets .pt, mvdeploy .safetensors); "
+                   "random initialisation when absent.")
+@click.option("--patch", "-p", metavar="SPEC", help="A, B, or per-stage sizes: 8,4,2 or 2x4,2,2.")
+@click.option("--resolution", "-r", metavar="HxW", help="HEIGHTxWIDTH or one number (x32).")
+@click.option("--format", "-f", "formats", metavar="LIST",
+              help="Comma-separated: onnx,tflite,coreml (default: all three).")
+@click.option("--out", "-o", metavar="DIR", help="Output directory.")
+@click.option("--batch", type=int, help="Fixed batch size of the artifacts (default 1).")
+@click.option("--dynamic-batch", is_flag=True, default=None,
+              help="ONNX only: a symbolic batch dimension.")
+@click.option("--channels-last", is_flag=True, default=None,
+              help="TFLite: NHWC input [B, H, W, 3], as Android code usually feeds it.")
+@click.option("--coreml-target", metavar="OS",
+              help="Core ML minimum deployment target (iOS15..iOS18, macOS12..15; default iOS16).")
+@click.option("--coreml-precision", type=click.Choice(["fp16", "fp32"]),
+              help="Core ML compute precision (default fp16).")
+@click.option("--fold", type=click.Choice(["rank4", "permute"]),
+              help="Unfold/fold implementation (default rank4, which Core ML needs).")
+@click.option("--images", metavar="DIR",
+              help="Validate on this folder of photos instead of the bundled samples.")
+@click.option("--set", "sets", multiple=True, metavar="TABLE.KEY=VALUE",
+              help="Override any config key, e.g. --set onnx.opset=20 (repeatable).")
+@click.option("--force", is_flag=True, help="Replace artifacts that already exist in --out.")
+@click.option("--threads", type=int, help="Threads for the validation runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def export(config: str | None, sets: tuple[str, ...], force: bool, threads: int | None,
+           as_json: bool, **flags) -> None:
+    """Export MobileViT to Core ML, ONNX and TFLite, each validated against PyTorch.
+
+    \b
+    mvdeploy export --model mobilevit_xxs --patch B --resolution 320x256 --out out/
+    mvdeploy export export_configs/mobilevit_xxs_B_android.toml --set model.weights=ckpt/
+    """
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from mvdeploy.config import load_config, parse_override
+    from mvdeploy.exporter import run_export
+    from mvdeploy.native_output import terminal_stream
+
+    overrides = _export_overrides(**flags)
+    overrides.update(parse_override(s) for s in sets)
+    cfg = load_config(config, overrides)
+    progress_console = Console(file=terminal_stream(2), stderr=True)
+    columns = (SpinnerColumn(finished_text=""), TextColumn("{task.fields[mark]}"),
+               TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=progress_console) as progress:
+        @contextlib.contextmanager
+        def step(text: str):
+            task = progress.add_task(text, total=1, mark="")
+            try:
+                yield
+            except BaseException:
+                progress.update(task, completed=1, mark="[red]✗[/]")
+                raise
+            progress.update(task, completed=1, mark="[green]✓[/]")
+
+        result = run_export(cfg, force=force, step=step, threads=threads)
+    rows = [_format_row(r) for r in result.formats]
+    if as_json:
+        print(json.dumps({"out": str(result.out), "program": str(result.program or ""),
+                          "ok": result.ok, "formats": rows}, indent=2))
+    else:
+        _print_export_table(result, rows)
+    if not result.ok:
+        raise SystemExit(1)
+
+
+def _format_row(r) -> dict:
+    row = {"format": r.format, "artifact": str(r.artifact or ""), "seconds": r.seconds,
+           "status": "error" if r.error else r.report.status, "error": r.error,
+           "log": str(r.log or ""), "failures": r.report.failures if r.report else [],
+           "note": r.report.note if r.report else ""}
+    if r.artifact:
+        row["size_mb"] = round(json.loads(r.manifest.read_text())["artifact"]["size_bytes"]
+                               / 1e6, 2)
+    if r.report and "photos" in r.report.metrics:
+        m = r.report.metrics["photos"]
+        row.update(max_abs=m.max_abs, snr_db=m.snr_db, top1_agreement=m.top1_agreement)
+    return row
+
+
+def _print_export_table(result, rows: list[dict]) -> None:
+    table = Table(title=f"Exported to {result.out}", box=box.SIMPLE_HEAD)
+    for col in ("format", "artifact", "MB", "status", "max abs", "SNR dB", "top-1", "s"):
+        table.add_column(col, no_wrap=col != "artifact")
+    for row in rows:
+        status = {"passed": "[green]passed[/]", "structural": "[yellow]structural[/]"}.get(
+            row["status"], f"[red]{row['status']}[/]")
+        metrics = [f.format(row[k]) if k in row else "-" for k, f in
+                   (("max_abs", "{:.2e}"), ("snr_db", "{:.1f}"), ("top1_agreement", "{:.0%}"))]
+        table.add_row(row["format"], Path(row["artifact"]).name or "-",
+                      str(row.get("size_mb", "-")), status, *metrics, f"{row['seconds']:.1f}")
+    console.print(table)
+    for row in rows:
+        for failure in row["failures"]:
+            console.print(f"[red]{row['format']}: {failure}[/]")
+        if row["error"]:
+            console.print(f"[red]{row['format']} failed: {row['error']}[/] (log: {row['log']})")
+        if row["note"]:
+            console.print(f"[yellow]{row['format']}: {row['note']}[/]")
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; user mistakes become one line on stderr and 2."""
     try:
@@ -149,6 +270,8 @@ def run(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, click.Abort):
         err_console.print("mvdeploy: interrupted", markup=False, highlight=False)
         return 130
+    except SystemExit as exc:  # commands signal "ran, but something failed" with exit 1
+        return exc.code if isinstance(exc.code, int) else 1
     return result if isinstance(result, int) else 0
 
 

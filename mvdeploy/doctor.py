@@ -6,12 +6,12 @@ fail to import: tflite-runtime 2.14, for one, breaks under NumPy 2.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import os
 import platform
 from dataclasses import asdict, dataclass
 from importlib import metadata
+
+from mvdeploy.native_output import redirect_native_output
 
 
 @dataclass(frozen=True)
@@ -62,19 +62,6 @@ class BackendStatus:
     note: str
 
 
-@contextlib.contextmanager
-def _silenced_stderr():
-    """Converters print load warnings (torchao, absl) at import; keep the report readable."""
-    fd = os.dup(2)
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(fd, 2)
-            os.close(fd)
-
-
 def check_component(component: Component) -> ComponentStatus:
     try:
         version: str | None = metadata.version(component.package)
@@ -85,7 +72,7 @@ def check_component(component: Component) -> ComponentStatus:
         error = "not installed"
     else:
         try:
-            with _silenced_stderr():
+            with redirect_native_output():  # converters print load warnings at import
                 importlib.import_module(component.module)
         except Exception as exc:  # any import failure is what doctor must report
             text = str(exc).strip().splitlines()

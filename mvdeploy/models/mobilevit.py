@@ -288,8 +288,8 @@ class MobileViT(nn.Module):
         self.head_conv = ConvBNAct(c[5], c[6], 1)
         self.classifier = nn.Linear(c[6], num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.head_conv(self.stages(self.stem(x)))  # [B, exp, H/32, W/32]
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = self.head_conv(self.stages(self.stem(pixel_values)))  # [B, exp, H/32, W/32]
         return self.classifier(x.mean(dim=(2, 3)))  # [B, num_classes]
 
 

@@ -1,0 +1,120 @@
+"""TFLite (LiteRT): litert-torch converts the captured program; ai-edge-litert runs it.
+
+The signature is `serving_default` with input `pixel_values` and output `logits`, so Android
+code can call the model by name. With channels_last the input is NHWC [B, H, W, 3].
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mvdeploy.backends import Runner, require, tensor_info
+from mvdeploy.capture import INPUT_NAME, OUTPUT_NAME, Captured
+from mvdeploy.errors import MissingDependencyError
+
+SUFFIX = ".tflite"
+SIGNATURE = "serving_default"
+
+
+def _channels_last(program: torch.nn.Module) -> torch.nn.Module:
+    """Take NHWC input [B, H, W, 3] and permute it for the captured NCHW graph.
+
+    litert_torch.to_channel_last_io does the same but only for positional inputs, and the
+    signature names its inputs after keyword arguments. (The attribute must not be called
+    `graph`: that name collides with GraphModule.graph when litert-torch re-exports.)
+    """
+
+    class ChannelsLast(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.program = program
+
+        def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+            return self.program(**{INPUT_NAME: pixel_values.permute(0, 3, 1, 2)})
+
+    return ChannelsLast()  # no .eval(): exported graphs refuse train(); they are inference-only
+
+
+def export(captured: Captured, cfg, path: Path) -> dict:
+    litert_torch = require("litert_torch", "litert-torch", "tflite", "TFLite export")
+    module, example = captured.module, captured.example
+    if cfg.tflite.channels_last:
+        module, example = _channels_last(module), example.permute(0, 2, 3, 1).contiguous()
+    edge_model = litert_torch.convert(module, sample_kwargs={INPUT_NAME: example})
+    edge_model.export(str(path))
+    return {"signature": SIGNATURE,
+            "input_layout": "NHWC" if cfg.tflite.channels_last else "NCHW"}
+
+
+def check_installed() -> None:
+    require("litert_torch", "litert-torch", "tflite", "TFLite export")
+    _interpreter_class()
+
+
+def _interpreter_class():
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:  # legacy runtime, only as a fallback (2.14 does not import under NumPy 2)
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            raise MissingDependencyError("ai-edge-litert", "tflite", "Running TFLite models") \
+                from None
+    return Interpreter
+
+
+def load(path: Path, *, threads: int | None = None) -> Runner:
+    interpreter = _interpreter_class()(model_path=str(path), num_threads=threads or None)
+    runner = interpreter.get_signature_runner(SIGNATURE)
+    details = runner.get_input_details()[INPUT_NAME]
+    nhwc = int(details["shape"][1]) != 3  # NCHW has its 3 channels at axis 1
+    scale, zero_point = details.get("quantization", (0.0, 0))
+    dtype = details["dtype"]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if nhwc:
+            x = x.transpose(0, 2, 3, 1)
+        if scale:  # integer input: quantise with the tensor's own parameters
+            x = np.clip(np.round(x / scale + zero_point), np.iinfo(dtype).min,
+                        np.iinfo(dtype).max)
+        out = runner(**{INPUT_NAME: np.ascontiguousarray(x, dtype=dtype)})[OUTPUT_NAME]
+        out_details = runner.get_output_details()[OUTPUT_NAME]
+        out_scale, out_zero = out_details.get("quantization", (0.0, 0))
+        if out_scale:
+            out = (out.astype(np.float32) - out_zero) * out_scale
+        return out.astype(np.float32, copy=False)
+
+    return run
+
+
+def describe(path: Path) -> dict:
+    interpreter = _interpreter_class()(model_path=str(path))
+    signatures = interpreter.get_signature_list()
+    runner = interpreter.get_signature_runner(SIGNATURE) if SIGNATURE in signatures else None
+
+    def info(name: str, d: dict) -> dict:
+        out = tensor_info(name, d["shape"], np.dtype(d["dtype"]).name)
+        scale, zero = d.get("quantization", (0.0, 0))
+        if scale:
+            out["quantization"] = {"scale": float(scale), "zero_point": int(zero)}
+        return out
+
+    ops: Counter[str] = Counter()
+    # the op list is only exposed through this private call; absent in some runtimes
+    with contextlib.suppress(AttributeError):
+        ops.update(op["op_name"] for op in interpreter._get_ops_details())
+    ranks = [len(t["shape"]) for t in interpreter.get_tensor_details()]
+    return {
+        "signatures": signatures,
+        "inputs": [info(k, v) for k, v in runner.get_input_details().items()] if runner else [],
+        "outputs": [info(k, v) for k, v in runner.get_output_details().items()] if runner else [],
+        "ops": dict(ops.most_common()),
+        "max_rank": max(ranks, default=0),
+        "tensor_types": dict(Counter(np.dtype(t["dtype"]).name
+                                     for t in interpreter.get_tensor_details())),
+    }

@@ -1,0 +1,52 @@
+"""Capture the model once with torch.export; every backend converts this one program."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+INPUT_NAME = "pixel_values"  # stable tensor names in every artifact
+OUTPUT_NAME = "logits"
+
+
+@dataclass(frozen=True)
+class Captured:
+    program: torch.export.ExportedProgram
+    example: torch.Tensor  # [B, 3, H, W] float32, the input the program was traced with
+    dynamic_batch: bool
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The captured graph as a module: module(pixel_values=x) -> {"logits": y}."""
+        return self.program.module()
+
+
+class NamedOutputs(torch.nn.Module):
+    """forward(pixel_values) -> {"logits": ...}: converters name signature outputs after dict
+    keys (litert-torch) and the saved program documents itself."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {OUTPUT_NAME: self.model(pixel_values)}
+
+
+def capture(model: torch.nn.Module, example: torch.Tensor, *,
+            dynamic_batch: bool = False) -> Captured:
+    """torch.export in eval mode; optionally with a symbolic batch dimension."""
+    model = NamedOutputs(model.eval()).eval()
+    dynamic_shapes = None
+    if dynamic_batch:
+        dynamic_shapes = {INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=1024)}}
+    with torch.no_grad():
+        program = torch.export.export(model, (), {INPUT_NAME: example},
+                                      dynamic_shapes=dynamic_shapes)
+    return Captured(program=program, example=example, dynamic_batch=dynamic_batch)
+
+
+def save_program(captured: Captured, path: Path) -> None:
+    torch.export.save(captured.program, str(path))

@@ -1,0 +1,242 @@
+"""Export configuration: frozen dataclasses mirroring the TOML tables, strictly checked.
+
+A config file, CLI flags and `--set table.key=value` overrides all land in the same
+`table.key` namespace (later wins), so one checker serves all three. Unknown keys, wrong types
+and impossible combinations fail with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mvdeploy.data import Preprocessing
+from mvdeploy.errors import ConfigError, MvdeployError
+from mvdeploy.models import FOLD_IMPLS, format_patch_sizes, get_model_cfg, parse_patch_sizes
+from mvdeploy.models.mobilevit import parse_resolution
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+EXPORT_FORMATS = ("onnx", "tflite", "coreml")
+COREML_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
+COREML_PRECISIONS = ("fp16", "fp32")
+ONNX_OPSETS = range(18, 24)
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    name: str = "mobilevit_xxs"
+    weights: str = ""  # local checkpoint; empty: random initialisation
+    patch: str = "A"  # preset or per-stage sizes, e.g. "8,4,2" or "2x4,2,2"
+    resolution: str = "256"  # "HEIGHTxWIDTH" or one number
+    fold: str = "rank4"
+    num_classes: int = 1000  # for random initialisation; a checkpoint brings its own
+
+
+@dataclass(frozen=True)
+class ExportSection:
+    formats: tuple[str, ...] = EXPORT_FORMATS
+    out: str = "mvdeploy_out"
+    batch: int = 1
+    dynamic_batch: bool = False  # ONNX only
+    save_program: bool = True  # also write the torch.export program (.pt2)
+
+
+@dataclass(frozen=True)
+class OnnxSection:
+    opset: int = 18
+    optimize: bool = True  # onnxscript graph optimisation (constant folding, dead code)
+
+
+@dataclass(frozen=True)
+class TfliteSection:
+    channels_last: bool = False  # NHWC input, as Android code usually feeds it
+
+
+@dataclass(frozen=True)
+class CoremlSection:
+    minimum_deployment_target: str = "iOS16"
+    compute_precision: str = "fp16"
+
+
+@dataclass(frozen=True)
+class ValidateSection:
+    images: str = ""  # folder of photos; empty: the sample photos shipped with mvdeploy
+    max_images: int = 8
+    random_inputs: int = 2
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    export: ExportSection = field(default_factory=ExportSection)
+    onnx: OnnxSection = field(default_factory=OnnxSection)
+    tflite: TfliteSection = field(default_factory=TfliteSection)
+    coreml: CoremlSection = field(default_factory=CoremlSection)
+    validate: ValidateSection = field(default_factory=ValidateSection)
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+
+    @property
+    def height_width(self) -> tuple[int, int]:
+        return parse_resolution(self.model.resolution)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- type checking
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check `value` against a field's type; accept the few spellings TOML and --set produce."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if isinstance(items, (list, tuple)):
+            item_type = args[0]
+            fixed_length = len(args) != 2 or args[1] is not Ellipsis
+            if fixed_length and len(items) != len(args):
+                raise ConfigError(f"{key} needs {len(args)} values, got {value!r}")
+            return tuple(_coerce(key, i.strip() if isinstance(i, str) else i, item_type)
+                         for i in items)
+    name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"{key} must be {name}, got {value!r} ({type(value).__name__})")
+
+
+def _normalise_model_table(table: dict[str, Any]) -> None:
+    """`patch` and `resolution` may be numbers or lists in TOML; store their canonical text."""
+    if "patch" in table and not isinstance(table["patch"], str):
+        try:
+            table["patch"] = format_patch_sizes(parse_patch_sizes(table["patch"])).split(" ")[0]
+        except (ConfigError, TypeError) as exc:
+            raise ConfigError(f"model.patch: {exc}") from None
+    res = table.get("resolution")
+    if isinstance(res, int) and not isinstance(res, bool):
+        table["resolution"] = str(res)
+    elif isinstance(res, list) and len(res) == 2:
+        table["resolution"] = f"{res[0]}x{res[1]}"
+
+
+def _build_section(cls: type, table: Mapping[str, Any], section: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in table.items():
+        if key not in hints:
+            raise ConfigError(
+                f"unknown key '{section}.{key}': known keys are "
+                + ", ".join(f"{section}.{k}" for k in known)
+            )
+        kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def _check(cfg: ExportConfig) -> None:
+    """Cross-field rules; each message names the key to change."""
+    def wrap(key: str, fn, *args):
+        try:
+            return fn(*args)
+        except MvdeployError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+
+    wrap("model.name", get_model_cfg, cfg.model.name)
+    wrap("model.patch", parse_patch_sizes, cfg.model.patch)
+    wrap("model.resolution", parse_resolution, cfg.model.resolution)
+    if cfg.model.fold not in FOLD_IMPLS:
+        raise ConfigError(f"model.fold must be one of {', '.join(FOLD_IMPLS)}, "
+                          f"got {cfg.model.fold!r}")
+    if cfg.model.num_classes < 1:
+        raise ConfigError("model.num_classes must be at least 1")
+    formats = cfg.export.formats
+    bad = [f for f in formats if f not in EXPORT_FORMATS]
+    if bad or not formats:
+        raise ConfigError(f"export.formats: unknown format {', '.join(bad) or '(none)'}; "
+                          f"choose from {', '.join(EXPORT_FORMATS)}")
+    if len(set(formats)) != len(formats):
+        raise ConfigError(f"export.formats lists a format twice: {', '.join(formats)}")
+    if cfg.export.batch < 1:
+        raise ConfigError("export.batch must be at least 1")
+    if cfg.export.dynamic_batch and set(formats) != {"onnx"}:
+        raise ConfigError("export.dynamic_batch is supported for onnx only: export the other "
+                          "formats with a fixed export.batch in a separate run")
+    if cfg.onnx.opset not in ONNX_OPSETS:
+        raise ConfigError(f"onnx.opset must be between {ONNX_OPSETS[0]} and {ONNX_OPSETS[-1]}, "
+                          f"got {cfg.onnx.opset}")
+    if cfg.coreml.minimum_deployment_target not in COREML_TARGETS:
+        raise ConfigError("coreml.minimum_deployment_target must be one of "
+                          f"{', '.join(COREML_TARGETS)} (ML Programs need iOS15 or later), "
+                          f"got {cfg.coreml.minimum_deployment_target!r}")
+    if cfg.coreml.compute_precision not in COREML_PRECISIONS:
+        raise ConfigError(f"coreml.compute_precision must be fp16 or fp32, "
+                          f"got {cfg.coreml.compute_precision!r}")
+    if cfg.validate.max_images < 1 or cfg.validate.random_inputs < 0:
+        raise ConfigError("validate.max_images must be >= 1 and validate.random_inputs >= 0")
+
+
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(ExportConfig)}
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'table.key=value' -> ('table.key', value); the value is read as TOML when it parses."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or key.count(".") != 1:
+        raise ConfigError(f"--set expects table.key=value (e.g. model.patch=B), got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
+def load_config(path: str | Path | None = None,
+                overrides: Mapping[str, Any] | None = None) -> ExportConfig:
+    """Read a TOML file (optional), apply `table.key` overrides, check everything."""
+    tables: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            tables = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    for key, value in (overrides or {}).items():
+        table, _, name = key.partition(".")
+        tables.setdefault(table, {})[name] = value
+    sections = {}
+    for table, values in tables.items():
+        if table not in _SECTIONS:
+            raise ConfigError(f"unknown table [{table}]: known tables are "
+                              + ", ".join(f"[{s}]" for s in _SECTIONS))
+        if not isinstance(values, dict):
+            raise ConfigError(f"'{table}' must be a table ([{table}]), got {values!r}")
+        values = dict(values)
+        if table == "model":
+            _normalise_model_table(values)
+        cls = typing.get_type_hints(ExportConfig)[table]
+        sections[table] = _build_section(cls, values, table)
+    cfg = ExportConfig(**sections)
+    _check(cfg)
+    return cfg

@@ -1,0 +1,237 @@
+"""The export pipeline: model -> capture -> each format -> validate -> manifest, atomically.
+
+Output layout for `out/`:
+
+    out/<stem>.pt2                      the torch.export program every format was made from
+    out/<format>/<stem>.<suffix>        the artifact (.onnx, .tflite, .mlpackage)
+    out/<format>/manifest.json          config, versions, preprocessing, labels, validation
+
+Each format is built in a hidden temporary folder and renamed into place only when complete,
+so a crash or Ctrl-C never leaves a half-written artifact behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mvdeploy.backends import get_backend
+from mvdeploy.capture import capture
+from mvdeploy.config import ExportConfig
+from mvdeploy.data import find_images, load_images, sample_image_paths
+from mvdeploy.errors import ConfigError, MvdeployError
+from mvdeploy.manifest import build_manifest, write_json
+from mvdeploy.models import PATCH_PRESETS, create_model, parse_patch_sizes
+from mvdeploy.models.macs import count_macs
+from mvdeploy.native_output import redirect_native_output
+from mvdeploy.validate import ValidationReport, validate
+
+Step = Callable[[str], AbstractContextManager]
+MAX_RANK = {"coreml": 5}  # Core ML and the ANE reject tensors above rank 5
+
+
+def _no_progress(text: str) -> AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+@dataclass
+class FormatResult:
+    format: str
+    artifact: Path | None = None
+    manifest: Path | None = None
+    report: ValidationReport | None = None
+    error: str | None = None
+    log: Path | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.report is not None and self.report.passed
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    program: Path | None
+    formats: list[FormatResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.formats)
+
+
+def artifact_stem(cfg: ExportConfig) -> str:
+    """e.g. mobilevit_xxs_B_256x256, or mobilevit_xxs_2x4-2-2_320x256 for custom patches."""
+    patches = parse_patch_sizes(cfg.model.patch)
+    preset = next((k for k, v in PATCH_PRESETS.items() if v == patches), None)
+    tag = preset or "-".join(f"{h}" if h == w else f"{h}x{w}" for h, w in patches)
+    height, width = cfg.height_width
+    return f"{cfg.model.name}_{tag}_{height}x{width}"
+
+
+def _check_targets(out: Path, stem: str, cfg: ExportConfig, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output path {out} is a file: choose a directory with --out")
+    targets = [out / f for f in cfg.export.formats]
+    if cfg.export.save_program:
+        targets.append(out / f"{stem}.pt2")
+    taken = [t for t in targets if t.exists() and not (t.is_dir() and not any(t.iterdir()))]
+    if taken and not force:
+        raise ConfigError(f"{', '.join(str(t) for t in taken)} already exist(s): pass --force to "
+                          "replace, or choose another --out")
+
+
+@contextlib.contextmanager
+def _atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a hidden sibling folder; on success it replaces `final`, on failure it vanishes."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should not be
+    try:
+        yield tmp
+        old = None
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            final.rename(old)
+        tmp.rename(final)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _validation_inputs(cfg: ExportConfig) -> tuple[dict[str, np.ndarray], list[str], int]:
+    height, width = cfg.height_width
+    paths = find_images(cfg.validate.images) if cfg.validate.images else sample_image_paths()
+    photos, used, skipped = load_images(paths, height, width, cfg.preprocessing,
+                                        limit=cfg.validate.max_images)
+    inputs = {"photos": photos}
+    if cfg.validate.random_inputs:
+        rng = np.random.default_rng(0)
+        inputs["random"] = rng.random((cfg.validate.random_inputs, 3, height, width),
+                                      dtype=np.float32)
+    return inputs, [p.name for p in used], skipped
+
+
+def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progress,
+               threads: int | None = None) -> ExportResult:
+    """Export every format in `cfg`, validating each against the eager PyTorch model."""
+    out = Path(cfg.export.out).expanduser()
+    stem = artifact_stem(cfg)
+    _check_targets(out, stem, cfg, force)
+    with redirect_native_output():  # converters print load warnings at import
+        for fmt in cfg.export.formats:  # fail before any work if an extra is missing
+            get_backend(fmt).check_installed()
+    height, width = cfg.height_width
+    batch = cfg.export.batch
+
+    with step(f"Building {cfg.model.name}, patch {cfg.model.patch}, {height}x{width}"):
+        model = create_model(cfg.model.name, patch_sizes=cfg.model.patch, fold=cfg.model.fold,
+                             weights=cfg.model.weights or None,
+                             num_classes=None if cfg.model.weights else cfg.model.num_classes)
+        inputs, photo_names, skipped = _validation_inputs(cfg)
+        with torch.no_grad():
+            references = {k: model(torch.from_numpy(v)).numpy() for k, v in inputs.items()}
+    macs = count_macs(model, height, width)
+    model_info = {
+        "name": cfg.model.name, "patch_sizes": [list(p) for p in model.patch_sizes],
+        "resolution": [height, width], "fold": cfg.model.fold, "num_classes": model.num_classes,
+        "weights": cfg.model.weights or None, "params": sum(p.numel() for p in model.parameters()),
+        "gmacs": round(macs.gmacs, 4), "batch": None if cfg.export.dynamic_batch else batch,
+    }
+    with step("Capturing with torch.export"):
+        captured = capture(model, torch.from_numpy(inputs["photos"][:1]).repeat(batch, 1, 1, 1),
+                           dynamic_batch=cfg.export.dynamic_batch)
+    out.mkdir(parents=True, exist_ok=True)
+    program_path = None
+    if cfg.export.save_program:
+        with step(f"Saving the program to {out / (stem + '.pt2')}"):
+            program_path = out / f"{stem}.pt2"
+            tmp = out / f".{stem}.partial.pt2"
+            try:
+                get_backend("torch").export(captured, cfg, tmp)
+                os.replace(tmp, program_path)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+    results = []
+    for fmt in cfg.export.formats:
+        results.append(_export_format(
+            fmt, cfg, captured, out, stem, inputs, references, model_info, photo_names, skipped,
+            labels=model.class_labels, step=step, threads=threads))
+    return ExportResult(out=out, program=program_path, formats=results)
+
+
+def _export_format(fmt, cfg, captured, out, stem, inputs, references, model_info, photo_names,
+                   skipped, *, labels, step, threads) -> FormatResult:
+    backend = get_backend(fmt)
+    result = FormatResult(fmt)
+    start = time.perf_counter()
+    final = out / fmt
+    log = out / f".{fmt}-convert.log"
+    height, width = cfg.height_width
+    batch = None if cfg.export.dynamic_batch else cfg.export.batch
+    nhwc = fmt == "tflite" and cfg.tflite.channels_last
+    input_shape = [batch, height, width, 3] if nhwc else [batch, 3, height, width]
+    precision = cfg.coreml.compute_precision if fmt == "coreml" else "fp32"
+    try:
+        with _atomic_dir(final) as tmp:
+            artifact = tmp / f"{stem}{backend.SUFFIX}"
+            with step(f"Converting to {fmt}"), redirect_native_output(log):
+                export_info = backend.export(captured, cfg, artifact)
+            with step(f"Validating {fmt} against PyTorch"), redirect_native_output(log):
+                report = validate(fmt, artifact, inputs=inputs, references=references,
+                                  precision=precision, input_shape=input_shape,
+                                  output_shape=[batch, model_info["num_classes"]],
+                                  batch=batch, max_rank=MAX_RANK.get(fmt), threads=threads)
+            validation = report.to_dict()
+            validation["inputs"] = {"photos": photo_names, "unreadable_photos": skipped,
+                                    "random": cfg.validate.random_inputs}
+            manifest = build_manifest(
+                fmt=fmt, artifact=artifact, model_info=model_info, config=cfg.to_dict(),
+                preprocessing={**asdict(cfg.preprocessing), "input_layout":
+                               "NHWC" if nhwc else "NCHW",
+                               "resize_shorter_side": cfg.preprocessing.shorter_side(height,
+                                                                                     width),
+                               "crop": [height, width]},
+                labels=labels, export_info=export_info, validation=validation,
+                precision=precision)
+            write_json(tmp / "manifest.json", manifest)
+        result.artifact = final / artifact.name
+        result.manifest = final / "manifest.json"
+        result.report = report
+        log.unlink(missing_ok=True)
+        (out / f"{fmt}-error.log").unlink(missing_ok=True)  # from an earlier failed run
+    except Exception as exc:
+        if isinstance(exc, MvdeployError):  # a user mistake: the CLI prints it
+            log.unlink(missing_ok=True)
+            raise
+        # a converter failure: report it, keep the log, go on with the other formats
+        kept = out / f"{fmt}-error.log"
+        with open(log, "a") as handle:
+            handle.write(traceback.format_exc())
+        os.replace(log, kept)
+        first = str(exc).strip().splitlines()
+        result.error = f"{type(exc).__name__}: {first[0][:200] if first else ''}"
+        result.log = kept
+    except BaseException:  # Ctrl-C: the partial folder is already gone; drop the log too
+        log.unlink(missing_ok=True)
+        raise
+    result.seconds = round(time.perf_counter() - start, 2)
+    return result

@@ -1,0 +1,38 @@
+"""Route what converters print (C++ logs, tqdm bars, absl) away from the user's terminal.
+
+Converters write straight to file descriptors 1 and 2, so redirecting sys.stdout is not enough.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def redirect_native_output(log_path: Path | None = None) -> Iterator[None]:
+    """Send fd 1 and 2 to `log_path` (appending), or to /dev/null when None."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    target = open(log_path, "a") if log_path else open(os.devnull, "w")  # noqa: SIM115
+    try:
+        os.dup2(target.fileno(), 1)
+        os.dup2(target.fileno(), 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+        target.close()
+
+
+def terminal_stream(fd: int = 2):
+    """A text stream on a copy of `fd`, which keeps reaching the terminal during a redirect."""
+    return os.fdopen(os.dup(fd), "w", buffering=1)
