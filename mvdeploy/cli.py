@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -272,8 +273,20 @@ def run(argv: list[str] | None = None) -> int:
         return 130
     except SystemExit as exc:  # commands signal "ran, but something failed" with exit 1
         return exc.code if isinstance(exc.code, int) else 1
+    except Exception as exc:  # a bug or a converter crash, not a user mistake
+        if os.environ.get("MVDEPLOY_DEBUG"):
+            raise
+        first = str(exc).strip().splitlines()
+        err_console.print(f"mvdeploy: internal error: {type(exc).__name__}: "
+                          f"{first[0] if first else ''} (set MVDEPLOY_DEBUG=1 for the traceback)",
+                          markup=False, highlight=False, soft_wrap=True)
+        return 1
     return result if isinstance(result, int) else 0
 
 
 def main() -> None:
     sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

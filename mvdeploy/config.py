@@ -71,6 +71,8 @@ class ValidateSection:
     images: str = ""  # folder of photos; empty: the sample photos shipped with mvdeploy
     max_images: int = 8
     random_inputs: int = 2
+    fp32_max_abs: float = 1e-4  # tolerance on logits for float32 artifacts
+    fp16_min_snr_db: float = 40.0  # tolerance for float16 artifacts
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from mvdeploy.manifest import build_manifest, write_json
 from mvdeploy.models import PATCH_PRESETS, create_model, parse_patch_sizes
 from mvdeploy.models.macs import count_macs
 from mvdeploy.native_output import redirect_native_output
-from mvdeploy.validate import ValidationReport, validate
+from mvdeploy.validate import Tolerance, ValidationReport, validate
 
 Step = Callable[[str], AbstractContextManager]
 MAX_RANK = {"coreml": 5}  # Core ML and the ANE reject tensors above rank 5
@@ -110,6 +110,12 @@ def _atomic_dir(final: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _tolerance(cfg: ExportConfig, precision: str) -> Tolerance:
+    if precision == "fp16":
+        return Tolerance(min_snr_db=cfg.validate.fp16_min_snr_db)
+    return Tolerance(max_abs=cfg.validate.fp32_max_abs)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -156,8 +162,10 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progr
         "gmacs": round(macs.gmacs, 4), "batch": None if cfg.export.dynamic_batch else batch,
     }
     with step("Capturing with torch.export"):
-        captured = capture(model, torch.from_numpy(inputs["photos"][:1]).repeat(batch, 1, 1, 1),
-                           dynamic_batch=cfg.export.dynamic_batch)
+        # torch.export specialises a batch of 1, so a dynamic batch is traced with 2
+        example_batch = 2 if cfg.export.dynamic_batch else batch
+        example = torch.from_numpy(inputs["photos"][:1]).repeat(example_batch, 1, 1, 1)
+        captured = capture(model, example, dynamic_batch=cfg.export.dynamic_batch)
     out.mkdir(parents=True, exist_ok=True)
     program_path = None
     if cfg.export.save_program:
@@ -199,7 +207,8 @@ def _export_format(fmt, cfg, captured, out, stem, inputs, references, model_info
                 report = validate(fmt, artifact, inputs=inputs, references=references,
                                   precision=precision, input_shape=input_shape,
                                   output_shape=[batch, model_info["num_classes"]],
-                                  batch=batch, max_rank=MAX_RANK.get(fmt), threads=threads)
+                                  batch=batch, max_rank=MAX_RANK.get(fmt), threads=threads,
+                                  tolerance=_tolerance(cfg, precision))
             validation = report.to_dict()
             validation["inputs"] = {"photos": photo_names, "unreadable_photos": skipped,
                                     "random": cfg.validate.random_inputs}

@@ -126,10 +126,10 @@ def check_structure(desc: dict, *, input_shape: list, output_shape: list,
 def validate(fmt: str, artifact: Path, *, inputs: dict[str, np.ndarray],
              references: dict[str, np.ndarray], precision: str, input_shape: list,
              output_shape: list, batch: int | None, max_rank: int | None = None,
-             threads: int | None = None) -> ValidationReport:
+             threads: int | None = None, tolerance: Tolerance | None = None) -> ValidationReport:
     """Structure first, then numbers on every input set (photos, random) where it can run."""
     backend = get_backend(fmt)
-    tolerance = TOLERANCES[precision]
+    tolerance = tolerance or TOLERANCES[precision]
     report = ValidationReport(backend=fmt, precision=precision, status="passed",
                               tolerance=tolerance, structure=backend.describe(artifact))
     report.failures += check_structure(report.structure, input_shape=input_shape,

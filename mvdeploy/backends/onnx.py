@@ -33,9 +33,21 @@ def export(captured: Captured, cfg, path: Path) -> dict:
     size = sum(t.nbytes for t in captured.program.state_dict.values())
     # one self-contained file unless protobuf's 2 GB limit forces external data
     program.save(str(path), external_data=size >= _TWO_GB)
+    if captured.dynamic_batch:
+        _name_batch_axis(onnx, path)
     onnx.checker.check_model(str(path))
     return {"opset": cfg.onnx.opset, "optimized": cfg.onnx.optimize,
             "dynamic_batch": captured.dynamic_batch, "onnx": onnx.__version__}
+
+
+def _name_batch_axis(onnx, path: Path) -> None:
+    """torch.export calls the symbolic batch 's0'-like names; users' code reads 'batch'."""
+    model = onnx.load(str(path))
+    for value in [*model.graph.input, *model.graph.output]:
+        dim = value.type.tensor_type.shape.dim[0]
+        if dim.dim_param:
+            dim.dim_param = "batch"
+    onnx.save(model, str(path))
 
 
 def load(path: Path, *, threads: int | None = None) -> Runner:

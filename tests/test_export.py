@@ -1,0 +1,261 @@
+"""Export to ONNX, TFLite and Core ML: real converters, real runtimes, bundled real photos.
+
+Conversions are shared through session fixtures; most use XXS at 96x64 (non-square, and patch 8
+does not divide the 12x8 stride-8 map, so the resize path is exported too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mvdeploy.cli import run
+from mvdeploy.config import load_config
+from mvdeploy.data import load_images, sample_image_paths
+from mvdeploy.exporter import artifact_stem, run_export
+from mvdeploy.models import create_model
+from mvdeploy.models.weights import save_checkpoint
+
+pytestmark = pytest.mark.slow
+CONFIGS = sorted(Path(__file__).parents[1].joinpath("export_configs").glob("*.toml"))
+FORMATS = ("onnx", "tflite", "coreml")
+
+
+@pytest.fixture(scope="session")
+def xxs_export(tmp_path_factory):
+    """patch preset -> ExportResult for XXS at 96x64, all three formats, seeded weights."""
+    results = {}
+    for patch in ("A", "B"):
+        out = tmp_path_factory.mktemp(f"export_{patch}")
+        torch.manual_seed(0)
+        weights = save_checkpoint(create_model("mobilevit_xxs", num_classes=10),
+                                  out / "weights.safetensors")
+        cfg = load_config(overrides={
+            "model.name": "mobilevit_xxs", "model.patch": patch, "model.resolution": "96x64",
+            "model.weights": str(weights), "export.out": str(out / "artifacts"),
+        })
+        results[patch] = run_export(cfg)
+    return results
+
+
+@pytest.mark.parametrize("patch", ["A", "B"])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_exports_and_validates(xxs_export, patch, fmt):
+    result = xxs_export[patch]
+    r = next(r for r in result.formats if r.format == fmt)
+    assert r.error is None and r.ok, r.report.failures if r.report else r.error
+    assert r.artifact.exists() and r.manifest.exists()
+    manifest = json.loads(r.manifest.read_text())
+    assert manifest["artifact"]["file"] == r.artifact.name
+    assert manifest["model"]["patch_sizes"] == ([[2, 2]] * 3 if patch == "A"
+                                                else [[8, 8], [4, 4], [2, 2]])
+    assert manifest["model"]["resolution"] == [96, 64]
+    assert manifest["preprocessing"]["channel_order"] == "BGR"
+    assert len(manifest["artifact"]["sha256"]) == 64 and manifest["artifact"]["size_bytes"] > 0
+    assert manifest["validation"]["inputs"]["photos"] == [p.name for p in sample_image_paths()]
+    structure = manifest["validation"]["structure"]
+    assert [i["name"] for i in structure["inputs"]] == ["pixel_values"]
+    assert [o["name"] for o in structure["outputs"]] == ["logits"]
+    if fmt == "coreml" and sys.platform != "darwin":
+        assert manifest["validation"]["status"] == "structural"
+        assert manifest["validated"] is False and "macOS" in manifest["validation"]["note"]
+        assert structure["max_rank"] <= 4 and structure["model_type"] == "mlProgram"
+        assert {"conv", "layer_norm", "softmax", "matmul"} <= set(structure["ops"])
+    else:
+        assert manifest["validated"] is True
+        for label in ("photos", "random"):
+            metrics = manifest["validation"]["metrics"][label]
+            assert metrics["max_abs"] <= 1e-4 and metrics["top1_agreement"] == 1.0
+
+
+def test_layout_and_no_leftovers(xxs_export):
+    result = xxs_export["B"]
+    stem = "mobilevit_xxs_B_96x64"
+    assert result.program == result.out / f"{stem}.pt2"
+    names = sorted(p.name for p in result.out.iterdir())
+    assert names == sorted([f"{stem}.pt2", *FORMATS])  # no .partial folders or logs
+    assert not (result.out / "onnx" / f"{stem}.onnx.data").exists()  # one self-contained file
+
+
+def test_saved_program_reproduces_pytorch(xxs_export):
+    result = xxs_export["A"]
+    program = torch.export.load(str(result.program)).module()
+    x, _, _ = load_images(sample_image_paths()[:2], 96, 64)
+    model = create_model("mobilevit_xxs", weights=str(result.out.parent / "weights.safetensors"))
+    with torch.no_grad():
+        got = program(pixel_values=torch.from_numpy(x[:1]))["logits"]
+        assert torch.allclose(got, model(torch.from_numpy(x[:1])), atol=1e-5)
+
+
+PLAIN_RUNTIMES = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    x = np.load(sys.argv[1])
+    out = {}
+    import onnxruntime as ort
+    s = ort.InferenceSession(sys.argv[2], providers=["CPUExecutionProvider"])
+    out["onnx"] = s.run(["logits"], {"pixel_values": x})[0].tolist()
+    from ai_edge_litert.interpreter import Interpreter
+    runner = Interpreter(model_path=sys.argv[3]).get_signature_runner("serving_default")
+    out["tflite"] = runner(pixel_values=x)["logits"].tolist()
+    import coremltools as ct
+    spec = ct.utils.load_spec(sys.argv[4])
+    out["coreml"] = [[f.name for f in spec.description.input],
+                     [f.name for f in spec.description.output]]
+    assert "mvdeploy" not in sys.modules
+    print(json.dumps(out))
+""")
+
+
+def test_artifacts_load_in_plain_runtimes_without_mvdeploy(xxs_export, tmp_path):
+    result = xxs_export["B"]
+    paths = {r.format: r.artifact for r in result.formats}
+    x, _, _ = load_images(sample_image_paths()[:1], 96, 64)
+    np.save(tmp_path / "x.npy", x)
+    proc = subprocess.run(
+        [sys.executable, "-c", PLAIN_RUNTIMES, str(tmp_path / "x.npy"), str(paths["onnx"]),
+         str(paths["tflite"]), str(paths["coreml"])],
+        capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    model = create_model("mobilevit_xxs", patch_sizes="B",
+                         weights=str(result.out.parent / "weights.safetensors"))
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert np.abs(np.array(out["onnx"]) - ref).max() <= 1e-4
+    assert np.abs(np.array(out["tflite"]) - ref).max() <= 1e-4
+    assert out["coreml"] == [["pixel_values"], ["logits"]]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_shipped_config_exports(config, tmp_path):
+    cfg = load_config(config, {"export.out": str(tmp_path / "out"), "validate.max_images": 2,
+                               "validate.random_inputs": 1})
+    result = run_export(cfg)
+    assert result.ok, [(r.format, r.error, r.report and r.report.failures)
+                       for r in result.formats]
+    for r in result.formats:
+        manifest = json.loads(r.manifest.read_text())
+        assert manifest["config"]["model"]["name"] == cfg.model.name
+        if "android" in config.stem:
+            assert manifest["artifact"]["inputs"][0]["shape"] == [1, 256, 256, 3]
+            assert manifest["preprocessing"]["input_layout"] == "NHWC"
+        if "dynamic" in config.stem:
+            assert manifest["artifact"]["inputs"][0]["shape"][0] == "batch"
+
+
+@pytest.mark.parametrize(("name", "patch", "resolution"),
+                         [("mobilevit_xs", "B", "256"), ("mobilevit_s", "A", "320x256")])
+def test_larger_variants_export(name, patch, resolution, tmp_path):
+    cfg = load_config(overrides={"model.name": name, "model.patch": patch,
+                                 "model.resolution": resolution, "export.out": str(tmp_path),
+                                 "export.formats": "onnx,tflite", "validate.max_images": 3})
+    result = run_export(cfg)
+    assert result.ok
+    assert all(r.report.metrics["photos"].max_abs <= 1e-4 for r in result.formats)
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_cli_export_and_force(tmp_path, capsys):
+    argv = ["export", "-m", "mobilevit_xxs", "-p", "2x4,2,2", "-r", "64", "-f", "onnx",
+            "-o", str(tmp_path), "--json"]
+    assert run(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and report["formats"][0]["status"] == "passed"
+    artifact = Path(report["formats"][0]["artifact"])
+    assert artifact.name == "mobilevit_xxs_2x4-2-2_64x64.onnx"
+    before = artifact.stat().st_mtime_ns
+    assert run(argv) == 2  # exists: refuse, change nothing
+    assert "--force" in capsys.readouterr().err
+    assert artifact.stat().st_mtime_ns == before
+    assert run([*argv, "--force"]) == 0
+    assert artifact.stat().st_mtime_ns != before
+
+
+def test_failed_validation_keeps_artifact_and_exits_1(tmp_path, capsys):
+    argv = ["export", "-m", "mobilevit_xxs", "-r", "64", "-f", "onnx", "-o", str(tmp_path),
+            "--set", "validate.fp32_max_abs=1e-15"]
+    assert run(argv) == 1
+    out = capsys.readouterr().out
+    assert "logits on photos: max abs diff" in out and "logits on random" in out
+    manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
+    assert manifest["validated"] is False and len(manifest["validation"]["failures"]) == 2
+    assert (tmp_path / "onnx" / manifest["artifact"]["file"]).exists()
+
+
+BAD_CONFIGS = [
+    ("[model]\npach = 'B'\n", "unknown key 'model.pach'"),
+    ("[model]\nresolution = 225\n", "model.resolution: input height 225 is not a multiple of 32"),
+    ("[export]\nbatch = 'two'\n", "export.batch must be int"),
+    ("[export]\nformats = ['onnx', 'tflite']\ndynamic_batch = true\n", "onnx only"),
+    ("[exports]\nformats = ['onnx']\n", "unknown table [exports]"),
+    ("[coreml]\nminimum_deployment_target = 'iOS13'\n", "ML Programs need iOS15"),
+    ("[model\nname = 'x'\n", "is not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("text", "match"), BAD_CONFIGS)
+def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, text, match):
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    assert run(["export", str(config), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("argv", "match"), [
+    (["--format", "onnx,caffe"], "unknown format caffe"),
+    (["--set", "model.patch"], "--set expects table.key=value"),
+    (["--weights", "/nonexistent.pt", "-f", "onnx"], "does not exist"),
+    (["--images", "/nonexistent", "-f", "onnx"], "does not exist"),
+])
+def test_bad_flags_are_one_line_exit_2(tmp_path, capsys, argv, match):
+    assert run(["export", "-o", str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and "\n" not in err
+    assert not list((tmp_path / "out").glob("*/*")) if (tmp_path / "out").exists() else True
+
+
+def test_empty_image_folder_is_an_error(tmp_path, capsys):
+    (tmp_path / "photos").mkdir()
+    assert run(["export", "-f", "onnx", "--images", str(tmp_path / "photos"),
+                "-o", str(tmp_path / "out")]) == 2
+    assert "no images" in capsys.readouterr().err
+
+
+def test_ctrl_c_leaves_no_half_written_artifact(tmp_path):
+    """Interrupt during the TFLite conversion: exit 130, no tflite/ and no partial folders."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mvdeploy.cli", "export", "-r", "64", "-f", "onnx,tflite",
+         "-o", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(tmp_path.glob(".tflite.partial-*")):
+        time.sleep(0.2)
+    assert list(tmp_path.glob(".tflite.partial-*")), "conversion never started"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    assert "interrupted" in proc.stderr.read().decode()
+    assert (tmp_path / "onnx").is_dir()  # finished before the interrupt: kept whole
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".") or
+                 p.name == "tflite"]
+    assert leftovers == []
+
+
+def test_artifact_stem_names_custom_patches():
+    cfg = load_config(overrides={"model.patch": "2x4,2,2", "model.resolution": "320x256"})
+    assert artifact_stem(cfg) == "mobilevit_xxs_2x4-2-2_320x256"
+    assert os.sep not in artifact_stem(cfg)
