@@ -76,10 +76,13 @@ def describe(path: Path) -> dict:
                 "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name}
 
     initializer_names = {i.name for i in model.graph.initializer}
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
     return {
         "inputs": [info(v) for v in model.graph.input if v.name not in initializer_names],
         "outputs": [info(v) for v in model.graph.output],
         "ops": dict(Counter(n.op_type for n in model.graph.node).most_common()),
+        "max_rank": max((len(v.type.tensor_type.shape.dim) for v in values), default=0),
         "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
                      default=None),
         "external_data": any(i.data_location == onnx.TensorProto.EXTERNAL
