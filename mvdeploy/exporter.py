@@ -122,7 +122,17 @@ def _umask() -> int:
     return mask
 
 
-def _validation_inputs(cfg: ExportConfig) -> tuple[dict[str, np.ndarray], list[str], int]:
+@dataclass(frozen=True)
+class _Reference:
+    """Validation inputs per set ("photos", "random") and eager PyTorch's logits for them."""
+
+    inputs: dict[str, np.ndarray]
+    logits: dict[str, np.ndarray]
+    photo_names: list[str]
+    unreadable_photos: int
+
+
+def _reference(cfg: ExportConfig, model: torch.nn.Module) -> _Reference:
     height, width = cfg.height_width
     paths = find_images(cfg.validate.images) if cfg.validate.images else sample_image_paths()
     photos, used, skipped = load_images(paths, height, width, cfg.preprocessing,
@@ -132,7 +142,9 @@ def _validation_inputs(cfg: ExportConfig) -> tuple[dict[str, np.ndarray], list[s
         rng = np.random.default_rng(0)
         inputs["random"] = rng.random((cfg.validate.random_inputs, 3, height, width),
                                       dtype=np.float32)
-    return inputs, [p.name for p in used], skipped
+    with torch.no_grad():
+        logits = {k: model(torch.from_numpy(v)).numpy() for k, v in inputs.items()}
+    return _Reference(inputs, logits, [p.name for p in used], skipped)
 
 
 def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progress,
@@ -151,9 +163,7 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progr
         model = create_model(cfg.model.name, patch_sizes=cfg.model.patch, fold=cfg.model.fold,
                              weights=cfg.model.weights or None,
                              num_classes=None if cfg.model.weights else cfg.model.num_classes)
-        inputs, photo_names, skipped = _validation_inputs(cfg)
-        with torch.no_grad():
-            references = {k: model(torch.from_numpy(v)).numpy() for k, v in inputs.items()}
+        reference = _reference(cfg, model)
     macs = count_macs(model, height, width)
     model_info = {
         "name": cfg.model.name, "patch_sizes": [list(p) for p in model.patch_sizes],
@@ -164,7 +174,7 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progr
     with step("Capturing with torch.export"):
         # torch.export specialises a batch of 1, so a dynamic batch is traced with 2
         example_batch = 2 if cfg.export.dynamic_batch else batch
-        example = torch.from_numpy(inputs["photos"][:1]).repeat(example_batch, 1, 1, 1)
+        example = torch.from_numpy(reference.inputs["photos"][:1]).repeat(example_batch, 1, 1, 1)
         captured = capture(model, example, dynamic_batch=cfg.export.dynamic_batch)
     out.mkdir(parents=True, exist_ok=True)
     program_path = None
@@ -178,20 +188,22 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progr
             finally:
                 tmp.unlink(missing_ok=True)
 
-    results = []
-    for fmt in cfg.export.formats:
-        results.append(_export_format(
-            fmt, cfg, captured, out, stem, inputs, references, model_info, photo_names, skipped,
-            labels=model.class_labels, step=step, threads=threads))
+    results = [
+        _export_format(fmt, cfg, captured, out / fmt, stem, reference, model_info,
+                       labels=model.class_labels, step=step, threads=threads)
+        for fmt in cfg.export.formats
+    ]
     return ExportResult(out=out, program=program_path, formats=results)
 
 
-def _export_format(fmt, cfg, captured, out, stem, inputs, references, model_info, photo_names,
-                   skipped, *, labels, step, threads) -> FormatResult:
+def _export_format(fmt: str, cfg: ExportConfig, captured, final: Path, stem: str,
+                   reference: _Reference, model_info: dict, *, labels: list[str] | None,
+                   step: Step, threads: int | None) -> FormatResult:
+    """Convert, validate and write one format into `final` (out/<fmt>), atomically."""
     backend = get_backend(fmt)
     result = FormatResult(fmt)
     start = time.perf_counter()
-    final = out / fmt
+    out = final.parent
     log = out / f".{fmt}-convert.log"
     height, width = cfg.height_width
     batch = None if cfg.export.dynamic_batch else cfg.export.batch
@@ -204,23 +216,25 @@ def _export_format(fmt, cfg, captured, out, stem, inputs, references, model_info
             with step(f"Converting to {fmt}"), redirect_native_output(log):
                 export_info = backend.export(captured, cfg, artifact)
             with step(f"Validating {fmt} against PyTorch"), redirect_native_output(log):
-                report = validate(fmt, artifact, inputs=inputs, references=references,
+                report = validate(fmt, artifact, inputs=reference.inputs,
+                                  references=reference.logits,
                                   precision=precision, input_shape=input_shape,
                                   output_shape=[batch, model_info["num_classes"]],
                                   batch=batch, max_rank=MAX_RANK.get(fmt), threads=threads,
                                   tolerance=_tolerance(cfg, precision))
             validation = report.to_dict()
-            validation["inputs"] = {"photos": photo_names, "unreadable_photos": skipped,
+            validation["inputs"] = {"photos": reference.photo_names,
+                                    "unreadable_photos": reference.unreadable_photos,
                                     "random": cfg.validate.random_inputs}
+            preprocessing = {
+                **asdict(cfg.preprocessing), "input_layout": "NHWC" if nhwc else "NCHW",
+                "resize_shorter_side": cfg.preprocessing.shorter_side(height, width),
+                "crop": [height, width],
+            }
             manifest = build_manifest(
                 fmt=fmt, artifact=artifact, model_info=model_info, config=cfg.to_dict(),
-                preprocessing={**asdict(cfg.preprocessing), "input_layout":
-                               "NHWC" if nhwc else "NCHW",
-                               "resize_shorter_side": cfg.preprocessing.shorter_side(height,
-                                                                                     width),
-                               "crop": [height, width]},
-                labels=labels, export_info=export_info, validation=validation,
-                precision=precision)
+                preprocessing=preprocessing, labels=labels, export_info=export_info,
+                validation=validation, precision=precision)
             write_json(tmp / "manifest.json", manifest)
         result.artifact = final / artifact.name
         result.manifest = final / "manifest.json"
