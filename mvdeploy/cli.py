@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -193,12 +195,14 @@ def export(config: str | None, sets: tuple[str, ...], force: bool, threads: int 
     progress_console = Console(file=terminal_stream(2), stderr=True)
     columns = (SpinnerColumn(finished_text=""), TextColumn("{task.fields[mark]}"),
                TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=progress_console) as progress:
+    with Progress(*columns, console=progress_console) as progress, _interrupt_flag() as stop:
         @contextlib.contextmanager
         def step(text: str):
             task = progress.add_task(text, total=1, mark="")
             try:
                 yield
+                if stop.is_set():  # a Ctrl-C that a library swallowed: honour it here
+                    raise KeyboardInterrupt
             except BaseException:
                 progress.update(task, completed=1, mark="[red]✗[/]")
                 raise
@@ -213,6 +217,26 @@ def export(config: str | None, sets: tuple[str, ...], force: bool, threads: int 
         _print_export_table(result, rows)
     if not result.ok:
         raise SystemExit(1)
+
+
+@contextlib.contextmanager
+def _interrupt_flag():
+    """Remember Ctrl-C even when the KeyboardInterrupt it raises is swallowed.
+
+    Python drops exceptions raised inside finalizers ("Exception ignored in __del__"), and the
+    converters run many; the flag lets each progress step re-raise before anything is kept.
+    """
+    flag = threading.Event()
+
+    def handler(signum, frame):
+        flag.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _format_row(r) -> dict:
