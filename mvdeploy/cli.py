@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import threading
-from pathlib import Path
 
 import click
 from rich import box
@@ -141,7 +140,9 @@ def _export_overrides(**flags) -> dict:
         "out": "export.out", "batch": "export.batch", "dynamic_batch": "export.dynamic_batch",
         "channels_last": "tflite.channels_last", "coreml_target":
         "coreml.minimum_deployment_target", "coreml_precision": "coreml.compute_precision",
-        "images": "validate.images",
+        "images": "validate.images", "precision": "quantize.precision",
+        "calibration": "quantize.calibration_images",
+        "calibration_method": "quantize.calibration_method",
     }
     return {mapping[k]: v for k, v in flags.items() if v is not None}
 
@@ -168,6 +169,14 @@ def _export_overrides(**flags) -> dict:
               help="Core ML compute precision (default fp16).")
 @click.option("--fold", type=click.Choice(["rank4", "permute"]),
               help="Unfold/fold implementation (default rank4, which Core ML needs).")
+@click.option("--precision", metavar="RECIPE",
+              help="fp32, fp16, int8-dynamic, int8-static (ONNX, TFLite); int8-weights, "
+                   "palettize-4/6/8, w8a8 (Core ML). Default: fp32 (Core ML: fp16).")
+@click.option("--calibration", metavar="DIR",
+              help="Photos to calibrate int8-static / w8a8 on (default: the bundled samples, "
+                   "half of them, the other half held out for the fidelity report).")
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]),
+              help="ONNX int8-static activation calibration (default minmax).")
 @click.option("--images", metavar="DIR",
               help="Validate on this folder of photos instead of the bundled samples.")
 @click.option("--set", "sets", multiple=True, metavar="TABLE.KEY=VALUE",
@@ -241,30 +250,38 @@ def _interrupt_flag():
 
 def _format_row(r) -> dict:
     row = {"format": r.format, "artifact": str(r.artifact or ""), "seconds": r.seconds,
+           "precision": r.report.precision if r.report else None,
            "status": "error" if r.error else r.report.status, "error": r.error,
            "log": str(r.log or ""), "failures": r.report.failures if r.report else [],
            "note": r.report.note if r.report else ""}
     if r.artifact:
-        row["size_mb"] = round(json.loads(r.manifest.read_text())["artifact"]["size_bytes"]
-                               / 1e6, 2)
+        artifact = json.loads(r.manifest.read_text())["artifact"]
+        row["size_mb"] = round(artifact["size_bytes"] / 1e6, 2)
+        row["size_ratio_to_fp32"] = artifact["size_ratio_to_fp32"]
     if r.report and "photos" in r.report.metrics:
         m = r.report.metrics["photos"]
-        row.update(max_abs=m.max_abs, snr_db=m.snr_db, top1_agreement=m.top1_agreement)
+        row.update(max_abs=m.max_abs, snr_db=m.snr_db, cosine=m.cosine,
+                   top1_agreement=m.top1_agreement, top5_agreement=m.top5_agreement)
     return row
 
 
 def _print_export_table(result, rows: list[dict]) -> None:
     table = Table(title=f"Exported to {result.out}", box=box.SIMPLE_HEAD)
-    for col in ("format", "artifact", "MB", "status", "max abs", "SNR dB", "top-1", "s"):
-        table.add_column(col, no_wrap=col != "artifact")
+    for col in ("format", "precision", "MB", "status", "max abs", "SNR dB", "top-1", "top-5",
+                "s"):
+        table.add_column(col, no_wrap=True)
     for row in rows:
         status = {"passed": "[green]passed[/]", "structural": "[yellow]structural[/]"}.get(
             row["status"], f"[red]{row['status']}[/]")
         metrics = [f.format(row[k]) if k in row else "-" for k, f in
-                   (("max_abs", "{:.2e}"), ("snr_db", "{:.1f}"), ("top1_agreement", "{:.0%}"))]
-        table.add_row(row["format"], Path(row["artifact"]).name or "-",
-                      str(row.get("size_mb", "-")), status, *metrics, f"{row['seconds']:.1f}")
+                   (("max_abs", "{:.1e}"), ("snr_db", "{:.1f}"), ("top1_agreement", "{:.0%}"),
+                    ("top5_agreement", "{:.0%}"))]
+        table.add_row(row["format"], row["precision"] or "-", str(row.get("size_mb", "-")),
+                      status, *metrics, f"{row['seconds']:.0f}")
     console.print(table)
+    for row in rows:
+        if row["artifact"]:
+            console.print(f"{row['format']}: {row['artifact']}", markup=False, highlight=False)
     for row in rows:
         for failure in row["failures"]:
             console.print(f"[red]{row['format']}: {failure}[/]")

@@ -18,6 +18,7 @@ from mvdeploy.data import Preprocessing
 from mvdeploy.errors import ConfigError, MvdeployError
 from mvdeploy.models import FOLD_IMPLS, format_patch_sizes, get_model_cfg, parse_patch_sizes
 from mvdeploy.models.mobilevit import parse_resolution
+from mvdeploy.quantize import CALIBRATION_METHODS, KEEP_FLOAT_CHOICES, check_recipe
 
 try:
     import tomllib
@@ -27,6 +28,7 @@ except ModuleNotFoundError:  # Python 3.10
 EXPORT_FORMATS = ("onnx", "tflite", "coreml")
 COREML_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
 COREML_PRECISIONS = ("fp16", "fp32")
+W8A8_TARGETS = ("iOS17", "iOS18", "macOS14", "macOS15")  # activation quantize ops
 ONNX_OPSETS = range(18, 24)
 
 
@@ -67,12 +69,24 @@ class CoremlSection:
 
 
 @dataclass(frozen=True)
+class QuantizeSection:
+    precision: str = ""  # empty: fp32, and coreml.compute_precision for Core ML
+    calibration_images: str = ""  # folder; empty: the bundled photos (split from held-out ones)
+    calibration_samples: int = 128
+    calibration_method: str = "minmax"  # ONNX int8-static: minmax, entropy, percentile
+    per_channel: bool = True  # per-channel weight scales (ONNX and TFLite int8-static)
+    # ONNX int8-static keeps these in float; naive int8 of them hurts MobileViT (REFERENCE.md)
+    keep_float: tuple[str, ...] = ("softmax", "layernorm", "attention")
+
+
+@dataclass(frozen=True)
 class ValidateSection:
     images: str = ""  # folder of photos; empty: the sample photos shipped with mvdeploy
     max_images: int = 8
     random_inputs: int = 2
     fp32_max_abs: float = 1e-4  # tolerance on logits for float32 artifacts
     fp16_min_snr_db: float = 40.0  # tolerance for float16 artifacts
+    quantized_min_snr_db: float = 20.0  # tolerance for int8 / palettised artifacts
 
 
 @dataclass(frozen=True)
@@ -82,8 +96,15 @@ class ExportConfig:
     onnx: OnnxSection = field(default_factory=OnnxSection)
     tflite: TfliteSection = field(default_factory=TfliteSection)
     coreml: CoremlSection = field(default_factory=CoremlSection)
+    quantize: QuantizeSection = field(default_factory=QuantizeSection)
     validate: ValidateSection = field(default_factory=ValidateSection)
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
+
+    def precision(self, fmt: str) -> str:
+        """The recipe a format gets: quantize.precision, else its float default."""
+        if self.quantize.precision:
+            return self.quantize.precision
+        return self.coreml.compute_precision if fmt == "coreml" else "fp32"
 
     @property
     def height_width(self) -> tuple[int, int]:
@@ -190,6 +211,22 @@ def _check(cfg: ExportConfig) -> None:
     if cfg.coreml.compute_precision not in COREML_PRECISIONS:
         raise ConfigError(f"coreml.compute_precision must be fp16 or fp32, "
                           f"got {cfg.coreml.compute_precision!r}")
+    for fmt in formats:
+        check_recipe(fmt, cfg.precision(fmt))
+    if ("coreml" in formats and cfg.precision("coreml") == "w8a8"
+            and cfg.coreml.minimum_deployment_target not in W8A8_TARGETS):
+        raise ConfigError("quantize.precision w8a8 needs coreml.minimum_deployment_target "
+                          "iOS17 or later (activation quantisation ops)")
+    if cfg.quantize.calibration_method not in CALIBRATION_METHODS:
+        raise ConfigError(f"quantize.calibration_method must be one of "
+                          f"{', '.join(CALIBRATION_METHODS)}, got "
+                          f"{cfg.quantize.calibration_method!r}")
+    unknown = [k for k in cfg.quantize.keep_float if k not in KEEP_FLOAT_CHOICES]
+    if unknown:
+        raise ConfigError(f"quantize.keep_float: unknown {', '.join(unknown)}; choose from "
+                          f"{', '.join(KEEP_FLOAT_CHOICES)}")
+    if cfg.quantize.calibration_samples < 1:
+        raise ConfigError("quantize.calibration_samples must be at least 1")
     if cfg.validate.max_images < 1 or cfg.validate.random_inputs < 0:
         raise ConfigError("validate.max_images must be >= 1 and validate.random_inputs >= 0")
 

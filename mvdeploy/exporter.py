@@ -13,6 +13,7 @@ so a crash or Ctrl-C never leaves a half-written artifact behind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -35,6 +36,7 @@ from mvdeploy.manifest import build_manifest, write_json
 from mvdeploy.models import PATCH_PRESETS, create_model, parse_patch_sizes
 from mvdeploy.models.macs import count_macs
 from mvdeploy.native_output import redirect_native_output
+from mvdeploy.quantize import Calibration, evidence_failure, needs_calibration, tolerance_kind
 from mvdeploy.validate import Tolerance, ValidationReport, validate
 
 Step = Callable[[str], AbstractContextManager]
@@ -111,8 +113,11 @@ def _atomic_dir(final: Path) -> Iterator[Path]:
 
 
 def _tolerance(cfg: ExportConfig, precision: str) -> Tolerance:
-    if precision == "fp16":
+    kind = tolerance_kind(precision)
+    if kind == "fp16":
         return Tolerance(min_snr_db=cfg.validate.fp16_min_snr_db)
+    if kind == "quantized":
+        return Tolerance(min_snr_db=cfg.validate.quantized_min_snr_db)
     return Tolerance(max_abs=cfg.validate.fp32_max_abs)
 
 
@@ -132,9 +137,45 @@ class _Reference:
     unreadable_photos: int
 
 
-def _reference(cfg: ExportConfig, model: torch.nn.Module) -> _Reference:
+def _digest_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _split_images(cfg: ExportConfig) -> tuple[list[Path], list[Path] | None]:
+    """Held-out validation photos, and calibration photos when a recipe needs them.
+
+    Fidelity is measured on images the calibration never saw: where both sets come from the
+    same photos (the bundled samples by default), every other one calibrates and the rest are
+    held out.
+    """
+    held_out = find_images(cfg.validate.images) if cfg.validate.images else sample_image_paths()
+    if not any(needs_calibration(f, cfg.precision(f)) for f in cfg.export.formats):
+        return held_out, None
+    folder = cfg.quantize.calibration_images
+    calibration = find_images(folder) if folder else sample_image_paths()
+    held_digests = {_digest_file(p): p for p in held_out}
+    shared = [p for p in calibration if _digest_file(p) in held_digests]
+    if shared:
+        if len(shared) < 2:
+            raise ConfigError("calibration and validation share their only image: give "
+                              "quantize.calibration_images or validate.images another folder")
+        calibration = [p for p in calibration if p not in shared] + shared[::2]
+        used = {_digest_file(p) for p in shared[::2]}
+        held_out = [p for p in held_out if _digest_file(p) not in used]
+    return held_out, calibration
+
+
+def _calibration(cfg: ExportConfig, paths: list[Path]) -> tuple[Calibration, dict]:
     height, width = cfg.height_width
-    paths = find_images(cfg.validate.images) if cfg.validate.images else sample_image_paths()
+    images, used, skipped = load_images(paths, height, width, cfg.preprocessing,
+                                        limit=cfg.quantize.calibration_samples)
+    info = {"source": cfg.quantize.calibration_images or "bundled sample photos",
+            "images": len(used), "unreadable": skipped, "names": [p.name for p in used]}
+    return Calibration(images, [p.name for p in used]), info
+
+
+def _reference(cfg: ExportConfig, model: torch.nn.Module, paths: list[Path]) -> _Reference:
+    height, width = cfg.height_width
     photos, used, skipped = load_images(paths, height, width, cfg.preprocessing,
                                         limit=cfg.validate.max_images)
     inputs = {"photos": photos}
@@ -163,7 +204,10 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progr
         model = create_model(cfg.model.name, patch_sizes=cfg.model.patch, fold=cfg.model.fold,
                              weights=cfg.model.weights or None,
                              num_classes=None if cfg.model.weights else cfg.model.num_classes)
-        reference = _reference(cfg, model)
+        held_out, calibration_paths = _split_images(cfg)
+        reference = _reference(cfg, model, held_out)
+        calibration, calibration_info = (_calibration(cfg, calibration_paths)
+                                         if calibration_paths else (None, None))
     macs = count_macs(model, height, width)
     model_info = {
         "name": cfg.model.name, "patch_sizes": [list(p) for p in model.patch_sizes],
@@ -190,7 +234,8 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progr
 
     results = [
         _export_format(fmt, cfg, captured, out / fmt, stem, reference, model_info,
-                       labels=model.class_labels, step=step, threads=threads)
+                       labels=model.class_labels, step=step, threads=threads,
+                       calibration=calibration, calibration_info=calibration_info)
         for fmt in cfg.export.formats
     ]
     return ExportResult(out=out, program=program_path, formats=results)
@@ -198,7 +243,8 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progr
 
 def _export_format(fmt: str, cfg: ExportConfig, captured, final: Path, stem: str,
                    reference: _Reference, model_info: dict, *, labels: list[str] | None,
-                   step: Step, threads: int | None) -> FormatResult:
+                   step: Step, threads: int | None, calibration: Calibration | None,
+                   calibration_info: dict | None) -> FormatResult:
     """Convert, validate and write one format into `final` (out/<fmt>), atomically."""
     backend = get_backend(fmt)
     result = FormatResult(fmt)
@@ -209,12 +255,15 @@ def _export_format(fmt: str, cfg: ExportConfig, captured, final: Path, stem: str
     batch = None if cfg.export.dynamic_batch else cfg.export.batch
     nhwc = fmt == "tflite" and cfg.tflite.channels_last
     input_shape = [batch, height, width, 3] if nhwc else [batch, 3, height, width]
-    precision = cfg.coreml.compute_precision if fmt == "coreml" else "fp32"
+    precision = cfg.precision(fmt)
+    uses_calibration = needs_calibration(fmt, precision)
     try:
         with _atomic_dir(final) as tmp:
             artifact = tmp / f"{stem}{backend.SUFFIX}"
-            with step(f"Converting to {fmt}"), redirect_native_output(log):
-                export_info = backend.export(captured, cfg, artifact)
+            label = f"Converting to {fmt}" + (f" ({precision})" if precision != "fp32" else "")
+            with step(label), redirect_native_output(log):
+                export_info = backend.export(captured, cfg, artifact,
+                                             calibration=calibration if uses_calibration else None)
             with step(f"Validating {fmt} against PyTorch"), redirect_native_output(log):
                 report = validate(fmt, artifact, inputs=reference.inputs,
                                   references=reference.logits,
@@ -222,10 +271,16 @@ def _export_format(fmt: str, cfg: ExportConfig, captured, final: Path, stem: str
                                   output_shape=[batch, model_info["num_classes"]],
                                   batch=batch, max_rank=MAX_RANK.get(fmt), threads=threads,
                                   tolerance=_tolerance(cfg, precision))
+            missing = evidence_failure(fmt, precision, report.structure)
+            if missing:
+                report.failures.append(missing)
+                report.status = "failed"
             validation = report.to_dict()
             validation["inputs"] = {"photos": reference.photo_names,
                                     "unreadable_photos": reference.unreadable_photos,
                                     "random": cfg.validate.random_inputs}
+            if uses_calibration:
+                export_info["calibration"] = calibration_info
             preprocessing = {
                 **asdict(cfg.preprocessing), "input_layout": "NHWC" if nhwc else "NCHW",
                 "resize_shorter_side": cfg.preprocessing.shorter_side(height, width),

@@ -42,6 +42,7 @@ class Metrics:
     snr_db: float
     cosine: float
     top1_agreement: float
+    top5_agreement: float  # share of inputs whose reference top-1 is in the artifact's top 5
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray) -> Metrics:
@@ -60,6 +61,8 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> Metrics:
         snr_db=round(snr, 2),
         cosine=cosine,
         top1_agreement=float(np.mean(ref.argmax(1) == out.argmax(1))),
+        top5_agreement=float(np.mean([r in top for r, top in zip(
+            ref.argmax(1), np.argsort(-out, axis=1)[:, :5], strict=True)])),
     )
 
 

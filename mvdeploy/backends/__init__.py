@@ -4,7 +4,8 @@ Every backend module offers the same small interface:
 
     SUFFIX: str                              artifact file name suffix
     check_installed() -> None                raise MissingDependencyError naming the extra
-    export(captured, cfg, path) -> dict      write the artifact; return facts for the manifest
+    export(captured, cfg, path, *, calibration=None) -> dict
+                                             write the artifact; return facts for the manifest
     load(path, *, threads=None) -> Runner    a callable: NCHW float32 batch -> logits
     describe(path) -> dict                   inputs, outputs, op histogram, max rank
 

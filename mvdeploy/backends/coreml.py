@@ -15,6 +15,7 @@ import numpy as np
 from mvdeploy import __version__
 from mvdeploy.backends import BackendUnavailable, Runner, require, tensor_info
 from mvdeploy.capture import INPUT_NAME, OUTPUT_NAME, Captured
+from mvdeploy.quantize import Calibration, pt2e_quantize
 
 SUFFIX = ".mlpackage"
 MAX_RANK = 5
@@ -29,18 +30,29 @@ def check_installed() -> None:
     _ct()
 
 
-def export(captured: Captured, cfg, path: Path) -> dict:
+def export(captured: Captured, cfg, path: Path, *, calibration: Calibration | None = None) -> dict:
     ct = _ct()
-    program = captured.program.run_decompositions({})  # coremltools reads the ATen dialect
+    recipe = cfg.precision("coreml")
+    program = captured.program
+    if recipe == "w8a8":
+        # coremltools' activation calibration needs macOS, so quantise in PyTorch (PT2E) first.
+        # Per-tensor weights: its converter reads quantize_per_tensor but not per_channel.
+        import torch
+
+        module, _ = pt2e_quantize(captured.module, calibration, per_channel=False,
+                                  input_name=INPUT_NAME)
+        program = torch.export.export(module, (), {INPUT_NAME: captured.example})
+    compute = recipe if recipe in ("fp16", "fp32") else cfg.coreml.compute_precision
     model = ct.convert(
-        program,
+        program.run_decompositions({}),  # coremltools reads the ATen dialect
         inputs=[ct.TensorType(name=INPUT_NAME, shape=tuple(captured.example.shape),
                               dtype=np.float32)],
         outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
         convert_to="mlprogram",
         minimum_deployment_target=getattr(ct.target, cfg.coreml.minimum_deployment_target),
-        compute_precision=getattr(ct.precision, _PRECISIONS[cfg.coreml.compute_precision]),
+        compute_precision=getattr(ct.precision, _PRECISIONS[compute]),
     )
+    model = _compress(ct, model, recipe)
     model.author = f"mvdeploy {__version__}"
     model.short_description = (f"{cfg.model.name} (MobileViT v1), patch {cfg.model.patch}, "
                                f"input {cfg.model.resolution}")
@@ -52,10 +64,24 @@ def export(captured: Captured, cfg, path: Path) -> dict:
         "mvdeploy.resolution": cfg.model.resolution,
         "mvdeploy.channel_order": cfg.preprocessing.channel_order,
         "mvdeploy.scale": repr(cfg.preprocessing.scale),
+        "mvdeploy.precision": recipe,
     })
     model.save(str(path))
     return {"minimum_deployment_target": cfg.coreml.minimum_deployment_target,
-            "compute_precision": cfg.coreml.compute_precision, "coremltools": ct.__version__}
+            "compute_precision": compute, "recipe": recipe, "coremltools": ct.__version__}
+
+
+def _compress(ct, model, recipe: str):
+    """coremltools' weight compression, which runs on Linux (no calibration data needed)."""
+    import coremltools.optimize.coreml as cto
+
+    if recipe == "int8-weights":
+        op_config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8")
+        return cto.linear_quantize_weights(model, cto.OptimizationConfig(global_config=op_config))
+    if recipe.startswith("palettize-"):
+        op_config = cto.OpPalettizerConfig(nbits=int(recipe.split("-")[1]), mode="kmeans")
+        return cto.palettize_weights(model, cto.OptimizationConfig(global_config=op_config))
+    return model
 
 
 def can_run() -> bool:

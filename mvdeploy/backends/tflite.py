@@ -16,6 +16,7 @@ import torch
 from mvdeploy.backends import Runner, require, tensor_info
 from mvdeploy.capture import INPUT_NAME, OUTPUT_NAME, Captured
 from mvdeploy.errors import MissingDependencyError
+from mvdeploy.quantize import Calibration, pt2e_quantize
 
 SUFFIX = ".tflite"
 SIGNATURE = "serving_default"
@@ -40,14 +41,28 @@ def _channels_last(program: torch.nn.Module) -> torch.nn.Module:
     return ChannelsLast()  # no .eval(): exported graphs refuse train(); they are inference-only
 
 
-def export(captured: Captured, cfg, path: Path) -> dict:
+def export(captured: Captured, cfg, path: Path, *, calibration: Calibration | None = None) -> dict:
     litert_torch = require("litert_torch", "litert-torch", "tflite", "TFLite export")
+    from litert_torch.generative.quantize import quant_recipes
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    recipe = cfg.precision("tflite")
     module, example = captured.module, captured.example
+    quant_config = {
+        "fp32": lambda: None,
+        "fp16": quant_recipes.full_fp16_recipe,
+        "int8-dynamic": quant_recipes.full_dynamic_recipe,
+    }.get(recipe, lambda: None)()
+    if recipe == "int8-static":
+        module, quantizer = pt2e_quantize(module, calibration, per_channel=cfg.quantize.per_channel,
+                                          input_name=INPUT_NAME)
+        quant_config = QuantConfig(pt2e_quantizer=quantizer)
     if cfg.tflite.channels_last:
         module, example = _channels_last(module), example.permute(0, 2, 3, 1).contiguous()
-    edge_model = litert_torch.convert(module, sample_kwargs={INPUT_NAME: example})
+    edge_model = litert_torch.convert(module, sample_kwargs={INPUT_NAME: example},
+                                      quant_config=quant_config)
     edge_model.export(str(path))
-    return {"signature": SIGNATURE,
+    return {"signature": SIGNATURE, "recipe": recipe,
             "input_layout": "NHWC" if cfg.tflite.channels_last else "NCHW"}
 
 

@@ -18,7 +18,7 @@ def check_installed() -> None:
     """torch is a core dependency."""
 
 
-def export(captured: Captured, cfg, path: Path) -> dict:
+def export(captured: Captured, cfg, path: Path, *, calibration=None) -> dict:
     save_program(captured, path)
     return {"torch": torch.__version__}
 
