@@ -1,0 +1,208 @@
+"""Quantisation recipes end to end: real calibration photos, real converters and runtimes.
+
+Calibration uses scikit-image's own photos (dev extra) other than the ones mvdeploy bundles,
+so the fidelity report is measured on held-out images.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mvdeploy.cli import run
+from mvdeploy.config import load_config
+from mvdeploy.data import sample_image_paths
+from mvdeploy.errors import ConfigError
+from mvdeploy.exporter import _split_images, run_export
+from mvdeploy.quantize import RECIPES
+from mvdeploy.validate import compare
+
+BUNDLED = {p.stem for p in sample_image_paths()}
+
+
+@pytest.fixture(scope="session")
+def calibration_dir(tmp_path_factory) -> Path:
+    """scikit-image's sample photos that mvdeploy does not bundle (colour and grey)."""
+    skimage_data = pytest.importorskip("skimage.data")
+    folder = tmp_path_factory.mktemp("calibration")
+    source = Path(skimage_data.__file__).parent
+    for path in sorted(source.glob("*.png")) + sorted(source.glob("*.jpg")):
+        if path.stem not in BUNDLED:
+            shutil.copy(path, folder / path.name)
+    (folder / "broken.jpg").write_bytes(b"not an image")  # counted, skipped
+    return folder
+
+
+# ---------------------------------------------------------------- fast: rules and metrics
+
+
+@pytest.mark.parametrize(("fmt", "recipe"), [("onnx", "palettize-4"), ("tflite", "w8a8"),
+                                              ("coreml", "int8-static"), ("onnx", "int4")])
+def test_unsupported_recipe_lists_what_the_format_can_do(fmt, recipe):
+    with pytest.raises(ConfigError, match=f"{fmt} cannot do precision '{recipe}': choose one of "
+                                          + ", ".join(RECIPES[fmt])):
+        load_config(overrides={"export.formats": fmt, "quantize.precision": recipe})
+
+
+def test_w8a8_needs_ios17():
+    with pytest.raises(ConfigError, match="iOS17"):
+        load_config(overrides={"export.formats": "coreml", "quantize.precision": "w8a8"})
+
+
+def test_compare_metrics():
+    ref = np.array([[1.0, 2.0, 3.0, 0.0, 0.0, 0.0], [3.0, 2.0, 1.0, 0.0, 0.0, 0.0]])
+    noisy = ref + 0.01 * np.array([[1, -1, 1, -1, 1, -1], [1, 1, 1, 1, 1, 1]])
+    m = compare(ref, noisy)
+    assert m.samples == 2 and m.max_abs == pytest.approx(0.01)
+    assert m.snr_db == pytest.approx(10 * np.log10(28 / (12 * 1e-4)), abs=0.005)  # 0.01 dB
+    assert m.top1_agreement == 1.0 and m.top5_agreement == 1.0 and m.cosine > 0.9999
+    swapped = ref[:, [2, 1, 0, 3, 4, 5]]
+    assert compare(ref, swapped).top1_agreement == 0.0
+    assert compare(ref, swapped).top5_agreement == 1.0
+    assert compare(ref, ref).snr_db == 300.0  # identical: capped, JSON has no infinity
+
+
+def test_default_calibration_and_held_out_photos_are_disjoint():
+    cfg = load_config(overrides={"quantize.precision": "int8-static",
+                                 "export.formats": "onnx"})
+    held_out, calibration = _split_images(cfg)
+    assert set(held_out).isdisjoint(calibration)
+    assert len(held_out) + len(calibration) == len(sample_image_paths())
+    assert len(held_out) >= 3
+
+
+def test_calibration_folder_with_held_out_copies_is_split(tmp_path):
+    for path in sample_image_paths():
+        shutil.copy(path, tmp_path / path.name)
+    cfg = load_config(overrides={"quantize.precision": "int8-static", "export.formats": "onnx",
+                                 "quantize.calibration_images": str(tmp_path)})
+    held_out, calibration = _split_images(cfg)
+    held = {p.read_bytes() for p in held_out}
+    assert held.isdisjoint({p.read_bytes() for p in calibration})
+
+
+def test_no_calibration_for_float_recipes():
+    cfg = load_config(overrides={"quantize.precision": "fp16"})
+    assert _split_images(cfg)[1] is None
+
+
+# ---------------------------------------------------------------- slow: every recipe, A and B
+
+RUNS = [  # one export run per recipe and patch preset, with the formats that offer the recipe
+    ("fp16", "onnx,tflite,coreml"),
+    ("int8-dynamic", "onnx,tflite"),
+    ("int8-static", "onnx,tflite"),
+    ("int8-weights", "coreml"),
+    ("palettize-4", "coreml"),
+    ("palettize-6", "coreml"),
+    ("palettize-8", "coreml"),
+    ("w8a8", "coreml"),
+]
+
+
+@pytest.fixture(scope="session")
+def quantized(tmp_path_factory, calibration_dir):
+    cache = {}
+
+    def get(recipe: str, formats: str, patch: str):
+        key = (recipe, patch)
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"q_{recipe}_{patch}")
+            cfg = load_config(overrides={
+                "model.patch": patch, "model.resolution": "64", "export.formats": formats,
+                "export.out": str(out), "export.save_program": False,
+                "quantize.precision": recipe, "quantize.calibration_images": str(calibration_dir),
+                "coreml.minimum_deployment_target": "iOS17",
+            })
+            cache[key] = run_export(cfg)
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("patch", ["A", "B"])
+@pytest.mark.parametrize(("recipe", "formats"), RUNS)
+def test_recipe_produces_a_quantised_validated_artifact(quantized, recipe, formats, patch):
+    result = quantized(recipe, formats, patch)
+    for r in result.formats:
+        assert r.error is None, r.error
+        assert r.ok, r.report.failures
+        manifest = json.loads(r.manifest.read_text())
+        artifact = manifest["artifact"]
+        assert artifact["precision"] == recipe and artifact["recipe"] == recipe
+        assert artifact["size_ratio_to_fp32"] < (0.6 if recipe != "fp16" else 0.8)
+        structure = manifest["validation"]["structure"]
+        types, ops = structure.get("tensor_types", {}), structure["ops"]
+        if r.format == "onnx":
+            assert types.get("float16" if recipe == "fp16" else "int8", 0) > 0
+            assert [i["dtype"] for i in structure["inputs"]] == ["float32"]  # float I/O kept
+        elif r.format == "tflite":
+            assert types.get("float16" if recipe == "fp16" else "int8", 0) > 0
+        else:
+            evidence = {"int8-weights": "constexpr_affine_dequantize", "w8a8": "quantize",
+                        "fp16": "cast"}.get(recipe, "constexpr_lut_to_dense")
+            assert ops.get(evidence, 0) > 0
+        if r.format == "coreml":
+            assert manifest["validation"]["status"] == "structural"
+            continue
+        photos = manifest["validation"]["metrics"]["photos"]
+        assert manifest["validation"]["inputs"]["photos"] == sorted(
+            p.name for p in sample_image_paths())  # all held out: calibration used skimage's
+        assert photos["snr_db"] >= (40 if recipe == "fp16" else 20)
+        assert 0 <= photos["top5_agreement"] <= 1 and photos["cosine"] > 0.99
+        if recipe == "int8-static":
+            calibration = artifact["calibration"]
+            assert calibration["unreadable"] == 1 and calibration["images"] >= 10
+            assert not set(calibration["names"]) & {p.name for p in sample_image_paths()}
+
+
+@pytest.mark.slow
+def test_tflite_int8_static_has_int8_io_handled_by_the_runner(quantized):
+    result = quantized("int8-static", "onnx,tflite", "A")
+    tflite = next(r for r in result.formats if r.format == "tflite")
+    structure = json.loads(tflite.manifest.read_text())["validation"]["structure"]
+    (inp,) = structure["inputs"]
+    assert inp["dtype"] == "int8" and inp["quantization"]["scale"] > 0
+    assert structure["outputs"][0]["dtype"] == "int8"
+
+
+@pytest.mark.slow
+def test_onnx_int8_static_keeps_attention_in_float(quantized):
+    result = quantized("int8-static", "onnx,tflite", "B")
+    onnx_result = next(r for r in result.formats if r.format == "onnx")
+    artifact = json.loads(onnx_result.manifest.read_text())["artifact"]
+    assert artifact["kept_float"] == ["softmax", "layernorm", "attention"]
+    # 9 transformer layers x (softmax, 2 LayerNorms, QK^T, AV) + each block's final LayerNorm
+    assert artifact["float_nodes"] == 9 * 5 + 3
+
+
+# ---------------------------------------------------------------- command-line errors
+
+
+def test_cli_rejects_unsupported_recipe(tmp_path, capsys):
+    assert run(["export", "-f", "onnx,coreml", "--precision", "int8-static",
+                "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "coreml cannot do precision 'int8-static'" in err and "\n" not in err
+
+
+def test_cli_empty_calibration_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert run(["export", "-f", "onnx", "--precision", "int8-static", "--calibration",
+                str(tmp_path / "empty"), "-o", str(tmp_path / "out")]) == 2
+    assert "no images" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_unreadable_calibration_folder(tmp_path, capsys):
+    (tmp_path / "bad").mkdir()
+    for name in ("a.jpg", "b.png"):
+        (tmp_path / "bad" / name).write_bytes(b"\x00" * 64)
+    assert run(["export", "-f", "onnx", "--precision", "int8-static", "--calibration",
+                str(tmp_path / "bad"), "-o", str(tmp_path / "out")]) == 2
+    assert "none of the 2 image files could be read" in capsys.readouterr().err
