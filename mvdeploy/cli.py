@@ -140,7 +140,8 @@ def _export_overrides(**flags) -> dict:
         "out": "export.out", "batch": "export.batch", "dynamic_batch": "export.dynamic_batch",
         "channels_last": "tflite.channels_last", "coreml_target":
         "coreml.minimum_deployment_target", "coreml_precision": "coreml.compute_precision",
-        "images": "validate.images", "precision": "quantize.precision",
+        "images": "validate.images", "labelled": "validate.labelled_images",
+        "precision": "quantize.precision",
         "calibration": "quantize.calibration_images",
         "calibration_method": "quantize.calibration_method",
     }
@@ -179,6 +180,9 @@ def _export_overrides(**flags) -> dict:
               help="ONNX int8-static activation calibration (default minmax).")
 @click.option("--images", metavar="DIR",
               help="Validate on this folder of photos instead of the bundled samples.")
+@click.option("--labelled", metavar="DIR",
+              help="Folder of CLASS/*.jpg: report top-1 accuracy of each artifact and of "
+                   "PyTorch (CLASS = a checkpoint label or a class index).")
 @click.option("--set", "sets", multiple=True, metavar="TABLE.KEY=VALUE",
               help="Override any config key, e.g. --set onnx.opset=20 (repeatable).")
 @click.option("--force", is_flag=True, help="Replace artifacts that already exist in --out.")
@@ -253,7 +257,8 @@ def _format_row(r) -> dict:
            "precision": r.report.precision if r.report else None,
            "status": "error" if r.error else r.report.status, "error": r.error,
            "log": str(r.log or ""), "failures": r.report.failures if r.report else [],
-           "note": r.report.note if r.report else ""}
+           "note": r.report.note if r.report else "",
+           "accuracy": r.report.accuracy if r.report else {}}
     if r.artifact:
         artifact = json.loads(r.manifest.read_text())["artifact"]
         row["size_mb"] = round(artifact["size_bytes"] / 1e6, 2)
@@ -289,6 +294,9 @@ def _print_export_table(result, rows: list[dict]) -> None:
             console.print(f"[red]{row['format']} failed: {row['error']}[/] (log: {row['log']})")
         if row["note"]:
             console.print(f"[yellow]{row['format']}: {row['note']}[/]")
+        for acc in row["accuracy"].values():
+            console.print(f"{row['format']}: top-1 accuracy on {acc['images']} labelled images "
+                          f"{acc['artifact_top1']:.1%} (PyTorch {acc['reference_top1']:.1%})")
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -82,6 +82,7 @@ class QuantizeSection:
 @dataclass(frozen=True)
 class ValidateSection:
     images: str = ""  # folder of photos; empty: the sample photos shipped with mvdeploy
+    labelled_images: str = ""  # folder of class_name/*.jpg: top-1 accuracy, artifact vs PyTorch
     max_images: int = 8
     random_inputs: int = 2
     fp32_max_abs: float = 1e-4  # tolerance on logits for float32 artifacts

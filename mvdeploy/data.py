@@ -82,12 +82,29 @@ def find_images(folder: str | Path) -> list[Path]:
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise ConfigError(f"image folder {root} does not exist or is not a directory")
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = find_images_or_none(root)
     if not paths:
         raise ConfigError(
             f"no images (.jpg, .png, .bmp, .webp) in {root}: point to a folder of photos"
         )
     return paths
+
+
+def find_labelled_images(folder: str | Path) -> list[tuple[Path, str]]:
+    """(image, class name) for every image under folder/<class name>/, deterministic order."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"labelled folder {root} does not exist or is not a directory")
+    pairs = [(path, sub.name) for sub in sorted(p for p in root.iterdir() if p.is_dir())
+             for path in find_images_or_none(sub)]
+    if not pairs:
+        raise ConfigError(f"no images in class folders under {root}: expected "
+                          "CLASS_NAME/*.jpg (one sub-folder per class)")
+    return pairs
+
+
+def find_images_or_none(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def load_images(paths: Iterable[Path], height: int, width: int,

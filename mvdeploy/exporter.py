@@ -30,7 +30,7 @@ import torch
 from mvdeploy.backends import get_backend
 from mvdeploy.capture import capture
 from mvdeploy.config import ExportConfig
-from mvdeploy.data import find_images, load_images, sample_image_paths
+from mvdeploy.data import find_images, find_labelled_images, load_images, sample_image_paths
 from mvdeploy.errors import ConfigError, MvdeployError
 from mvdeploy.manifest import build_manifest, write_json
 from mvdeploy.models import PATCH_PRESETS, create_model, parse_patch_sizes
@@ -135,6 +135,7 @@ class _Reference:
     logits: dict[str, np.ndarray]
     photo_names: list[str]
     unreadable_photos: int
+    targets: dict[str, np.ndarray]  # input set -> true class index ("labelled" only)
 
 
 def _digest_file(path: Path) -> str:
@@ -153,6 +154,9 @@ def _split_images(cfg: ExportConfig) -> tuple[list[Path], list[Path] | None]:
         return held_out, None
     folder = cfg.quantize.calibration_images
     calibration = find_images(folder) if folder else sample_image_paths()
+    if cfg.validate.labelled_images:  # accuracy images are never calibration images
+        labelled = {_digest_file(p) for p, _ in find_labelled_images(cfg.validate.labelled_images)}
+        calibration = [p for p in calibration if _digest_file(p) not in labelled]
     held_digests = {_digest_file(p): p for p in held_out}
     shared = [p for p in calibration if _digest_file(p) in held_digests]
     if shared:
@@ -183,9 +187,33 @@ def _reference(cfg: ExportConfig, model: torch.nn.Module, paths: list[Path]) -> 
         rng = np.random.default_rng(0)
         inputs["random"] = rng.random((cfg.validate.random_inputs, 3, height, width),
                                       dtype=np.float32)
+    targets = {}
+    if cfg.validate.labelled_images:
+        inputs["labelled"], targets["labelled"] = _labelled(cfg, model)
     with torch.no_grad():
         logits = {k: model(torch.from_numpy(v)).numpy() for k, v in inputs.items()}
-    return _Reference(inputs, logits, [p.name for p in used], skipped)
+    return _Reference(inputs, logits, [p.name for p in used], skipped, targets)
+
+
+def _labelled(cfg: ExportConfig, model) -> tuple[np.ndarray, np.ndarray]:
+    """Images and class indices from folder/<class>/: names match the checkpoint's labels,
+    or are class indices."""
+    pairs = find_labelled_images(cfg.validate.labelled_images)
+    labels = model.class_labels or []
+    index = {name: i for i, name in enumerate(labels)}
+    targets = []
+    for _, name in pairs:
+        if name in index:
+            targets.append(index[name])
+        elif name.isdigit() and int(name) < model.num_classes:
+            targets.append(int(name))
+        else:
+            raise ConfigError(f"labelled folder '{name}' matches no class label of the "
+                              "checkpoint and is not a class index: rename it")
+    height, width = cfg.height_width
+    images, used, _ = load_images([p for p, _ in pairs], height, width, cfg.preprocessing)
+    kept = set(used)
+    return images, np.array([t for (p, _), t in zip(pairs, targets, strict=True) if p in kept])
 
 
 def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progress,
@@ -266,7 +294,7 @@ def _export_format(fmt: str, cfg: ExportConfig, captured, final: Path, stem: str
                                              calibration=calibration if uses_calibration else None)
             with step(f"Validating {fmt} against PyTorch"), redirect_native_output(log):
                 report = validate(fmt, artifact, inputs=reference.inputs,
-                                  references=reference.logits,
+                                  references=reference.logits, targets=reference.targets,
                                   precision=precision, input_shape=input_shape,
                                   output_shape=[batch, model_info["num_classes"]],
                                   batch=batch, max_rank=MAX_RANK.get(fmt), threads=threads,

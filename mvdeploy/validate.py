@@ -90,6 +90,7 @@ class ValidationReport:
     failures: list[str] = field(default_factory=list)
     structure: dict = field(default_factory=dict)
     note: str = ""
+    accuracy: dict[str, dict] = field(default_factory=dict)  # labelled set -> top-1 accuracies
 
     @property
     def passed(self) -> bool:
@@ -129,7 +130,8 @@ def check_structure(desc: dict, *, input_shape: list, output_shape: list,
 def validate(fmt: str, artifact: Path, *, inputs: dict[str, np.ndarray],
              references: dict[str, np.ndarray], precision: str, input_shape: list,
              output_shape: list, batch: int | None, max_rank: int | None = None,
-             threads: int | None = None, tolerance: Tolerance | None = None) -> ValidationReport:
+             threads: int | None = None, tolerance: Tolerance | None = None,
+             targets: dict[str, np.ndarray] | None = None) -> ValidationReport:
     """Structure first, then numbers on every input set (photos, random) where it can run."""
     backend = get_backend(fmt)
     tolerance = tolerance or TOLERANCES[precision]
@@ -149,5 +151,12 @@ def validate(fmt: str, artifact: Path, *, inputs: dict[str, np.ndarray],
         got = run_batched(runner, x, batch)
         report.metrics[label] = metrics = compare(references[label], got)
         report.failures += tolerance.failures(label, metrics)
+        if targets and label in targets:
+            truth = targets[label]
+            report.accuracy[label] = {
+                "images": len(truth),
+                "reference_top1": float(np.mean(references[label].argmax(1) == truth)),
+                "artifact_top1": float(np.mean(got.argmax(1) == truth)),
+            }
     report.status = "failed" if report.failures else "passed"
     return report

@@ -206,3 +206,47 @@ def test_cli_unreadable_calibration_folder(tmp_path, capsys):
     assert run(["export", "-f", "onnx", "--precision", "int8-static", "--calibration",
                 str(tmp_path / "bad"), "-o", str(tmp_path / "out")]) == 2
     assert "none of the 2 image files could be read" in capsys.readouterr().err
+
+
+def _labelled_folder(root: Path, weights: Path, height: int, width: int) -> Path:
+    """Six sample photos filed under class-index folders: right for three, wrong for three."""
+    import torch
+
+    from mvdeploy.data import load_images
+    from mvdeploy.models import create_model
+
+    model = create_model("mobilevit_xxs", weights=str(weights))
+    photos = sample_image_paths()
+    x, _, _ = load_images(photos, height, width)
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(x)).argmax(1).tolist()
+    for i, (photo, cls) in enumerate(zip(photos, predicted, strict=True)):
+        label = cls if i % 2 == 0 else (cls + 1) % model.num_classes
+        (root / str(label)).mkdir(parents=True, exist_ok=True)
+        shutil.copy(photo, root / str(label) / photo.name)
+    return root
+
+
+@pytest.mark.slow
+def test_accuracy_on_a_labelled_folder(tmp_path, capsys):
+    from mvdeploy.models import create_model
+    from mvdeploy.models.weights import save_checkpoint
+
+    weights = save_checkpoint(create_model("mobilevit_xxs", num_classes=10),
+                              tmp_path / "w.safetensors")
+    labelled = _labelled_folder(tmp_path / "labelled", weights, 64, 64)
+    assert run(["export", "-r", "64", "-f", "onnx", "--precision", "int8-dynamic", "-w",
+                str(weights), "--labelled", str(labelled), "-o", str(tmp_path / "out")]) == 0
+    assert "top-1 accuracy on 6 labelled images" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "out" / "onnx" / "manifest.json").read_text())
+    accuracy = manifest["validation"]["accuracy"]["labelled"]
+    assert accuracy["images"] == 6 and accuracy["reference_top1"] == 0.5
+    assert 0 <= accuracy["artifact_top1"] <= 1
+
+
+def test_labelled_folder_names_must_match_classes(tmp_path, capsys):
+    (tmp_path / "labelled" / "zebra").mkdir(parents=True)
+    shutil.copy(sample_image_paths()[0], tmp_path / "labelled" / "zebra")
+    assert run(["export", "-r", "64", "-f", "onnx", "--labelled", str(tmp_path / "labelled"),
+                "-o", str(tmp_path / "out")]) == 2
+    assert "labelled folder 'zebra' matches no class label" in capsys.readouterr().err
