@@ -252,6 +252,66 @@ def _interrupt_flag():
         signal.signal(signal.SIGINT, previous)
 
 
+@app.command(name="inspect")
+@click.argument("artifact", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+def inspect_command(artifact: str, as_json: bool) -> None:
+    """Show an artifact's inputs, outputs, precision, size, ops, metadata and manifest."""
+    from mvdeploy.inspect import inspect_artifact
+
+    info = inspect_artifact(artifact)
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    console.print(f"[bold]{info['file']}[/]  {info['format']}, {info['precision']}, "
+                  f"{info['size_bytes'] / 1e6:.2f} MB, sha256 {info['sha256'][:16]}…")
+    table = Table(box=box.SIMPLE_HEAD)
+    for col in ("", "name", "shape", "dtype", "quantization"):
+        table.add_column(col)
+    for kind in ("inputs", "outputs"):
+        for t in info.get(kind, []):
+            q = t.get("quantization")
+            table.add_row(kind[:-1], t["name"], str(t["shape"]), t["dtype"],
+                          f"scale {q['scale']:.3g}, zero {q['zero_point']}" if q else "-")
+    console.print(table)
+    ops = info.get("ops", {})
+    console.print(f"ops ({sum(ops.values())}): " + ", ".join(
+        f"{k} {v}" for k, v in list(ops.items())[:12]) + (" …" if len(ops) > 12 else ""),
+        markup=False)
+    if "max_rank" in info:
+        console.print(f"max tensor rank: {info['max_rank']}")
+    for key, value in (info.get("metadata") or {}).items():
+        text = json.dumps(value) if not isinstance(value, str) else value
+        console.print(f"metadata {key}: {text[:200]}{'…' if len(text) > 200 else ''}",
+                      markup=False, highlight=False)
+    manifest = info["manifest"]
+    if manifest:
+        v = manifest["validation"]
+        console.print(f"manifest: {manifest['model']['name']}, patch "
+                      f"{manifest['model']['patch_sizes']}, validation {v['status']}"
+                      + (f" ({'; '.join(v['failures'])})" if v["failures"] else ""),
+                      markup=False, highlight=False)
+
+
+@app.command(name="predict")
+@click.argument("artifact", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--top", "-k", default=5, show_default=True, help="How many classes to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def predict_command(artifact: str, images: tuple[str, ...], top: int, as_json: bool) -> None:
+    """Top-k classes for photos, with the artifact's own preprocessing (Core ML: macOS only)."""
+    from mvdeploy.predict import predict
+
+    results = predict(artifact, list(images), top=top)
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    for result in results:
+        console.print(f"[bold]{result['image']}[/]")
+        for entry in result["top"]:
+            console.print(f"  {entry['probability']:7.2%}  {entry['label']}", markup=False)
+
+
 def _format_row(r) -> dict:
     row = {"format": r.format, "artifact": str(r.artifact or ""), "seconds": r.seconds,
            "precision": r.report.precision if r.report else None,

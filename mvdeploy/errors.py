@@ -29,3 +29,7 @@ class MissingDependencyError(MvdeployError, ImportError):
         )
         self.package = package
         self.extra = extra
+
+
+class ArtifactError(MvdeployError):
+    """A file given as a model artifact cannot be read as one."""

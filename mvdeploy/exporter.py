@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mvdeploy import __version__
 from mvdeploy.backends import get_backend
-from mvdeploy.capture import capture
+from mvdeploy.capture import INPUT_NAME, OUTPUT_NAME, capture
 from mvdeploy.config import ExportConfig
 from mvdeploy.data import find_images, find_labelled_images, load_images, sample_image_paths
 from mvdeploy.errors import ConfigError, MvdeployError
@@ -110,6 +111,22 @@ def _atomic_dir(final: Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _preprocessing(cfg: ExportConfig, nhwc: bool) -> dict:
+    height, width = cfg.height_width
+    return {**asdict(cfg.preprocessing), "input_layout": "NHWC" if nhwc else "NCHW",
+            "resize_shorter_side": cfg.preprocessing.shorter_side(height, width),
+            "crop": [height, width]}
+
+
+def _app_metadata(cfg: ExportConfig, model_info: dict, labels: list[str] | None,
+                  nhwc: bool) -> dict:
+    """What an app needs to feed the artifact and read its output, embedded in the file."""
+    return {"mvdeploy": __version__, "model": model_info["name"],
+            "patch_sizes": model_info["patch_sizes"], "resolution": model_info["resolution"],
+            "input": INPUT_NAME, "output": OUTPUT_NAME, "num_classes": model_info["num_classes"],
+            "labels": labels, "preprocessing": _preprocessing(cfg, nhwc)}
 
 
 def _tolerance(cfg: ExportConfig, precision: str) -> Tolerance:
@@ -292,6 +309,8 @@ def _export_format(fmt: str, cfg: ExportConfig, captured, final: Path, stem: str
             with step(label), redirect_native_output(log):
                 export_info = backend.export(captured, cfg, artifact,
                                              calibration=calibration if uses_calibration else None)
+            if hasattr(backend, "embed_metadata"):  # before validation: check the final file
+                backend.embed_metadata(artifact, _app_metadata(cfg, model_info, labels, nhwc))
             with step(f"Validating {fmt} against PyTorch"), redirect_native_output(log):
                 report = validate(fmt, artifact, inputs=reference.inputs,
                                   references=reference.logits, targets=reference.targets,
@@ -309,14 +328,9 @@ def _export_format(fmt: str, cfg: ExportConfig, captured, final: Path, stem: str
                                     "random": cfg.validate.random_inputs}
             if uses_calibration:
                 export_info["calibration"] = calibration_info
-            preprocessing = {
-                **asdict(cfg.preprocessing), "input_layout": "NHWC" if nhwc else "NCHW",
-                "resize_shorter_side": cfg.preprocessing.shorter_side(height, width),
-                "crop": [height, width],
-            }
             manifest = build_manifest(
                 fmt=fmt, artifact=artifact, model_info=model_info, config=cfg.to_dict(),
-                preprocessing=preprocessing, labels=labels, export_info=export_info,
+                preprocessing=_preprocessing(cfg, nhwc), labels=labels, export_info=export_info,
                 validation=validation, precision=precision)
             write_json(tmp / "manifest.json", manifest)
         result.artifact = final / artifact.name

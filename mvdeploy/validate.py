@@ -143,7 +143,7 @@ def validate(fmt: str, artifact: Path, *, inputs: dict[str, np.ndarray],
         runner = backend.load(artifact, threads=threads)
     except BackendUnavailable as exc:
         report.status = "structural"
-        report.note = str(exc)
+        report.note = f"{exc}: checked structurally only (inputs, outputs, ops, ranks)"
         if report.failures:
             report.status = "failed"
         return report

@@ -23,6 +23,7 @@ from mvdeploy.cli import run
 from mvdeploy.config import load_config
 from mvdeploy.data import load_images, sample_image_paths
 from mvdeploy.exporter import artifact_stem, run_export
+from mvdeploy.inspect import inspect_artifact
 from mvdeploy.models import create_model
 from mvdeploy.models.weights import save_checkpoint
 
@@ -109,6 +110,14 @@ PLAIN_RUNTIMES = textwrap.dedent("""
     from ai_edge_litert.interpreter import Interpreter
     runner = Interpreter(model_path=sys.argv[3]).get_signature_runner("serving_default")
     out["tflite"] = runner(pixel_values=x)["logits"].tolist()
+    import onnx
+    props = {p.key: p.value for p in onnx.load(sys.argv[2]).metadata_props}
+    out["onnx_metadata"] = json.loads(props["mvdeploy"])
+    from ai_edge_litert import schema_py_generated as schema  # plain flatbuffer reading
+    model = schema.Model.GetRootAsModel(open(sys.argv[3], "rb").read(), 0)
+    entries = {model.Metadata(i).Name(): model.Metadata(i).Buffer()
+               for i in range(model.MetadataLength())}
+    out["tflite_metadata"] = json.loads(bytes(model.Buffers(entries[b"mvdeploy"]).DataAsNumpy()))
     import coremltools as ct
     spec = ct.utils.load_spec(sys.argv[4])
     out["coreml"] = [[f.name for f in spec.description.input],
@@ -136,6 +145,57 @@ def test_artifacts_load_in_plain_runtimes_without_mvdeploy(xxs_export, tmp_path)
     assert np.abs(np.array(out["onnx"]) - ref).max() <= 1e-4
     assert np.abs(np.array(out["tflite"]) - ref).max() <= 1e-4
     assert out["coreml"] == [["pixel_values"], ["logits"]]
+    for key in ("onnx_metadata", "tflite_metadata"):
+        meta = out[key]
+        assert meta["patch_sizes"] == [[8, 8], [4, 4], [2, 2]] and meta["resolution"] == [96, 64]
+        assert meta["input"] == "pixel_values" and meta["output"] == "logits"
+        assert meta["preprocessing"]["channel_order"] == "BGR"
+        assert meta["preprocessing"]["scale"] == pytest.approx(1 / 255)
+
+
+def test_labels_travel_with_onnx_and_tflite(hf_checkpoint, tmp_path):
+    _, directory = hf_checkpoint("mobilevit_xxs")
+    cfg = load_config(overrides={"model.weights": str(directory), "model.resolution": "64",
+                                 "export.formats": "onnx,tflite", "export.out": str(tmp_path),
+                                 "validate.max_images": 2})
+    result = run_export(cfg)
+    assert result.ok
+    labels = [f"class_{i}" for i in range(1000)]
+    assert (tmp_path / "tflite" / "labels.txt").read_text().splitlines() == labels
+    for r in result.formats:
+        info = inspect_artifact(r.artifact)
+        meta = info["metadata"]["mvdeploy"]
+        meta = json.loads(meta) if isinstance(meta, str) else meta
+        assert meta["labels"] == labels
+        assert json.loads(r.manifest.read_text())["labels"] == labels
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_inspect_every_format(xxs_export, fmt, capsys):
+    r = next(r for r in xxs_export["B"].formats if r.format == fmt)
+    assert run(["inspect", str(r.artifact), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == fmt and info["precision"] == ("fp16" if fmt == "coreml" else "fp32")
+    assert [i["name"] for i in info["inputs"]] == ["pixel_values"]
+    assert info["outputs"][0]["shape"] == [1, 10]
+    assert info["manifest"]["validation"]["status"] in ("passed", "structural")
+    assert sum(info["ops"].values()) > 100 and info["max_rank"] <= 4
+    assert run(["inspect", str(r.artifact)]) == 0
+    assert "pixel_values" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["bad.onnx", "bad.tflite", "bad.mlpackage", "bad.pt2",
+                                  "model.bin", "missing.onnx"])
+def test_inspect_rejects_corrupt_or_foreign_files(tmp_path, capsys, name):
+    path = tmp_path / name
+    if name == "bad.mlpackage":
+        path.mkdir()
+        (path / "Manifest.json").write_text("{}")
+    elif name != "missing.onnx":
+        path.write_bytes(b"\x08\x01garbage" * 50)
+    assert run(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mvdeploy: error:") and "\n" not in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
@@ -272,3 +332,24 @@ def test_coreml_precision_and_target(tmp_path):
     assert manifest["artifact"]["minimum_deployment_target"] == "iOS17"
     assert manifest["validation"]["structure"]["spec_version"] == 8  # iOS17 = spec 8
     assert manifest["validation"]["tolerance"] == {"max_abs": 1e-4, "min_snr_db": None}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_predict_matches_pytorch_top1(xxs_export, fmt, capsys):
+    result = xxs_export["A"]
+    r = next(r for r in result.formats if r.format == fmt)
+    photos = sample_image_paths()[:3]
+    argv = ["predict", str(r.artifact), *map(str, photos), "--top", "3", "--json"]
+    if fmt == "coreml" and sys.platform != "darwin":
+        assert run(argv) == 2
+        assert "Core ML predictions need macOS" in capsys.readouterr().err
+        return
+    assert run(argv) == 0
+    predictions = json.loads(capsys.readouterr().out)
+    model = create_model("mobilevit_xxs", weights=str(result.out.parent / "weights.safetensors"))
+    x, _, _ = load_images(photos, 96, 64)  # the reference preprocessing: 288/256 resize, BGR
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).argmax(1).tolist()
+    assert [p["top"][0]["class"] for p in predictions] == expected
+    assert all(len(p["top"]) == 3 and p["top"][0]["probability"] >= p["top"][1]["probability"]
+               for p in predictions)

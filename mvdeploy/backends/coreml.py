@@ -84,16 +84,27 @@ def _compress(ct, model, recipe: str):
     return model
 
 
+def embed_metadata(path: Path, metadata: dict) -> None:
+    """The mvdeploy record as JSON in user_defined_metadata["mvdeploy"] (strings only there)."""
+    import json
+    import shutil
+
+    ct = _ct()
+    model = ct.models.MLModel(str(path), skip_model_load=True)  # no compilation: Linux is fine
+    model.user_defined_metadata["mvdeploy"] = json.dumps(metadata)
+    tmp = path.with_name(f".meta-{path.name}")
+    model.save(str(tmp))
+    shutil.rmtree(path)
+    tmp.rename(path)
+
+
 def can_run() -> bool:
     return platform.system() == "Darwin"
 
 
 def load(path: Path, *, threads: int | None = None) -> Runner:
     if not can_run():
-        raise BackendUnavailable(
-            f"Core ML predictions need macOS (this is {platform.system()}): "
-            "the .mlpackage was checked structurally only"
-        )
+        raise BackendUnavailable(f"Core ML predictions need macOS (this is {platform.system()})")
     model = _ct().models.MLModel(str(path))
 
     def run(x: np.ndarray) -> np.ndarray:

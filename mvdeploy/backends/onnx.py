@@ -121,6 +121,22 @@ def _float_nodes(model, keep_float: tuple[str, ...]) -> list[str]:
     return names
 
 
+def embed_metadata(path: Path, metadata: dict) -> None:
+    """metadata_props: the whole record as JSON under "mvdeploy", and the keys apps read most."""
+    import json
+
+    onnx = require("onnx", "onnx", "onnx", "ONNX metadata")
+    model = onnx.load(str(path))
+    props = {"mvdeploy": json.dumps(metadata), "labels": json.dumps(metadata["labels"]),
+             "preprocessing": json.dumps(metadata["preprocessing"]),
+             "patch_sizes": json.dumps(metadata["patch_sizes"])}
+    kept = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in kept}, **props})
+    onnx.save(model, str(path))
+
+
 def _name_batch_axis(onnx, path: Path) -> None:
     """torch.export calls the symbolic batch 's0'-like names; users' code reads 'batch'."""
     model = onnx.load(str(path))

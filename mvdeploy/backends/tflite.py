@@ -66,6 +66,73 @@ def export(captured: Captured, cfg, path: Path, *, calibration: Calibration | No
             "input_layout": "NHWC" if cfg.tflite.channels_last else "NCHW"}
 
 
+METADATA_NAME = "mvdeploy"  # Model.metadata entry holding JSON (labels, preprocessing, ...)
+
+
+def _schema():
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:
+        raise MissingDependencyError("ai-edge-litert", "tflite", "TFLite metadata") from None
+    return schema
+
+
+def embed_metadata(path: Path, metadata: dict) -> None:
+    """Add (or replace) a metadata buffer named "mvdeploy" holding JSON, readable with the
+    TFLite flatbuffer schema alone; labels also go to labels.txt beside the file."""
+    import json
+
+    import flatbuffers
+
+    schema = _schema()
+    data = path.read_bytes()
+    model = schema.ModelT.InitFromPackedBuf(data, 0)
+    for buf in model.buffers or []:
+        # Some converters (e.g. the fp16 recipe) append weights after the flatbuffer and point
+        # at them by file offset; repacking moves everything, so pull them back inline.
+        if (getattr(buf, "offset", 0) or 0) > 1:
+            if len(data) > 2**31 - 2**26:
+                raise RuntimeError("metadata embedding needs a .tflite under 2 GB")
+            buf.data = np.frombuffer(data[buf.offset:buf.offset + buf.size], dtype=np.uint8)
+            buf.offset, buf.size = 0, 0
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = METADATA_NAME
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [m for m in model.metadata or []
+                      if m.name not in (METADATA_NAME, METADATA_NAME.encode())] + [entry]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path.write_bytes(builder.Output())
+    if metadata.get("labels"):
+        path.with_name("labels.txt").write_text("\n".join(metadata["labels"]) + "\n")
+
+
+def read_metadata(path: Path) -> dict:
+    """All Model.metadata entries; the "mvdeploy" one decoded from JSON."""
+    import json
+
+    schema = _schema()
+    data = path.read_bytes()
+    model = schema.Model.GetRootAsModel(data, 0)
+    out = {}
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        name = entry.Name().decode()
+        raw = model.Buffers(entry.Buffer()).DataAsNumpy()
+        raw = bytes(raw) if not isinstance(raw, int) else b""
+        if name == METADATA_NAME:
+            out[name] = json.loads(raw)
+        else:  # the converter's own entries are short strings or flags
+            try:
+                out[name] = raw.rstrip(b"\0").decode()
+            except UnicodeDecodeError:
+                out[name] = raw.hex()
+    return out
+
+
 def check_installed() -> None:
     require("litert_torch", "litert-torch", "tflite", "TFLite export")
     _interpreter_class()
@@ -125,6 +192,7 @@ def describe(path: Path) -> dict:
         ops.update(op["op_name"] for op in interpreter._get_ops_details())
     ranks = [len(t["shape"]) for t in interpreter.get_tensor_details()]
     return {
+        "metadata": read_metadata(path),
         "signatures": signatures,
         "inputs": [info(k, v) for k, v in runner.get_input_details().items()] if runner else [],
         "outputs": [info(k, v) for k, v in runner.get_output_details().items()] if runner else [],

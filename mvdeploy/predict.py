@@ -1,0 +1,69 @@
+"""Classify photos with an exported artifact, using the preprocessing the artifact declares.
+
+The preprocessing and labels come from the metadata embedded in the file, not from flags, so
+what runs here is what an app reading that metadata would do.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from mvdeploy.backends import get_backend
+from mvdeploy.data import Preprocessing, preprocess
+from mvdeploy.errors import ArtifactError, ConfigError
+from mvdeploy.inspect import inspect_artifact
+from mvdeploy.native_output import redirect_native_output
+from mvdeploy.validate import run_batched
+
+
+def embedded_metadata(info: dict) -> dict:
+    meta = (info.get("metadata") or {}).get("mvdeploy")
+    if isinstance(meta, str):
+        meta = json.loads(meta)
+    if not meta and info.get("manifest"):  # e.g. Core ML: the manifest beside it
+        manifest = info["manifest"]
+        meta = {"resolution": manifest["model"]["resolution"], "labels": manifest["labels"],
+                "preprocessing": manifest["preprocessing"]}
+    if not meta:
+        raise ArtifactError(f"{info['file']} carries no mvdeploy metadata and has no manifest "
+                            "beside it: export it with mvdeploy")
+    return meta
+
+
+def predict(artifact: str | Path, images: list[str | Path], *, top: int = 5) -> list[dict]:
+    if top < 1:
+        raise ConfigError("--top must be at least 1")
+    info = inspect_artifact(artifact)
+    meta = embedded_metadata(info)
+    names = {f.name for f in fields(Preprocessing)}
+    prep_values = {k: v for k, v in meta["preprocessing"].items() if k in names}
+    for key in ("mean", "std"):
+        prep_values[key] = tuple(prep_values[key])
+    prep = Preprocessing(**prep_values)
+    height, width = meta["resolution"]
+    arrays = []
+    for image in images:
+        try:
+            with Image.open(image) as handle:
+                arrays.append(preprocess(handle, height, width, prep))
+        except (OSError, UnidentifiedImageError) as exc:
+            raise ConfigError(f"cannot read image {image}: {exc}") from None
+    batch = info["inputs"][0]["shape"][0]
+    with redirect_native_output():  # runtimes log delegate creation on first use
+        runner = get_backend(info["format"]).load(Path(info["file"]))
+        logits = run_batched(runner, np.stack(arrays), batch if isinstance(batch, int) else None)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    labels = meta.get("labels")
+    results = []
+    for image, p in zip(images, probs, strict=True):
+        order = np.argsort(-p)[:top]
+        results.append({"image": str(image), "top": [
+            {"class": int(i), "label": labels[i] if labels else f"class {i}",
+             "probability": float(p[i])} for i in order]})
+    return results
