@@ -155,10 +155,6 @@ class _Reference:
     targets: dict[str, np.ndarray]  # input set -> true class index ("labelled" only)
 
 
-def _digest_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _split_images(cfg: ExportConfig) -> tuple[list[Path], list[Path] | None]:
     """Held-out validation photos, and calibration photos when a recipe needs them.
 
@@ -171,6 +167,13 @@ def _split_images(cfg: ExportConfig) -> tuple[list[Path], list[Path] | None]:
         return held_out, None
     folder = cfg.quantize.calibration_images
     calibration = find_images(folder) if folder else sample_image_paths()
+    digests: dict[Path, str] = {}
+
+    def _digest_file(path: Path) -> str:  # by content: copies in other folders count as shared
+        if path not in digests:
+            digests[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+        return digests[path]
+
     if cfg.validate.labelled_images:  # accuracy images are never calibration images
         labelled = {_digest_file(p) for p, _ in find_labelled_images(cfg.validate.labelled_images)}
         calibration = [p for p in calibration if _digest_file(p) not in labelled]
