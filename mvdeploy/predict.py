@@ -6,7 +6,6 @@ what runs here is what an app reading that metadata would do.
 
 from __future__ import annotations
 
-import json
 from dataclasses import fields
 from pathlib import Path
 
@@ -23,8 +22,6 @@ from mvdeploy.validate import run_batched
 
 def embedded_metadata(info: dict) -> dict:
     meta = (info.get("metadata") or {}).get("mvdeploy")
-    if isinstance(meta, str):
-        meta = json.loads(meta)
     if not meta and info.get("manifest"):  # e.g. Core ML: the manifest beside it
         manifest = info["manifest"]
         meta = {"resolution": manifest["model"]["resolution"], "labels": manifest["labels"],

@@ -28,12 +28,6 @@ class Tolerance:
         return out
 
 
-TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(max_abs=1e-4),
-    "fp16": Tolerance(min_snr_db=40.0),
-}
-
-
 @dataclass(frozen=True)
 class Metrics:
     samples: int
@@ -130,11 +124,10 @@ def check_structure(desc: dict, *, input_shape: list, output_shape: list,
 def validate(fmt: str, artifact: Path, *, inputs: dict[str, np.ndarray],
              references: dict[str, np.ndarray], precision: str, input_shape: list,
              output_shape: list, batch: int | None, max_rank: int | None = None,
-             threads: int | None = None, tolerance: Tolerance | None = None,
+             tolerance: Tolerance, threads: int | None = None,
              targets: dict[str, np.ndarray] | None = None) -> ValidationReport:
     """Structure first, then numbers on every input set (photos, random) where it can run."""
     backend = get_backend(fmt)
-    tolerance = tolerance or TOLERANCES[precision]
     report = ValidationReport(backend=fmt, precision=precision, status="passed",
                               tolerance=tolerance, structure=backend.describe(artifact))
     report.failures += check_structure(report.structure, input_shape=input_shape,

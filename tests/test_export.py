@@ -165,7 +165,6 @@ def test_labels_travel_with_onnx_and_tflite(hf_checkpoint, tmp_path):
     for r in result.formats:
         info = inspect_artifact(r.artifact)
         meta = info["metadata"]["mvdeploy"]
-        meta = json.loads(meta) if isinstance(meta, str) else meta
         assert meta["labels"] == labels
         assert json.loads(r.manifest.read_text())["labels"] == labels
 

@@ -54,6 +54,16 @@ def require(module: str, package: str, extra: str, purpose: str) -> ModuleType:
         raise MissingDependencyError(package, extra, purpose) from None
 
 
+def decode_record(metadata: dict) -> dict:
+    """Formats that store metadata as strings hold mvdeploy's record as JSON: decode it, so
+    every backend's describe() returns it as a dict under "mvdeploy"."""
+    import json
+
+    if isinstance(metadata.get("mvdeploy"), str):
+        metadata = {**metadata, "mvdeploy": json.loads(metadata["mvdeploy"])}
+    return metadata
+
+
 def tensor_info(name: str, shape, dtype: str) -> dict:
     return {"name": name, "shape": [int(d) if d is not None else None for d in shape],
             "dtype": dtype}

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from mvdeploy import __version__
-from mvdeploy.backends import BackendUnavailable, Runner, require, tensor_info
+from mvdeploy.backends import BackendUnavailable, Runner, decode_record, require, tensor_info
 from mvdeploy.capture import INPUT_NAME, OUTPUT_NAME, Captured
 from mvdeploy.quantize import Calibration, pt2e_quantize
 
@@ -143,6 +143,7 @@ def describe(path: Path) -> dict:
         "outputs": [info(f) for f in spec.description.output],
         "ops": dict(ops.most_common()),
         "max_rank": max(ranks, default=0),
-        "metadata": {"author": meta.author, "short_description": meta.shortDescription,
-                     **dict(meta.userDefined)},
+        "metadata": decode_record({"author": meta.author,
+                                   "short_description": meta.shortDescription,
+                                   **dict(meta.userDefined)}),
     }

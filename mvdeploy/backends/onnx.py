@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mvdeploy.backends import Runner, require
+from mvdeploy.backends import Runner, decode_record, require
 from mvdeploy.capture import INPUT_NAME, OUTPUT_NAME, Captured
 from mvdeploy.quantize import Calibration
 
@@ -187,6 +187,6 @@ def describe(path: Path) -> dict:
                      default=None),
         "external_data": any(i.data_location == onnx.TensorProto.EXTERNAL
                              for i in model.graph.initializer),
-        "metadata": {p.key: p.value for p in model.metadata_props},
+        "metadata": decode_record({p.key: p.value for p in model.metadata_props}),
     }
 
