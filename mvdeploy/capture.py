@@ -9,6 +9,7 @@ import torch
 
 INPUT_NAME = "pixel_values"  # stable tensor names in every artifact
 OUTPUT_NAME = "logits"
+PROBS_NAME = "probabilities"  # the output when softmax is folded into the artifact
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,8 @@ class Captured:
     program: torch.export.ExportedProgram
     example: torch.Tensor  # [B, 3, H, W] float32, the input the program was traced with
     dynamic_batch: bool
+    labels: tuple[str, ...] | None = None  # the checkpoint's class names, if it has them
+    num_classes: int = 0
 
     @property
     def module(self) -> torch.nn.Module:
@@ -35,6 +38,19 @@ class NamedOutputs(torch.nn.Module):
         return {OUTPUT_NAME: self.model(pixel_values)}
 
 
+class WithSoftmax(torch.nn.Module):
+    """A captured module with softmax folded in: forward(pixel_values) -> {"probabilities"}.
+    Apps then read probabilities directly, and Core ML's classifier needs them."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.module(**{INPUT_NAME: pixel_values})[OUTPUT_NAME]
+        return {PROBS_NAME: torch.softmax(logits, dim=-1)}
+
+
 def capture(model: torch.nn.Module, example: torch.Tensor, *,
             dynamic_batch: bool = False) -> Captured:
     """torch.export in eval mode; optionally with a symbolic batch dimension."""
@@ -45,7 +61,10 @@ def capture(model: torch.nn.Module, example: torch.Tensor, *,
     with torch.no_grad():
         program = torch.export.export(model, (), {INPUT_NAME: example},
                                       dynamic_shapes=dynamic_shapes)
-    return Captured(program=program, example=example, dynamic_batch=dynamic_batch)
+    labels = getattr(model.model, "class_labels", None)
+    return Captured(program=program, example=example, dynamic_batch=dynamic_batch,
+                    labels=tuple(labels) if labels else None,
+                    num_classes=int(getattr(model.model, "num_classes", 0)))
 
 
 def save_program(captured: Captured, path: Path) -> None:

@@ -13,6 +13,7 @@ import click
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from mvdeploy import __version__
 from mvdeploy.errors import MvdeployError
@@ -271,8 +272,10 @@ def inspect_command(artifact: str, as_json: bool) -> None:
     for kind in ("inputs", "outputs"):
         for t in info.get(kind, []):
             q = t.get("quantization")
-            table.add_row(kind[:-1], t["name"], str(t["shape"]), t["dtype"],
-                          f"scale {q['scale']:.3g}, zero {q['zero_point']}" if q else "-")
+            dtype = t["dtype"] + (f" ({t['color_layout']})" if t.get("color_layout") else "")
+            table.add_row(*(Text(c) for c in (  # Text: "dict[string, double]" is not markup
+                kind[:-1], t["name"], str(t["shape"]), dtype,
+                f"scale {q['scale']:.3g}, zero {q['zero_point']}" if q else "-")))
     console.print(table)
     ops = info.get("ops", {})
     console.print(f"ops ({sum(ops.values())}): " + ", ".join(
@@ -310,6 +313,17 @@ def predict_command(artifact: str, images: tuple[str, ...], top: int, as_json: b
         console.print(f"[bold]{result['image']}[/]")
         for entry in result["top"]:
             console.print(f"  {entry['probability']:7.2%}  {entry['label']}", markup=False)
+
+
+@app.command(name="snippet")
+@click.argument("artifact", type=click.Path())
+def snippet_command(artifact: str) -> None:
+    """App code for an exported artifact: Swift (Core ML + Vision) or Kotlin (LiteRT),
+    with the artifact's real tensor names, generated from its manifest."""
+    from mvdeploy.snippets import load_manifest, snippet
+
+    _, code = snippet(load_manifest(artifact))
+    print(code, end="")
 
 
 def _format_row(r) -> dict:

@@ -60,12 +60,25 @@ class OnnxSection:
 @dataclass(frozen=True)
 class TfliteSection:
     channels_last: bool = False  # NHWC input, as Android code usually feeds it
+    softmax_output: bool = False  # output "probabilities" (softmax folded in) instead of logits
 
 
 @dataclass(frozen=True)
 class CoremlSection:
     minimum_deployment_target: str = "iOS16"
     compute_precision: str = "fp16"
+    image_input: bool = False  # ImageType: Vision / CVPixelBuffer in, preprocessing folded in
+    classifier: bool = False  # ClassifierConfig: outputs classLabel and classLabel_probs
+
+
+@dataclass(frozen=True)
+class MetadataSection:
+    """What Xcode and model viewers show; also written into every artifact's mvdeploy record."""
+
+    author: str = ""  # empty: "mvdeploy <version>"
+    license: str = ""  # the checkpoint's licence; left empty when not given
+    version: str = ""
+    description: str = ""  # empty: model, patch sizes and resolution
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,7 @@ class ExportConfig:
     quantize: QuantizeSection = field(default_factory=QuantizeSection)
     validate: ValidateSection = field(default_factory=ValidateSection)
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    metadata: MetadataSection = field(default_factory=MetadataSection)
 
     def precision(self, fmt: str) -> str:
         """The recipe a format gets: quantize.precision, else its float default."""
@@ -218,6 +232,14 @@ def _check(cfg: ExportConfig) -> None:
             and cfg.coreml.minimum_deployment_target not in W8A8_TARGETS):
         raise ConfigError("quantize.precision w8a8 needs coreml.minimum_deployment_target "
                           "iOS17 or later (activation quantisation ops)")
+    if "coreml" in formats and cfg.coreml.image_input:
+        if cfg.export.batch != 1:
+            raise ConfigError("coreml.image_input takes one image: set export.batch=1 or "
+                              "coreml.image_input=false")
+        if len(set(cfg.preprocessing.std)) != 1:
+            raise ConfigError("coreml.image_input folds preprocessing into one scale: "
+                              "preprocessing.std must be the same for all channels, or set "
+                              "coreml.image_input=false")
     if cfg.quantize.calibration_method not in CALIBRATION_METHODS:
         raise ConfigError(f"quantize.calibration_method must be one of "
                           f"{', '.join(CALIBRATION_METHODS)}, got "

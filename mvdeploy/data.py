@@ -59,16 +59,22 @@ def preprocess(image: Image.Image, height: int, width: int,
     image = image.convert("RGB")
     short = prep.shorter_side(height, width)
     w, h = image.size
-    scale = short / min(w, h)
-    new_w, new_h = max(width, round(w * scale)), max(height, round(h * scale))
+    # the longer side is truncated, as transformers' and torchvision's shortest-edge resize do
+    new_w, new_h = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    new_w, new_h = max(width, new_w), max(height, new_h)
     image = image.resize((new_w, new_h), _RESAMPLE[prep.resample])
     left, top = (new_w - width) // 2, (new_h - height) // 2
     image = image.crop((left, top, left + width, top + height))
-    x = np.asarray(image, dtype=np.float32) * prep.scale  # [H, W, 3] RGB
+    return normalise(np.asarray(image), prep)
+
+
+def normalise(pixels: np.ndarray, prep: Preprocessing = Preprocessing()) -> np.ndarray:
+    """RGB pixels [..., H, W, 3] -> float32 [..., 3, H, W]: scale, mean/std, channel order."""
+    x = pixels.astype(np.float32) * np.float32(prep.scale)
     x = (x - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)
     if prep.channel_order == "BGR":
         x = x[..., ::-1]
-    return np.ascontiguousarray(x.transpose(2, 0, 1))  # [3, H, W]
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
 
 
 def sample_image_paths() -> list[Path]:

@@ -29,9 +29,11 @@ import torch
 
 from mvdeploy import __version__
 from mvdeploy.backends import get_backend
-from mvdeploy.capture import INPUT_NAME, OUTPUT_NAME, capture
+from mvdeploy.backends.coreml import CLASS_LABEL, CLASS_PROBS
+from mvdeploy.capture import INPUT_NAME, OUTPUT_NAME, PROBS_NAME, capture
 from mvdeploy.config import ExportConfig
 from mvdeploy.data import find_images, find_labelled_images, load_images, sample_image_paths
+from mvdeploy.data import normalise as normalise_pixels
 from mvdeploy.errors import ConfigError, MvdeployError
 from mvdeploy.manifest import build_manifest, write_json
 from mvdeploy.models import PATCH_PRESETS, create_model, parse_patch_sizes
@@ -120,13 +122,32 @@ def _preprocessing(cfg: ExportConfig, nhwc: bool) -> dict:
             "crop": [height, width]}
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """An artifact's output names; `scores` is the numeric one, holding `kind`."""
+
+    names: list[str]
+    scores: str
+    kind: str  # "logits" or "probabilities" (softmax folded in)
+
+
+def artifact_outputs(cfg: ExportConfig, fmt: str) -> Outputs:
+    if fmt == "tflite" and cfg.tflite.softmax_output:
+        return Outputs([PROBS_NAME], PROBS_NAME, "probabilities")
+    if fmt == "coreml" and cfg.coreml.classifier:  # coremltools names a classifier's outputs
+        return Outputs([CLASS_LABEL, CLASS_PROBS], CLASS_PROBS, "probabilities")
+    return Outputs([OUTPUT_NAME], OUTPUT_NAME, "logits")
+
+
 def _app_metadata(cfg: ExportConfig, model_info: dict, labels: list[str] | None,
-                  nhwc: bool) -> dict:
+                  nhwc: bool, outputs: Outputs) -> dict:
     """What an app needs to feed the artifact and read its output, embedded in the file."""
     return {"mvdeploy": __version__, "model": model_info["name"],
             "patch_sizes": model_info["patch_sizes"], "resolution": model_info["resolution"],
-            "input": INPUT_NAME, "output": OUTPUT_NAME, "num_classes": model_info["num_classes"],
-            "labels": labels, "preprocessing": _preprocessing(cfg, nhwc)}
+            "input": INPUT_NAME, "output": outputs.scores, "outputs": outputs.names,
+            "output_kind": outputs.kind, "num_classes": model_info["num_classes"],
+            "labels": labels, "preprocessing": _preprocessing(cfg, nhwc),
+            **asdict(cfg.metadata)}
 
 
 def _tolerance(cfg: ExportConfig, precision: str) -> Tolerance:
@@ -136,6 +157,11 @@ def _tolerance(cfg: ExportConfig, precision: str) -> Tolerance:
     if kind == "quantized":
         return Tolerance(min_snr_db=cfg.validate.quantized_min_snr_db)
     return Tolerance(max_abs=cfg.validate.fp32_max_abs)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def _umask() -> int:
@@ -203,10 +229,10 @@ def _reference(cfg: ExportConfig, model: torch.nn.Module, paths: list[Path]) -> 
     photos, used, skipped = load_images(paths, height, width, cfg.preprocessing,
                                         limit=cfg.validate.max_images)
     inputs = {"photos": photos}
-    if cfg.validate.random_inputs:
+    if cfg.validate.random_inputs:  # random 8-bit images: also valid for image inputs
         rng = np.random.default_rng(0)
-        inputs["random"] = rng.random((cfg.validate.random_inputs, 3, height, width),
-                                      dtype=np.float32)
+        pixels = rng.integers(0, 256, (cfg.validate.random_inputs, height, width, 3))
+        inputs["random"] = normalise_pixels(pixels.astype(np.uint8), cfg.preprocessing)
     targets = {}
     if cfg.validate.labelled_images:
         inputs["labelled"], targets["labelled"] = _labelled(cfg, model)
@@ -305,6 +331,10 @@ def _export_format(fmt: str, cfg: ExportConfig, captured, final: Path, stem: str
     input_shape = [batch, height, width, 3] if nhwc else [batch, 3, height, width]
     precision = cfg.precision(fmt)
     uses_calibration = needs_calibration(fmt, precision)
+    outputs = artifact_outputs(cfg, fmt)
+    expected = reference.logits
+    if outputs.kind == "probabilities":
+        expected = {k: _softmax(v) for k, v in expected.items()}
     try:
         with _atomic_dir(final) as tmp:
             artifact = tmp / f"{stem}{backend.SUFFIX}"
@@ -313,10 +343,12 @@ def _export_format(fmt: str, cfg: ExportConfig, captured, final: Path, stem: str
                 export_info = backend.export(captured, cfg, artifact,
                                              calibration=calibration if uses_calibration else None)
             if hasattr(backend, "embed_metadata"):  # before validation: check the final file
-                backend.embed_metadata(artifact, _app_metadata(cfg, model_info, labels, nhwc))
+                backend.embed_metadata(artifact,
+                                       _app_metadata(cfg, model_info, labels, nhwc, outputs))
             with step(f"Validating {fmt} against PyTorch"), redirect_native_output(log):
                 report = validate(fmt, artifact, inputs=reference.inputs,
-                                  references=reference.logits, targets=reference.targets,
+                                  references=expected, targets=reference.targets,
+                                  outputs=tuple(outputs.names),
                                   precision=precision, input_shape=input_shape,
                                   output_shape=[batch, model_info["num_classes"]],
                                   batch=batch, max_rank=MAX_RANK.get(fmt), threads=threads,

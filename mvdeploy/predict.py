@@ -53,9 +53,11 @@ def predict(artifact: str | Path, images: list[str | Path], *, top: int = 5) -> 
     batch = info["inputs"][0]["shape"][0]
     with redirect_native_output():  # runtimes log delegate creation on first use
         runner = get_backend(info["format"]).load(Path(info["file"]))
-        logits = run_batched(runner, np.stack(arrays), batch if isinstance(batch, int) else None)
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
+        scores = run_batched(runner, np.stack(arrays), batch if isinstance(batch, int) else None)
+    probs = scores
+    if meta.get("output_kind", "logits") == "logits":
+        probs = np.exp(scores - scores.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
     labels = meta.get("labels")
     results = []
     for image, p in zip(images, probs, strict=True):

@@ -19,12 +19,12 @@ class Tolerance:
     max_abs: float | None = None  # on logits
     min_snr_db: float | None = None
 
-    def failures(self, label: str, m: Metrics) -> list[str]:
+    def failures(self, label: str, m: Metrics, output: str = OUTPUT_NAME) -> list[str]:
         out = []
         if self.max_abs is not None and not m.max_abs <= self.max_abs:
-            out.append(f"{OUTPUT_NAME} on {label}: max abs diff {m.max_abs:.3g} > {self.max_abs:g}")
+            out.append(f"{output} on {label}: max abs diff {m.max_abs:.3g} > {self.max_abs:g}")
         if self.min_snr_db is not None and not m.snr_db >= self.min_snr_db:
-            out.append(f"{OUTPUT_NAME} on {label}: SNR {m.snr_db:.1f} dB < {self.min_snr_db:g} dB")
+            out.append(f"{output} on {label}: SNR {m.snr_db:.1f} dB < {self.min_snr_db:g} dB")
         return out
 
 
@@ -95,7 +95,8 @@ class ValidationReport:
 
 
 def check_structure(desc: dict, *, input_shape: list, output_shape: list,
-                    max_rank: int | None) -> list[str]:
+                    max_rank: int | None,
+                    output_names: tuple[str, ...] = (OUTPUT_NAME,)) -> list[str]:
     """Names and shapes a user's code relies on, and rank limits of the target runtime."""
     failures = []
     inputs = {i["name"]: i for i in desc.get("inputs", [])}
@@ -110,11 +111,12 @@ def check_structure(desc: dict, *, input_shape: list, output_shape: list,
     elif not same(inputs[INPUT_NAME]["shape"], input_shape):
         failures.append(f"input '{INPUT_NAME}' has shape {inputs[INPUT_NAME]['shape']}, "
                         f"expected {input_shape}")
-    if OUTPUT_NAME not in outputs:
-        failures.append(f"output '{OUTPUT_NAME}' missing (found {', '.join(outputs) or 'none'})")
-    elif outputs[OUTPUT_NAME]["shape"] and not same(outputs[OUTPUT_NAME]["shape"], output_shape):
-        failures.append(f"output '{OUTPUT_NAME}' has shape {outputs[OUTPUT_NAME]['shape']}, "
-                        f"expected {output_shape}")
+    for name in output_names:  # a classifier's label and dictionary have no shape
+        if name not in outputs:
+            failures.append(f"output '{name}' missing (found {', '.join(outputs) or 'none'})")
+        elif outputs[name]["shape"] and not same(outputs[name]["shape"], output_shape):
+            failures.append(f"output '{name}' has shape {outputs[name]['shape']}, "
+                            f"expected {output_shape}")
     if max_rank is not None and desc.get("max_rank", 0) > max_rank:
         failures.append(f"holds a rank-{desc['max_rank']} tensor; this runtime allows at most "
                         f"rank {max_rank} (use fold='rank4')")
@@ -125,13 +127,15 @@ def validate(fmt: str, artifact: Path, *, inputs: dict[str, np.ndarray],
              references: dict[str, np.ndarray], precision: str, input_shape: list,
              output_shape: list, batch: int | None, max_rank: int | None = None,
              tolerance: Tolerance, threads: int | None = None,
-             targets: dict[str, np.ndarray] | None = None) -> ValidationReport:
+             targets: dict[str, np.ndarray] | None = None,
+             outputs: tuple[str, ...] = (OUTPUT_NAME,)) -> ValidationReport:
     """Structure first, then numbers on every input set (photos, random) where it can run."""
     backend = get_backend(fmt)
     report = ValidationReport(backend=fmt, precision=precision, status="passed",
                               tolerance=tolerance, structure=backend.describe(artifact))
     report.failures += check_structure(report.structure, input_shape=input_shape,
-                                       output_shape=output_shape, max_rank=max_rank)
+                                       output_shape=output_shape, max_rank=max_rank,
+                                       output_names=outputs)
     try:
         runner = backend.load(artifact, threads=threads)
     except BackendUnavailable as exc:
@@ -143,7 +147,7 @@ def validate(fmt: str, artifact: Path, *, inputs: dict[str, np.ndarray],
     for label, x in inputs.items():
         got = run_batched(runner, x, batch)
         report.metrics[label] = metrics = compare(references[label], got)
-        report.failures += tolerance.failures(label, metrics)
+        report.failures += tolerance.failures(label, metrics, outputs[-1])
         if targets and label in targets:
             truth = targets[label]
             report.accuracy[label] = {

@@ -28,7 +28,6 @@ from mvdeploy.models import create_model
 from mvdeploy.models.weights import save_checkpoint
 
 pytestmark = pytest.mark.slow
-CONFIGS = sorted(Path(__file__).parents[1].joinpath("export_configs").glob("*.toml"))
 FORMATS = ("onnx", "tflite", "coreml")
 
 
@@ -195,23 +194,6 @@ def test_inspect_rejects_corrupt_or_foreign_files(tmp_path, capsys, name):
     assert run(["inspect", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mvdeploy: error:") and "\n" not in err and "Traceback" not in err
-
-
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
-def test_shipped_config_exports(config, tmp_path):
-    cfg = load_config(config, {"export.out": str(tmp_path / "out"), "validate.max_images": 2,
-                               "validate.random_inputs": 1})
-    result = run_export(cfg)
-    assert result.ok, [(r.format, r.error, r.report and r.report.failures)
-                       for r in result.formats]
-    for r in result.formats:
-        manifest = json.loads(r.manifest.read_text())
-        assert manifest["config"]["model"]["name"] == cfg.model.name
-        if "android" in config.stem:
-            assert manifest["artifact"]["inputs"][0]["shape"] == [1, 256, 256, 3]
-            assert manifest["preprocessing"]["input_layout"] == "NHWC"
-        if "dynamic" in config.stem:
-            assert manifest["artifact"]["inputs"][0]["shape"][0] == "batch"
 
 
 @pytest.mark.parametrize(("name", "patch", "resolution"),

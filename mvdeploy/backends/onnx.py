@@ -129,7 +129,10 @@ def embed_metadata(path: Path, metadata: dict) -> None:
     model = onnx.load(str(path))
     props = {"mvdeploy": json.dumps(metadata), "labels": json.dumps(metadata["labels"]),
              "preprocessing": json.dumps(metadata["preprocessing"]),
-             "patch_sizes": json.dumps(metadata["patch_sizes"])}
+             "patch_sizes": json.dumps(metadata["patch_sizes"]),
+             **{k: metadata[k] for k in ("author", "license", "version") if metadata.get(k)}}
+    if metadata.get("description"):
+        model.doc_string = metadata["description"]
     kept = [p for p in model.metadata_props if p.key not in props]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)

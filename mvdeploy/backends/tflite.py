@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from mvdeploy.backends import Runner, require, tensor_info
-from mvdeploy.capture import INPUT_NAME, OUTPUT_NAME, Captured
+from mvdeploy.capture import INPUT_NAME, OUTPUT_NAME, PROBS_NAME, Captured, WithSoftmax
 from mvdeploy.errors import MissingDependencyError
 from mvdeploy.quantize import Calibration, pt2e_quantize
 
@@ -57,13 +57,16 @@ def export(captured: Captured, cfg, path: Path, *, calibration: Calibration | No
         module, quantizer = pt2e_quantize(module, calibration, per_channel=cfg.quantize.per_channel,
                                           input_name=INPUT_NAME)
         quant_config = QuantConfig(pt2e_quantizer=quantizer)
+    if cfg.tflite.softmax_output:
+        module = WithSoftmax(module)
     if cfg.tflite.channels_last:
         module, example = _channels_last(module), example.permute(0, 2, 3, 1).contiguous()
     edge_model = litert_torch.convert(module, sample_kwargs={INPUT_NAME: example},
                                       quant_config=quant_config)
     edge_model.export(str(path))
     return {"signature": SIGNATURE, "recipe": recipe,
-            "input_layout": "NHWC" if cfg.tflite.channels_last else "NCHW"}
+            "input_layout": "NHWC" if cfg.tflite.channels_last else "NCHW",
+            "output": PROBS_NAME if cfg.tflite.softmax_output else OUTPUT_NAME}
 
 
 METADATA_NAME = "mvdeploy"  # Model.metadata entry holding JSON (labels, preprocessing, ...)
@@ -157,6 +160,8 @@ def load(path: Path, *, threads: int | None = None) -> Runner:
     nhwc = int(details["shape"][1]) != 3  # NCHW has its 3 channels at axis 1
     scale, zero_point = details.get("quantization", (0.0, 0))
     dtype = details["dtype"]
+    (output_name, out_details), = runner.get_output_details().items()  # logits or probabilities
+    out_scale, out_zero = out_details.get("quantization", (0.0, 0))
 
     def run(x: np.ndarray) -> np.ndarray:
         if nhwc:
@@ -164,9 +169,7 @@ def load(path: Path, *, threads: int | None = None) -> Runner:
         if scale:  # integer input: quantise with the tensor's own parameters
             x = np.clip(np.round(x / scale + zero_point), np.iinfo(dtype).min,
                         np.iinfo(dtype).max)
-        out = runner(**{INPUT_NAME: np.ascontiguousarray(x, dtype=dtype)})[OUTPUT_NAME]
-        out_details = runner.get_output_details()[OUTPUT_NAME]
-        out_scale, out_zero = out_details.get("quantization", (0.0, 0))
+        out = runner(**{INPUT_NAME: np.ascontiguousarray(x, dtype=dtype)})[output_name]
         if out_scale:
             out = (out.astype(np.float32) - out_zero) * out_scale
         return out.astype(np.float32, copy=False)

@@ -1,0 +1,300 @@
+"""App-ready artifacts: the shipped iOS/Android configs, Core ML image input and classifier,
+TFLite NHWC + softmax, embedded metadata, the reference preprocessing, Swift/Kotlin snippets.
+
+The XXS app configs are exported once per session through the CLI with
+`--set model.weights=<a Hugging Face checkpoint>` (random weights, 1000 labelled classes), as a
+user would; the other shipped configs with random weights.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mvdeploy.cli import run
+from mvdeploy.config import load_config
+from mvdeploy.data import Preprocessing, normalise, sample_image_paths
+from mvdeploy.errors import ConfigError
+from mvdeploy.inspect import inspect_artifact
+from mvdeploy.models import create_model
+from mvdeploy.snippets import load_manifest, snippet
+
+ROOT = Path(__file__).parents[1]
+CONFIGS = sorted(ROOT.joinpath("export_configs").glob("*.toml"))
+README = ROOT.joinpath("README.md").read_text()
+
+
+@pytest.fixture(scope="session")
+def shipped(tmp_path_factory, hf_checkpoint):
+    """config stem -> output folder of `mvdeploy export CONFIG --set ...`, each run once."""
+    cache: dict[str, Path] = {}
+
+    def get(stem: str) -> Path:
+        if stem not in cache:
+            out = tmp_path_factory.mktemp(stem) / "out"
+            sets = [f"export.out={out}", "validate.max_images=2", "validate.random_inputs=1"]
+            if stem.startswith("mobilevit_xxs_"):
+                sets.append(f"model.weights={hf_checkpoint('mobilevit_xxs')[1]}")
+            argv = ["export", str(ROOT / "export_configs" / f"{stem}.toml")]
+            for item in sets:
+                argv += ["--set", item]
+            assert run(argv) == 0, f"export of {stem} failed"
+            cache[stem] = out
+        return cache[stem]
+
+    return get
+
+
+def _artifact(out: Path, fmt: str) -> Path:
+    (path,) = (out / fmt).glob("mobilevit_*")
+    return path
+
+
+# ---------------------------------------------------------------- shipped configs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_shipped_config_exports(config, shipped):
+    cfg = load_config(config)
+    out = shipped(config.stem)
+    for fmt in cfg.export.formats:
+        manifest = json.loads((out / fmt / "manifest.json").read_text())
+        assert manifest["config"]["model"]["name"] == cfg.model.name
+        assert manifest["validation"]["status"] in ("passed", "structural")
+        assert not manifest["validation"]["failures"]
+        shape = manifest["artifact"]["inputs"][0]["shape"]
+        if fmt == "tflite" and "android" in config.stem:
+            assert shape == [1, 256, 256, 3] and manifest["preprocessing"]["input_layout"] == "NHWC"
+        if "dynamic" in config.stem:
+            assert shape[0] == "batch"
+
+
+def _scale_on_input(path: Path) -> float:
+    """The constant the image input is multiplied by, read from the ML Program itself."""
+    import coremltools as ct
+
+    spec = ct.utils.load_spec(str(path))
+    (block,) = spec.mlProgram.functions["main"].block_specializations.values()
+    consts = {op.outputs[0].name: op.attributes["val"].immediateValue.tensor
+              for op in block.operations if op.type == "const"}
+    for op in block.operations:
+        if op.type == "mul" and [a.name for a in op.inputs["x"].arguments] == ["pixel_values"]:
+            (y,) = op.inputs["y"].arguments
+            return consts[y.name].floats.values[0]
+    raise AssertionError("no scale applied to the image input")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("patch", ["A", "B"])
+def test_ios_config_gives_image_input_and_classifier(shipped, patch):
+    info = inspect_artifact(_artifact(shipped(f"mobilevit_xxs_{patch}_ios"), "coreml"))
+    (image,) = info["inputs"]
+    assert image["name"] == "pixel_values" and image["dtype"] == "image"
+    assert image["color_layout"] == "BGR" and image["shape"] == [1, 3, 256, 256]
+    assert "resize the shorter side to 288, centre-crop 256x256" in image["description"]
+    assert [(o["name"], o["dtype"]) for o in info["outputs"]] == [
+        ("classLabel", "string"), ("classLabel_probs", "dict[string, double]")]
+    assert info["classifier"] == {"label": "classLabel", "probabilities": "classLabel_probs"}
+    assert _scale_on_input(Path(info["file"])) == pytest.approx(1 / 255)
+    meta = info["metadata"]
+    assert meta["author"].startswith("mvdeploy") and "mobilevit_xxs" in meta["short_description"]
+    record = meta["mvdeploy"]
+    expected_patches = [[2, 2]] * 3 if patch == "A" else [[8, 8], [4, 4], [2, 2]]
+    assert record["patch_sizes"] == expected_patches and record["resolution"] == [256, 256]
+    assert record["output"] == "classLabel_probs" and record["output_kind"] == "probabilities"
+    assert record["labels"][:2] == ["class_0", "class_1"] and len(record["labels"]) == 1000
+    assert record["preprocessing"]["channel_order"] == "BGR"
+    assert record["preprocessing"]["resize_shorter_side"] == 288
+    assert meta["mvdeploy.patch"] == patch and meta["mvdeploy.channel_order"] == "BGR"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("patch", ["A", "B"])
+def test_android_config_gives_nhwc_probabilities_and_metadata(shipped, patch):
+    import onnx
+    from ai_edge_litert import schema_py_generated as schema
+
+    out = shipped(f"mobilevit_xxs_{patch}_android")
+    tflite = _artifact(out, "tflite")
+    info = inspect_artifact(tflite)
+    assert info["signatures"]["serving_default"] == {"inputs": ["pixel_values"],
+                                                     "outputs": ["probabilities"]}
+    assert info["inputs"][0]["shape"] == [1, 256, 256, 3]
+    assert info["outputs"][0] == {"name": "probabilities", "shape": [1, 1000], "dtype": "float32"}
+    # the metadata buffer, read with the plain flatbuffer schema (no mvdeploy code)
+    model = schema.Model.GetRootAsModel(tflite.read_bytes(), 0)
+    entries = {model.Metadata(i).Name().decode(): model.Metadata(i).Buffer()
+               for i in range(model.MetadataLength())}
+    record = json.loads(bytes(model.Buffers(entries["mvdeploy"]).DataAsNumpy()))
+    assert record["output"] == "probabilities" and record["labels"][999] == "class_999"
+    assert record["preprocessing"]["input_layout"] == "NHWC"
+    assert record["preprocessing"]["crop"] == [256, 256]
+    assert (tflite.parent / "labels.txt").read_text().splitlines()[:2] == ["class_0", "class_1"]
+    props = {p.key: p.value for p in onnx.load(str(_artifact(out, "onnx"))).metadata_props}
+    assert json.loads(props["labels"])[5] == "class_5"
+    assert json.loads(props["patch_sizes"])[0] == ([2, 2] if patch == "A" else [8, 8])
+    assert json.loads(props["preprocessing"])["scale"] == pytest.approx(1 / 255)
+
+
+def _reference_processor():
+    """transformers' processor with the published apple/mobilevit-* preprocessor_config.json."""
+    from transformers import MobileViTImageProcessor
+
+    return MobileViTImageProcessor(
+        do_resize=True, size={"shortest_edge": 288}, resample=2, do_center_crop=True,
+        crop_size={"height": 256, "width": 256}, do_rescale=True, rescale_factor=1 / 255,
+        do_normalize=False, do_flip_channel_order=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("patch", ["A", "B"])
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_declared_preprocessing_matches_the_reference(shipped, hf_checkpoint, patch, fmt,
+                                                      capsys):
+    """Photo -> transformers' reference preprocessing -> PyTorch, versus photo -> the
+    preprocessing the artifact declares -> the artifact (mvdeploy predict): same top-1."""
+    from PIL import Image
+
+    hf_model, hf_dir = hf_checkpoint("mobilevit_xxs")
+    photos = sample_image_paths()
+    pixels = _reference_processor()(images=[Image.open(p).convert("RGB") for p in photos],
+                                    return_tensors="pt")["pixel_values"]
+    model = create_model("mobilevit_xxs", patch_sizes=patch, weights=str(hf_dir))
+    with torch.no_grad():
+        reference = torch.softmax(model(pixels), -1).numpy()
+        if patch == "A":  # the published configuration: transformers' own model agrees
+            assert (hf_model(pixel_values=pixels).logits.argmax(1).numpy()
+                    == reference.argmax(1)).all()
+    artifact = _artifact(shipped(f"mobilevit_xxs_{patch}_android"), fmt)
+    assert run(["predict", str(artifact), *map(str, photos), "--top", "1", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert [g["top"][0]["class"] for g in got] == reference.argmax(1).tolist()
+    assert [g["top"][0]["label"] for g in got] == [f"class_{i}" for i in reference.argmax(1)]
+    np.testing.assert_allclose([g["top"][0]["probability"] for g in got],
+                               reference.max(1), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_coreml_predict_needs_macos(shipped):
+    artifact = _artifact(shipped("mobilevit_xxs_B_ios"), "coreml")
+    if sys.platform == "darwin":
+        pytest.skip("runs the prediction on macOS; this checks the message elsewhere")
+    assert run(["predict", str(artifact), str(sample_image_paths()[0])]) == 2
+
+
+# ---------------------------------------------------------------- snippets
+
+
+def _snippet_block(code: str, language: str) -> str:
+    return f"```{language}\n{code}```"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("stem", "fmt"), [("mobilevit_xxs_B_ios", "coreml"),
+                                           ("mobilevit_xxs_B_android", "tflite")])
+def test_snippets_name_the_real_tensors(shipped, stem, fmt, capsys):
+    artifact = _artifact(shipped(stem), fmt)
+    info = inspect_artifact(artifact)
+    language, code = snippet(load_manifest(artifact))
+    (inp,) = info["inputs"]
+    outputs = [o["name"] for o in info["outputs"]]
+    if fmt == "coreml":
+        assert language == "swift"
+        assert f"try {artifact.stem}(configuration:" in code  # the class Xcode generates
+        assert f".prediction({inp['name']}: pixelBuffer)" in code
+        label, probs = outputs
+        assert f"output.{label}" in code and f"output.{probs}[" in code
+    else:
+        assert language == "kotlin"
+        (signature,) = info["signatures"]
+        (output,) = info["outputs"]
+        assert f'mapOf("{inp["name"]}" to input)' in code
+        assert f'mapOf("{output["name"]}" to scores)' in code
+        assert f'"{signature}")' in code and f'openFd("{artifact.name}")' in code
+        assert f"FloatArray({output['shape'][1]})" in code
+        assert f"allocateDirect(4 * 3 * {inp['shape'][1]} * {inp['shape'][2]})" in code
+        height, width = inp["shape"][1:3]
+        assert "i * 3 + c" in code  # NHWC indexing for the NHWC input
+        assert f"IntArray({width} * {height})" in code
+    # README shows exactly this code, so the docs cannot drift from the exporter
+    assert _snippet_block(code, language) in README, f"README's {language} snippet is stale"
+    assert run(["snippet", str(artifact)]) == 0
+    assert capsys.readouterr().out == code
+
+
+def test_snippet_needs_a_manifest_and_a_supported_format(tmp_path, capsys):
+    assert run(["snippet", str(tmp_path / "model.tflite")]) == 2
+    assert "no readable manifest.json" in capsys.readouterr().err
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"format": "onnx", "artifact": {"file": "model.onnx"}}))
+    assert run(["snippet", str(tmp_path / "model.onnx")]) == 2
+    assert "not onnx" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- fast checks
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    ({"coreml.image_input": True, "export.batch": 2}, "takes one image"),
+    ({"coreml.image_input": True, "preprocessing.std": [0.2, 0.3, 0.4]}, "same for all channels"),
+])
+def test_image_input_rejects_what_it_cannot_fold(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(overrides={"export.formats": "coreml", **overrides})
+
+
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+def test_image_input_folds_preprocessing_into_scale_and_bias(order):
+    """Core ML computes pixel * scale + bias per channel of its colour layout; that must equal
+    mvdeploy's preprocessing, here with a non-trivial mean and std."""
+    import coremltools as ct
+
+    from mvdeploy.backends.coreml import _image_input, _to_image
+
+    prep = Preprocessing(channel_order=order, mean=(0.485, 0.456, 0.406), std=(0.25,) * 3)
+    cfg = load_config(overrides={"preprocessing.channel_order": order,
+                                 "preprocessing.mean": list(prep.mean),
+                                 "preprocessing.std": list(prep.std)})
+    image_type = _image_input(ct, cfg, (1, 3, 8, 8))
+    assert image_type.color_layout == getattr(ct.colorlayout, order)
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 3)).astype(np.uint8)
+    in_layout = pixels if order == "RGB" else pixels[..., ::-1]
+    core_ml = (in_layout * image_type.scale + np.asarray(image_type.bias)).transpose(2, 0, 1)
+    expected = normalise(pixels, prep)
+    np.testing.assert_allclose(core_ml, expected, atol=1e-5)
+    # and the macOS runner turns the tensor back into the very same photo
+    assert (np.asarray(_to_image(expected, {"channel_order": order, "scale": prep.scale,
+                                            "mean": prep.mean, "std": prep.std}))
+            == pixels).all()
+
+
+def test_preprocessing_matches_transformers_on_real_photos():
+    """Including non-square photos, where the longer side's rounding used to differ by 1 px."""
+    import skimage
+    from PIL import Image
+
+    from mvdeploy.data import preprocess
+
+    photos = sample_image_paths() + sorted(Path(skimage.data_dir).glob("c*.png"))
+    processor = _reference_processor()
+    for path in photos:
+        with Image.open(path) as image:
+            ours = preprocess(image, 256, 256)
+            theirs = processor(images=image.convert("RGB"), return_tensors="np")
+        np.testing.assert_allclose(ours, theirs["pixel_values"][0], atol=1e-6,
+                                   err_msg=path.name)
+
+
+def test_readme_snippets_are_valid_shapes():
+    """Each README snippet block names the artifact it belongs to in its first line."""
+    blocks = re.findall(r"```(swift|kotlin)\n(.*?)```", README, flags=re.S)
+    assert {lang for lang, _ in blocks} == {"swift", "kotlin"}
+    for _, code in blocks:
+        assert re.match(r"// mobilevit_xxs_B_256x256\.(mlpackage|tflite)", code)
