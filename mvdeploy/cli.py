@@ -326,6 +326,236 @@ def snippet_command(artifact: str) -> None:
     print(code, end="")
 
 
+RUNTIME_ALIASES = {"onnx": "onnxruntime", "ort": "onnxruntime", "tflite": "litert",
+                   "pytorch": "torch", "eager": "torch", "compile": "torch-compile"}
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+def _split_patches(values: tuple[str, ...]) -> list[str]:
+    """--patch 8,4,2 is one spec; --patch A,B is two presets."""
+    out = []
+    for value in values:
+        parts = [v.strip() for v in value.split(",")]
+        out += parts if all(p.isalpha() for p in parts) else [value]
+    return out
+
+
+def _ints(values: list[str], flag: str) -> list[int]:
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise click.BadParameter(f"{flag} takes whole numbers, got {', '.join(values)}") from None
+
+
+@app.command()
+@click.option("--suite", metavar="TOML", type=click.Path(dir_okay=False),
+              help="A suite file ([suite] matrix, [timing]); flags override it.")
+@click.option("--model", "-m", "models", multiple=True, metavar="LIST",
+              help="mobilevit_xxs,mobilevit_xs,mobilevit_s (default: mobilevit_xxs).")
+@click.option("--patch", "-p", "patches", multiple=True, metavar="SPEC",
+              help="A, B or per-stage sizes (8,4,2); repeat for several (default: A and B).")
+@click.option("--resolution", "-r", "resolutions", multiple=True, metavar="LIST",
+              help="HEIGHTxWIDTH or one number (default 256).")
+@click.option("--backend", "--runtime", "-b", "runtimes", multiple=True, metavar="LIST",
+              help="torch, torch-compile, onnxruntime, litert, coreml (default: every runtime "
+                   "of the target).")
+@click.option("--precision", "precisions", multiple=True, metavar="LIST",
+              help="fp32, fp16, int8-dynamic, int8-static, ... (default fp32).")
+@click.option("--threads", "-t", "threads", multiple=True, metavar="LIST",
+              help="Thread counts (default: this machine's cores, at most 4).")
+@click.option("--batch", "batches", multiple=True, metavar="LIST", help="Batch sizes (default 1).")
+@click.option("--target", type=click.Choice(["cpu", "cuda", "android", "apple"]),
+              help="Where to run (default cpu).")
+@click.option("--accelerator", "accelerators", multiple=True, metavar="LIST",
+              help="cuda: cuda, tensorrt; android: xnnpack, gpu, cpu; apple: ALL, CPU_ONLY, "
+                   "CPU_AND_GPU, CPU_AND_NE.")
+@click.option("--peer/--no-peer", default=None,
+              help="Also time transformers' MobileViT with the same weights, exported plainly.")
+@click.option("--weights", "-w", metavar="PATH", help="Checkpoint (default: seeded random).")
+@click.option("--out", "-o", metavar="DIR", help="Where results go (default bench_out).")
+@click.option("--cache", metavar="DIR",
+              help="Artifact cache (default $MVDEPLOY_CACHE or ~/.cache/mvdeploy/bench).")
+@click.option("--quick", is_flag=True, help="Smoke run: 2 warm-up, 5 runs, 1 round.")
+@click.option("--warmup", type=int, help="Warm-up runs per round (default 10).")
+@click.option("--min-runs", type=int, help="Timed runs per round, at least (default 50).")
+@click.option("--min-seconds", type=float, help="Timed seconds per round, at least (default 2).")
+@click.option("--repetitions", type=int, help="Interleaved rounds (default 3).")
+@click.option("--timeout", "timeout_s", type=float, help="Seconds per config and round (600).")
+@click.option("--benchmark-binary", metavar="PATH", help="android: LiteRT's benchmark_model.")
+@click.option("--adb", metavar="PATH", default="adb", show_default=True, help="android: adb.")
+@click.option("--serial", metavar="SERIAL", help="android: which device (adb -s).")
+@click.option("--force", is_flag=True, help="Replace results already in --out.")
+@click.option("--compare", nargs=2, metavar="OLD.json NEW.json",
+              help="Compare two result files instead of measuring; exit 1 on a regression.")
+@click.option("--threshold", type=float, default=0.10, show_default=True,
+              help="--compare: a change above this fraction is a regression / improvement.")
+@click.option("--report", "report_from", metavar="JSON",
+              help="Redraw CSV, Markdown and plots from a results.json instead of measuring.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results (or comparison) as JSON.")
+def bench(suite, models, patches, resolutions, runtimes, precisions, threads, batches, target,
+          accelerators, peer, weights, out, cache, quick, warmup, min_runs, min_seconds,
+          repetitions, timeout_s, benchmark_binary, adb, serial, force, compare, threshold,
+          report_from, as_json) -> None:
+    """Latency per patch configuration, model, runtime, precision and thread count.
+
+    \b
+    mvdeploy bench --model mobilevit_xxs --patch 2,2,2 --patch 8,4,2 \\
+        --backend onnxruntime,litert --precision fp32,int8-static --threads 1,2 --out DIR
+    mvdeploy bench --suite benchmarks/patch_size_study.toml --out results/
+    mvdeploy bench --compare old/results.json new/results.json
+    """
+    from pathlib import Path
+
+    from mvdeploy.bench import report as reports
+
+    if compare:
+        _bench_compare(*compare, threshold=threshold, as_json=as_json)
+        return
+    if report_from:
+        data = reports.load_report(report_from)
+        for path in reports.write_all(data, Path(report_from).parent):
+            console.print(f"wrote {path}", markup=False, highlight=False)
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mvdeploy.bench.android import AndroidOptions
+    from mvdeploy.bench.matrix import (
+        QUICK,
+        TARGETS,
+        Timing,
+        build_matrix,
+        load_suite,
+        with_timing,
+    )
+    from mvdeploy.bench.runner import run_matrix
+    from mvdeploy.errors import ConfigError
+    from mvdeploy.native_output import terminal_stream
+
+    spec, timing = load_suite(suite) if suite else ({}, Timing())
+    if quick:
+        timing = QUICK
+    timing = with_timing(timing, warmup=warmup, min_runs=min_runs, min_seconds=min_seconds,
+                         repetitions=repetitions, timeout_s=timeout_s)
+    target = target or spec.get("target", "cpu")
+    if target not in TARGETS:
+        raise ConfigError(f"unknown target {target!r} in the suite: cpu, cuda, android, apple")
+    runtime_list = [RUNTIME_ALIASES.get(r, r) for r in _split(runtimes)] or \
+        spec.get("runtimes") or list(TARGETS[target])
+    default_threads = [min(os.cpu_count() or 1, 4)]
+    matrix = build_matrix(
+        models=_split(models) or spec.get("models", ["mobilevit_xxs"]),
+        patches=_split_patches(patches) or spec.get("patches", ["A", "B"]),
+        resolutions=_split(resolutions) or spec.get("resolutions", ["256"]),
+        runtimes=runtime_list,
+        precisions=_split(precisions) or spec.get("precisions", ["fp32"]),
+        threads=_ints(_split(threads), "--threads") or spec.get("threads", default_threads),
+        batches=_ints(_split(batches), "--batch") or spec.get("batches", [1]),
+        target=target, accelerators=_split(accelerators) or spec.get("accelerators", []),
+        peer=peer if peer is not None else spec.get("peer", False))
+    out_dir = Path(out or "bench_out").expanduser()
+    if (out_dir / "results.json").exists() and not force:
+        raise ConfigError(f"{out_dir / 'results.json'} already exists: pass --force to replace "
+                          "it, or choose another --out")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file: choose a directory")
+    cache_dir = Path(cache or os.environ.get("MVDEPLOY_CACHE")
+                     or Path.home() / ".cache" / "mvdeploy" / "bench").expanduser()
+    command = "mvdeploy bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else \
+        "mvdeploy bench"
+    progress_console = Console(file=terminal_stream(2), stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
+               "{task.total}"), TimeElapsedColumn())
+    with Progress(*columns, console=progress_console) as progress, _interrupt_flag() as stop:
+        task = progress.add_task("preparing artifacts", total=None)
+
+        def log(text: str) -> None:
+            if stop.is_set():
+                raise KeyboardInterrupt
+            progress.console.print(text, markup=False, highlight=False)
+
+        def advance(done: int, total: int, text: str) -> None:
+            progress.update(task, completed=done, total=total, description=text)
+
+        run = run_matrix(matrix, timing, cache=cache_dir, weights=weights,
+                         android_opts=AndroidOptions(benchmark_binary, adb, serial), log=log,
+                         progress=advance)
+        progress.update(task, completed=progress.tasks[0].total or 0)
+    data = reports.build_report(run, timing=timing, command=command)
+    written = reports.write_all(data, out_dir)
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        _print_bench_table(data)
+        for path in written:
+            console.print(f"wrote {path}", markup=False, highlight=False)
+    if run.interrupted:
+        err_console.print("mvdeploy: interrupted: the results above are what was measured",
+                          markup=False, highlight=False)
+        raise SystemExit(130)
+    if any(r["status"] == "failed" for r in data["results"]):
+        raise SystemExit(1)
+
+
+def _print_bench_table(data: dict) -> None:
+    table = Table(title="mvdeploy bench (ms; all figures in results.md)", box=box.SIMPLE_HEAD)
+    for col in ("configuration", "p50", "p90", "CV", "load", "RSS MB", "status"):
+        table.add_column(col, no_wrap=col not in ("configuration", "status"))
+    for r in data["results"]:
+        lat = r.get("latency_ms") or {}
+        fmt = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+        status = "[green]ok[/]" if r["status"] == "ok" else f"[red]{r['status']}[/]"
+        if lat.get("noisy"):
+            status += " [yellow]noisy[/]"
+        table.add_row(Text(_bench_label(r)), fmt(lat.get("p50")), fmt(lat.get("p90")),
+                      fmt(lat.get("cv"), 3), fmt(r.get("load_ms"), 0),
+                      fmt(r.get("peak_rss_mb"), 0), status)
+    console.print(table)
+    for r in data["results"]:
+        if r["status"] != "ok":
+            console.print(f"{_bench_label(r)}: {r['status']}: {r['error']}", markup=False,
+                          highlight=False)
+    for s in data.get("patch_speedups", []):
+        console.print(f"{s['model']} {s['runtime']} {s['precision']} t{s['threads']}: patch B "
+                      f"vs A {s['b_faster_pct']:+.1f} % (positive: B faster)", markup=False)
+    for p in data.get("peer", []):
+        console.print(f"{p['model']} {p['runtime']} t{p['threads']}: ours / transformers = "
+                      f"{p['ratio']:.2f}", markup=False)
+
+
+def _bench_label(r: dict) -> str:
+    h, w = r["resolution"]
+    peer = " (transformers)" if r["impl"] == "transformers" else ""
+    return (f"{r['model']} {r['preset']} {h}x{w} {r['runtime']}{peer} {r['precision']} "
+            f"t{r['threads']} b{r['batch']}" + (f" {r['accelerator']}" if r["target"] != "cpu"
+                                                 else ""))
+
+
+def _bench_compare(old: str, new: str, *, threshold: float, as_json: bool) -> None:
+    from mvdeploy.bench.report import compare, load_report
+
+    if threshold <= 0:
+        raise click.BadParameter("--threshold must be above 0")
+    rows = compare(load_report(old), load_report(new), threshold)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        table = Table(title=f"{new} vs {old} (p50 ms)", box=box.SIMPLE_HEAD)
+        for col in ("configuration", "old", "new", "new/old", "verdict"):
+            table.add_column(col)
+        for r in rows:
+            colour = {"regression": "red", "improvement": "green"}.get(r["verdict"], "white")
+            table.add_row(Text(r["key"]), f"{r['old_p50_ms']:.2f}", f"{r['new_p50_ms']:.2f}",
+                          f"{r['ratio']:.3f}", f"[{colour}]{r['verdict']}[/]")
+        console.print(table)
+        if not rows:
+            console.print("no configuration was measured in both files", markup=False)
+    if any(r["verdict"] == "regression" for r in rows):
+        raise SystemExit(1)
+
+
 def _format_row(r) -> dict:
     row = {"format": r.format, "artifact": str(r.artifact or ""), "seconds": r.seconds,
            "precision": r.report.precision if r.report else None,

@@ -1,0 +1,236 @@
+"""What to measure: a matrix of configurations from flags or a suite file (TOML).
+
+A configuration is one model x patch sizes x resolution x runtime x precision x threads x batch
+on one target. Combinations a runtime cannot do (int8 in eager PyTorch, Core ML on Linux's cpu
+target, ...) are dropped with the reason, so a matrix never fails for being a matrix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from mvdeploy.errors import ConfigError
+from mvdeploy.models import PATCH_PRESETS, format_patch_sizes, get_model_cfg, parse_patch_sizes
+from mvdeploy.models.mobilevit import parse_resolution
+from mvdeploy.quantize import RECIPES
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+# runtime -> the export format it runs (None: the PyTorch model itself)
+RUNTIMES: dict[str, str | None] = {
+    "torch": None, "torch-compile": None, "onnxruntime": "onnx", "litert": "tflite",
+    "coreml": "coreml",
+}
+TARGETS: dict[str, tuple[str, ...]] = {  # target -> runtimes it can time
+    "cpu": ("torch", "torch-compile", "onnxruntime", "litert"),
+    "cuda": ("torch", "torch-compile", "onnxruntime"),
+    "android": ("litert",),
+    "apple": ("coreml",),
+}
+ACCELERATORS: dict[str, tuple[str, ...]] = {  # target -> accelerator choices (first: default)
+    "cpu": ("cpu",),
+    "cuda": ("cuda", "tensorrt"),  # tensorrt: onnxruntime's TensorRT provider
+    "android": ("xnnpack", "gpu", "cpu"),  # benchmark_model flags
+    "apple": ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"),  # Core ML compute units
+}
+IMPLS = ("mvdeploy", "transformers")  # transformers: the peer baseline, exported plainly
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: str
+    patch: str  # canonical text, e.g. "2,2,2" or "8,4,2"
+    resolution: tuple[int, int]
+    runtime: str
+    precision: str = "fp32"
+    threads: int = 1
+    batch: int = 1
+    target: str = "cpu"
+    accelerator: str = "cpu"
+    impl: str = "mvdeploy"
+
+    @property
+    def preset(self) -> str:
+        """A or B where the patch sizes are a preset, else the sizes."""
+        sizes = parse_patch_sizes(self.patch)
+        return next((k for k, v in PATCH_PRESETS.items() if v == sizes), self.patch)
+
+    @property
+    def format(self) -> str | None:
+        return RUNTIMES[self.runtime]
+
+    @property
+    def key(self) -> str:
+        """Stable, readable identity: what --compare matches on."""
+        h, w = self.resolution
+        return (f"{self.model}|{self.patch}|{h}x{w}|{self.runtime}|{self.precision}|"
+                f"t{self.threads}|b{self.batch}|{self.target}|{self.accelerator}|{self.impl}")
+
+    @property
+    def label(self) -> str:
+        peer = " (transformers)" if self.impl == "transformers" else ""
+        return (f"{self.model} {self.preset} {self.runtime}{peer} {self.precision} "
+                f"t{self.threads}" + (f" b{self.batch}" if self.batch > 1 else "")
+                + (f" {self.accelerator}" if self.target != "cpu" else ""))
+
+    def artifact_key(self, weights_digest: str) -> str:
+        """Cache key of the artifact this configuration times (threads etc. do not matter)."""
+        data = {"model": self.model, "patch": self.patch, "resolution": self.resolution,
+                "format": self.format, "precision": self.precision, "batch": self.batch,
+                "impl": self.impl, "weights": weights_digest}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["resolution"] = list(self.resolution)
+        out["preset"] = self.preset
+        out["key"] = self.key
+        return out
+
+
+@dataclass(frozen=True)
+class Timing:
+    warmup: int = 10
+    min_runs: int = 50
+    min_seconds: float = 2.0
+    repetitions: int = 3  # interleaved rounds; samples are pooled across them
+    timeout_s: float = 600.0  # per configuration and round
+
+    def check(self) -> None:
+        if self.warmup < 0 or self.min_runs < 1 or self.min_seconds < 0 or self.repetitions < 1:
+            raise ConfigError("timing: warmup >= 0, min_runs >= 1, min_seconds >= 0 and "
+                              "repetitions >= 1 are needed")
+
+
+QUICK = Timing(warmup=2, min_runs=5, min_seconds=0.0, repetitions=1)
+
+
+@dataclass
+class Matrix:
+    configs: list[BenchConfig]
+    skipped: list[dict] = field(default_factory=list)  # config + reason, never run
+
+
+def _supported(cfg: BenchConfig) -> str | None:
+    """Why a combination cannot run, or None."""
+    if cfg.runtime not in TARGETS[cfg.target]:
+        return (f"{cfg.runtime} does not run on target {cfg.target} (it runs "
+                f"{', '.join(TARGETS[cfg.target])})")
+    if cfg.accelerator not in ACCELERATORS[cfg.target]:
+        return f"accelerator {cfg.accelerator} is not one of {cfg.target}'s"
+    fmt = cfg.format
+    if fmt is None:
+        allowed = ("fp32", "fp16") if cfg.target == "cuda" else ("fp32",)
+        if cfg.precision not in allowed:
+            return f"{cfg.runtime} on {cfg.target} times {' and '.join(allowed)} only"
+    elif cfg.precision not in RECIPES[fmt]:
+        return f"{fmt} has no {cfg.precision} recipe"
+    if cfg.impl == "transformers":
+        if parse_patch_sizes(cfg.patch) != PATCH_PRESETS["A"]:
+            return "transformers' MobileViT has one patch size for all stages (preset A only)"
+        if cfg.precision != "fp32" or cfg.runtime in ("torch-compile", "coreml"):
+            return "the peer baseline is plain fp32 export: torch, onnxruntime and litert"
+    if cfg.target == "android" and cfg.batch != 1:
+        return "benchmark_model times batch 1"
+    return None
+
+
+def _canonical_patch(spec: str) -> str:
+    try:
+        return format_patch_sizes(parse_patch_sizes(spec)).split(" ")[0]
+    except ConfigError as exc:
+        raise ConfigError(f"--patch {spec!r}: {exc}") from None
+
+
+def build_matrix(*, models: Sequence[str], patches: Sequence[str], resolutions: Sequence[str],
+                 runtimes: Sequence[str], precisions: Sequence[str], threads: Sequence[int],
+                 batches: Sequence[int] = (1,), target: str = "cpu",
+                 accelerators: Sequence[str] = (), peer: bool = False) -> Matrix:
+    """Every combination, checked; unsupported ones go to `skipped` with their reason."""
+    if target not in TARGETS:
+        raise ConfigError(f"unknown target {target!r}: choose one of {', '.join(TARGETS)}")
+    for name in models:
+        get_model_cfg(name)
+    for runtime in runtimes:
+        if runtime not in RUNTIMES:
+            raise ConfigError(f"unknown runtime {runtime!r}: choose from {', '.join(RUNTIMES)}")
+    known = {p for recipes in RECIPES.values() for p in recipes}
+    for precision in precisions:
+        if precision not in known:
+            raise ConfigError(f"unknown precision {precision!r}: choose from "
+                              f"{', '.join(sorted(known))}")
+    if any(t < 1 for t in threads) or any(b < 1 for b in batches):
+        raise ConfigError("--threads and --batch must be at least 1")
+    accelerators = list(accelerators) or [ACCELERATORS[target][0]]
+    for accelerator in accelerators:
+        if accelerator not in ACCELERATORS[target]:
+            raise ConfigError(f"--accelerator {accelerator!r} is not available on {target}: "
+                              f"choose from {', '.join(ACCELERATORS[target])}")
+    if not all((models, patches, resolutions, runtimes, precisions, threads, batches)):
+        raise ConfigError("the matrix is empty: every dimension needs at least one value")
+    sizes = [parse_resolution(r) for r in resolutions]
+    canonical = list(dict.fromkeys(_canonical_patch(p) for p in patches))
+    matrix = Matrix([])
+    impls = ["mvdeploy", "transformers"] if peer else ["mvdeploy"]
+    for combo in itertools.product(models, canonical, sizes, runtimes, precisions, threads,
+                                   batches, accelerators, impls):
+        model, patch, size, runtime, precision, t, b, accelerator, impl = combo
+        cfg = BenchConfig(model, patch, size, runtime, precision, t, b, target, accelerator,
+                          impl)
+        reason = _supported(cfg)
+        if reason is None:
+            matrix.configs.append(cfg)
+        elif impl == "mvdeploy":  # the peer simply does not exist for most combinations
+            matrix.skipped.append({**cfg.to_dict(), "reason": reason})
+    if not matrix.configs:
+        reasons = sorted({s["reason"] for s in matrix.skipped})
+        raise ConfigError("no configuration in this matrix can run: " + "; ".join(reasons))
+    return matrix
+
+
+SUITE_KEYS = {"name", "models", "patches", "resolutions", "runtimes", "precisions", "threads",
+              "batches", "target", "accelerators", "peer"}
+TIMING_KEYS = {"warmup", "min_runs", "min_seconds", "repetitions", "timeout_s"}
+
+
+def load_suite(path: str | Path) -> tuple[dict[str, Any], Timing]:
+    """[suite] (matrix dimensions, lists) and [timing] tables of a suite file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"suite file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read suite file {path}: {exc}") from None
+    unknown = set(data) - {"suite", "timing"}
+    suite, timing = data.get("suite", {}), data.get("timing", {})
+    bad = (unknown | (set(suite) - SUITE_KEYS) | (set(timing) - TIMING_KEYS))
+    if bad:
+        raise ConfigError(f"{path}: unknown table or key {', '.join(sorted(bad))}; [suite] "
+                          f"takes {', '.join(sorted(SUITE_KEYS))}; [timing] takes "
+                          f"{', '.join(sorted(TIMING_KEYS))}")
+    for key in ("resolutions", "patches"):  # numbers are fine in TOML: 256, or [2, 2, 2]
+        if key in suite:
+            suite[key] = [",".join(map(str, v)) if isinstance(v, list) else str(v)
+                          for v in suite[key]]
+    try:
+        parsed = Timing(**timing)
+    except TypeError as exc:
+        raise ConfigError(f"{path} [timing]: {exc}") from None
+    parsed.check()
+    return suite, parsed
+
+
+def with_timing(timing: Timing, **overrides: Any) -> Timing:
+    changed = replace(timing, **{k: v for k, v in overrides.items() if v is not None})
+    changed.check()
+    return changed

@@ -1,0 +1,333 @@
+"""Benchmark reports: versioned JSON, CSV, Markdown, PNG plots, and comparing two runs.
+
+JSON is the source of truth (schema "mvdeploy.bench", version SCHEMA_VERSION); CSV, Markdown
+and plots are derived from it, so `mvdeploy bench --report results.json` can redraw them.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from mvdeploy import __version__
+from mvdeploy.errors import ConfigError
+from mvdeploy.manifest import library_versions, write_json
+
+SCHEMA = "mvdeploy.bench"
+SCHEMA_VERSION = 1
+CSV_COLUMNS = [
+    "key", "model", "preset", "patch", "resolution", "runtime", "precision", "threads", "batch",
+    "target", "accelerator", "impl", "status", "p50_ms", "p90_ms", "p99_ms", "min_ms",
+    "mean_ms", "std_ms", "cv", "noisy", "runs", "rounds", "drift", "load_ms", "first_ms",
+    "peak_rss_mb", "size_mb", "gmacs", "gflops", "peak_fraction", "snr_db", "error",
+]
+REQUIRED_RESULT_KEYS = {"key", "model", "patch", "preset", "resolution", "runtime", "precision",
+                        "threads", "batch", "target", "accelerator", "impl", "status", "error"}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, Any]:
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    libs = library_versions()
+    try:
+        from importlib.metadata import version
+
+        libs["matplotlib"] = version("matplotlib")
+    except Exception:
+        libs["matplotlib"] = None
+    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "usable_cpus": affinity,
+            "os": platform.platform(), "python": platform.python_version(),
+            "mvdeploy": __version__, "libraries": libs}
+
+
+def peer_ratios(results: list[dict]) -> list[dict]:
+    """ours / transformers p50 for every configuration timed both ways (< 1: ours faster)."""
+    def identity(r: dict) -> tuple:
+        return (r["model"], r["preset"], tuple(r["resolution"]), r["runtime"], r["precision"],
+                r["threads"], r["batch"], r["target"], r["accelerator"])
+
+    ok = [r for r in results if r["status"] == "ok"]
+    peers = {identity(r): r for r in ok if r["impl"] == "transformers"}
+    out = []
+    for r in ok:
+        peer = peers.get(identity(r)) if r["impl"] == "mvdeploy" else None
+        if peer:
+            out.append({"model": r["model"], "runtime": r["runtime"], "threads": r["threads"],
+                        "ours_p50_ms": r["latency_ms"]["p50"],
+                        "peer_p50_ms": peer["latency_ms"]["p50"],
+                        "ratio": r["latency_ms"]["p50"] / peer["latency_ms"]["p50"]})
+    return out
+
+
+def patch_speedups(results: list[dict]) -> list[dict]:
+    """Preset B against A for every configuration timed with both: A p50 / B p50 - 1."""
+    def identity(r: dict) -> tuple:
+        return (r["model"], tuple(r["resolution"]), r["runtime"], r["precision"], r["threads"],
+                r["batch"], r["target"], r["accelerator"], r["impl"])
+
+    ok = [r for r in results if r["status"] == "ok" and r["latency_ms"].get("p50")]
+    a = {identity(r): r for r in ok if r["preset"] == "A"}
+    out = []
+    for b in (r for r in ok if r["preset"] == "B"):
+        if identity(b) in a:
+            pa, pb = a[identity(b)]["latency_ms"]["p50"], b["latency_ms"]["p50"]
+            out.append({"model": b["model"], "runtime": b["runtime"], "precision": b["precision"],
+                        "threads": b["threads"], "a_p50_ms": pa, "b_p50_ms": pb,
+                        "b_faster_pct": 100 * (pa / pb - 1), "a_gmacs": a[identity(b)]["gmacs"],
+                        "b_gmacs": b["gmacs"]})
+    return out
+
+
+def build_report(run, *, timing, command: str) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command, "environment": environment(), "timing": asdict(timing),
+        "peaks": {str(k): v for k, v in run.peaks.items()}, "interrupted": run.interrupted,
+        "seconds": round(run.seconds, 1), "results": run.results, "skipped": run.skipped,
+        "patch_speedups": patch_speedups(run.results), "peer": peer_ratios(run.results),
+    }
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """Read and check a results JSON (any version this mvdeploy understands)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path} is not a benchmark JSON: {exc}") from None
+    problems = check_schema(data)
+    if problems:
+        raise ConfigError(f"{path} is not an mvdeploy benchmark result: {problems[0]}")
+    return data
+
+
+def check_schema(data: Any) -> list[str]:
+    """What is wrong with a results document (empty list: valid)."""
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        return [f"schema is not {SCHEMA!r}"]
+    if data.get("schema_version") != SCHEMA_VERSION:
+        return [f"schema_version {data.get('schema_version')!r}, this mvdeploy reads "
+                f"{SCHEMA_VERSION}"]
+    problems = [f"missing {k}" for k in ("environment", "results", "timing", "peaks")
+                if k not in data]
+    for i, row in enumerate(data.get("results", [])):
+        missing = REQUIRED_RESULT_KEYS - set(row)
+        if missing:
+            problems.append(f"results[{i}] lacks {', '.join(sorted(missing))}")
+        elif row["status"] == "ok":
+            latency = row.get("latency_ms") or {}
+            if not latency.get("p50") and not latency.get("mean"):
+                problems.append(f"results[{i}] is ok but has no latency")
+        elif not row["error"]:
+            problems.append(f"results[{i}] is {row['status']} without a reason")
+    return problems
+
+
+def _flat(row: dict) -> dict:
+    latency = row.get("latency_ms") or {}
+    fidelity = row.get("fidelity") or {}
+    h, w = row["resolution"]
+    out = {k: row.get(k) for k in CSV_COLUMNS}
+    out.update(resolution=f"{h}x{w}", p50_ms=latency.get("p50"), p90_ms=latency.get("p90"),
+               p99_ms=latency.get("p99"), min_ms=latency.get("min"), mean_ms=latency.get("mean"),
+               std_ms=latency.get("std"), cv=latency.get("cv"), noisy=latency.get("noisy"),
+               runs=latency.get("runs"), snr_db=fidelity.get("snr_db"))
+    return out
+
+
+def write_csv(report: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for row in report["results"]:
+            writer.writerow(_flat(row))
+    os.replace(tmp, path)
+
+
+def _num(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(report: dict) -> str:
+    env = report["environment"]
+    timing = report["timing"]
+    lines = [
+        f"# Benchmark: {len(report['results'])} configurations",
+        "",
+        f"`{report['command']}`",
+        "",
+        f"{env['cpu']}, {env['cores']} cores, {env['os']}, Python {env['python']}, "
+        f"mvdeploy {env['mvdeploy']}; {report['created']}; {report['seconds']:.0f} s"
+        + (" (**interrupted**: partial results)" if report["interrupted"] else "") + ".",
+        f"Timing: {timing['warmup']} warm-up runs, then at least {timing['min_runs']} runs and "
+        f"{timing['min_seconds']:g} s per round, {timing['repetitions']} interleaved round(s), "
+        "each configuration in its own process; inputs are the bundled photos.",
+    ]
+    for threads, peak in sorted(report["peaks"].items()):
+        if peak.get("gflops"):
+            lines.append(f"Machine peak (float32 GEMM {peak['size']}², {threads} thread(s)): "
+                         f"{peak['gflops']:.1f} GFLOP/s.")
+    lines += ["", "| model | patch | runtime | precision | threads | p50 ms | p90 ms | p99 ms | "
+              "CV | load ms | first ms | peak RSS MB | size MB | GFLOP/s | % of peak | SNR dB |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    ok = sorted((r for r in report["results"] if r["status"] == "ok"),
+                key=lambda r: (r["model"], r["runtime"], r["impl"], r["precision"],
+                               r["threads"], r["preset"]))
+    for r in ok:
+        lat, fid = r["latency_ms"], r.get("fidelity") or {}
+        runtime = r["runtime"] + (" (transformers)" if r["impl"] == "transformers" else "")
+        noisy = " ⚠" if lat.get("noisy") else ""
+        lines.append(
+            f"| {r['model']} | {r['preset']} | {runtime} | {r['precision']} | {r['threads']} | "
+            f"{_num(lat.get('p50'))} | {_num(lat.get('p90'))} | {_num(lat.get('p99'))} | "
+            f"{_num(lat.get('cv'), 3)}{noisy} | {_num(r.get('load_ms'), 0)} | "
+            f"{_num(r.get('first_ms'), 1)} | {_num(r.get('peak_rss_mb'), 0)} | "
+            f"{_num(r.get('size_mb'))} | {_num(r.get('gflops'), 1)} | "
+            f"{_num(100 * r['peak_fraction'] if r.get('peak_fraction') else None, 1)} | "
+            f"{_num(fid.get('snr_db'), 1)} |")
+    lines.append("")
+    lines.append("⚠: coefficient of variation above 10 %, treat as noisy.")
+    if report.get("patch_speedups"):
+        lines += ["", "## Patch preset B (8,4,2) against A (2,2,2)", "",
+                  "| model | runtime | precision | threads | A p50 ms | B p50 ms | B faster by | "
+                  "GMACs A → B |", "|---|---|---|---|---|---|---|---|"]
+        for s in report["patch_speedups"]:
+            lines.append(f"| {s['model']} | {s['runtime']} | {s['precision']} | {s['threads']} | "
+                         f"{s['a_p50_ms']:.2f} | {s['b_p50_ms']:.2f} | "
+                         f"{s['b_faster_pct']:+.1f} % | {s['a_gmacs']:.3f} → "
+                         f"{s['b_gmacs']:.3f} |")
+    if report.get("peer"):
+        lines += ["", "## Against the transformers peer (same weights, plain export, patch A)",
+                  "", "| model | runtime | threads | ours p50 ms | peer p50 ms | ours / peer |",
+                  "|---|---|---|---|---|---|"]
+        for p in report["peer"]:
+            lines.append(f"| {p['model']} | {p['runtime']} | {p['threads']} | "
+                         f"{p['ours_p50_ms']:.2f} | {p['peer_p50_ms']:.2f} | {p['ratio']:.2f} |")
+    other = [r for r in report["results"] if r["status"] != "ok"]
+    if other or report["skipped"]:
+        lines += ["", "## Not measured", ""]
+        lines += [f"- {r['key']}: **{r['status']}**: {r['error']}" for r in other]
+        lines += [f"- {s['key']}: skipped: {s['reason']}" for s in report["skipped"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, folder: Path) -> list[Path]:
+    """latency.png (p50 bars, p90 whiskers, per preset, grouped by backend, one panel per
+    model) and tradeoff.png (size vs latency, coloured by fidelity). Needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    ok = [r for r in report["results"] if r["status"] == "ok" and r["latency_ms"].get("p50")]
+    if not ok:
+        return []
+    written = []
+    models = sorted({r["model"] for r in ok})
+    fig, axes = plt.subplots(len(models), 1, figsize=(11, 3.2 * len(models)), squeeze=False)
+    for ax, model in zip(axes[:, 0], models, strict=True):
+        rows = [r for r in ok if r["model"] == model]
+        backends = sorted({_backend(r) for r in rows})
+        presets = sorted({r["preset"] for r in rows})
+        width = 0.8 / max(len(presets), 1)
+        for i, preset in enumerate(presets):
+            xs, p50, whisker = [], [], []
+            for j, backend in enumerate(backends):
+                match = [r for r in rows if _backend(r) == backend and r["preset"] == preset]
+                if match:
+                    lat = match[0]["latency_ms"]
+                    xs.append(j + (i - (len(presets) - 1) / 2) * width)
+                    p50.append(lat["p50"])
+                    whisker.append(max((lat.get("p90") or lat["p50"]) - lat["p50"], 0))
+            ax.bar(xs, p50, width, yerr=[[0] * len(whisker), whisker], capsize=3,
+                   label=f"patch {preset}")
+        ax.set_xticks(range(len(backends)))
+        ax.set_xticklabels(backends, fontsize=8)
+        ax.set_ylabel("latency ms (p50, p90 whisker)")
+        ax.set_title(model)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(_save(fig, folder / "latency.png"))
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    snr = [((r.get("fidelity") or {}).get("snr_db")) for r in ok]
+    known = [s for s in snr if s is not None]
+    scatter = ax.scatter([r.get("size_mb") or 0 for r in ok], [r["latency_ms"]["p50"] for r in ok],
+                         c=[min(s, 150) if s is not None else 150 for s in snr], cmap="viridis",
+                         vmin=min(known, default=0), vmax=150, s=40)
+    for r in ok:
+        ax.annotate(f"{r['model'].replace('mobilevit_', '')} {r['preset']} {_backend(r)}",
+                    (r.get("size_mb") or 0, r["latency_ms"]["p50"]), fontsize=6)
+    ax.set_xlabel("artifact size MB")
+    ax.set_ylabel("p50 latency ms")
+    ax.set_title("size vs latency vs fidelity (colour: SNR dB vs PyTorch, capped at 150; "
+                 "PyTorch itself at the cap)", fontsize=9)
+    fig.colorbar(scatter, label="SNR dB")
+    fig.tight_layout()
+    written.append(_save(fig, folder / "tradeoff.png"))
+    plt.close(fig)
+    return written
+
+
+def _backend(r: dict) -> str:
+    peer = "/hf" if r["impl"] == "transformers" else ""
+    return f"{r['runtime']}{peer}\n{r['precision']} t{r['threads']}"
+
+
+def _save(fig, path: Path) -> Path:
+    tmp = path.with_name(f".{path.stem}.partial.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    return path
+
+
+def write_all(report: dict, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "results.json", report)
+    write_csv(report, folder / "results.csv")
+    md = folder / "results.md"
+    tmp = md.with_name(".results.md.partial")
+    tmp.write_text(markdown(report))
+    os.replace(tmp, md)
+    return [folder / "results.json", folder / "results.csv", md, *plot(report, folder)]
+
+
+def compare(old: dict, new: dict, threshold: float = 0.10) -> list[dict]:
+    """new / old p50 per configuration both measured; verdict by `threshold` (0.10 = 10 %)."""
+    old_rows = {r["key"]: r for r in old["results"] if r["status"] == "ok"}
+    out = []
+    for r in new["results"]:
+        before = old_rows.get(r["key"])
+        if r["status"] != "ok" or before is None:
+            continue
+        a = before["latency_ms"]["p50"] or before["latency_ms"]["mean"]
+        b = r["latency_ms"]["p50"] or r["latency_ms"]["mean"]
+        ratio = b / a
+        verdict = ("regression" if ratio > 1 + threshold else
+                   "improvement" if ratio < 1 - threshold else "same")
+        out.append({"key": r["key"], "old_p50_ms": a, "new_p50_ms": b, "ratio": ratio,
+                    "verdict": verdict})
+    return out

@@ -1,0 +1,193 @@
+"""The schedule: prepare artifacts, measure the machine's peak, then time every configuration
+in its own subprocess, interleaved across rounds, and summarise.
+
+Round r visits the configurations in an order rotated by r, so slow drift of the machine
+(thermal, background load) spreads over all configurations instead of favouring the ones timed
+first. A configuration that crashes, hangs or cannot run is reported with its reason and the
+run goes on; Ctrl-C stops the schedule and keeps everything measured so far.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mvdeploy.bench import android, targets
+from mvdeploy.bench.artifacts import Prepared, model_gmacs, prepare_all
+from mvdeploy.bench.matrix import BenchConfig, Matrix, Timing
+from mvdeploy.bench.stats import drift, summarise
+from mvdeploy.data import load_images, sample_image_paths
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class BenchRun:
+    results: list[dict]
+    skipped: list[dict]
+    peaks: dict[int, dict] = field(default_factory=dict)  # threads -> GEMM peak
+    interrupted: bool = False
+    seconds: float = 0.0
+
+
+def _subprocess_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(threads)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def _run_child(args: list[str], threads: int, timeout: float) -> tuple[int, str]:
+    """Run a Python child; Ctrl-C kills it and propagates. Returns (exit code, stderr tail)."""
+    with tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL,
+                                 stderr=err, env=_subprocess_env(threads),
+                                 start_new_session=True)  # Ctrl-C reaches the runner only
+        try:
+            code = child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+            return -1, f"timed out after {timeout:.0f} s"
+        except BaseException:
+            child.kill()
+            child.wait()
+            raise
+        err.seek(0)
+        lines = [line for line in err.read().splitlines() if line.strip()]
+        return code, " | ".join(lines[-3:])[-400:]
+
+
+def measure_peak(threads: int, timeout: float = 120) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "peak.json"
+        code = subprocess.run(
+            [sys.executable, "-c", "import json,sys; from mvdeploy.bench.roofline import "
+             f"measure; open({str(out)!r}, 'w').write(json.dumps(measure({threads})))"],
+            env=_subprocess_env(threads), capture_output=True, timeout=timeout).returncode
+        if code != 0 or not out.exists():
+            return {"threads": threads, "gflops": None, "error": f"exit {code}"}
+        return json.loads(out.read_text())
+
+
+def _time_once(cfg: BenchConfig, prepared: Prepared, weights: Path | None, inputs: Path,
+               timing: Timing, work: Path, opts: android.AndroidOptions | None) -> dict:
+    if cfg.target == "android":
+        return android.run_config(cfg, prepared.artifact, timing, opts or android.AndroidOptions())
+    spec = {"runtime": cfg.runtime, "artifact": str(prepared.artifact), "model": cfg.model,
+            "patch": cfg.patch, "weights": str(weights) if weights else None, "impl": cfg.impl,
+            "precision": cfg.precision, "inputs": str(inputs), "threads": cfg.threads,
+            "batch": cfg.batch, "warmup": timing.warmup, "min_runs": timing.min_runs,
+            "min_seconds": timing.min_seconds, "accelerator": cfg.accelerator,
+            "target": cfg.target, "result": str(work / "result.json")}
+    spec_path = work / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    (work / "result.json").unlink(missing_ok=True)
+    code, err = _run_child(["-m", "mvdeploy.bench.worker", str(spec_path)], cfg.threads,
+                           timing.timeout_s)
+    result_path = work / "result.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    return {"status": "failed",
+            "error": f"worker crashed (exit {code})" + (f": {err}" if err else "")}
+
+
+def _summarise(cfg: BenchConfig, rounds: list[dict], prepared: Prepared, gmacs: float,
+               peak: dict | None) -> dict:
+    row = {**cfg.to_dict(), "status": "ok", "error": None, "size_mb": prepared.size_mb,
+           "fidelity": prepared.fidelity, "gmacs": gmacs, "rounds": len(rounds)}
+    bad = [r for r in rounds if r.get("status") != "ok"]
+    if bad or not rounds:
+        first = bad[0] if bad else {"status": "failed", "error": "not measured"}
+        row.update(status=first["status"], error=first.get("error"))
+        return row
+    if "samples_ms" in rounds[0]:
+        samples = [s for r in rounds for s in r["samples_ms"]]
+        latency = summarise(samples).to_dict()
+        round_p50 = [float(np.median(r["samples_ms"])) for r in rounds]
+    else:  # android: benchmark_model's own summary per round (the last round's figures)
+        latency = rounds[-1]["latency_ms"]
+        round_p50 = [r["latency_ms"]["p50"] or r["latency_ms"]["mean"] for r in rounds]
+    p50 = latency["p50"] or latency["mean"]
+    gflops = 2 * gmacs * cfg.batch / (p50 / 1e3) if p50 else None
+    peak_gflops = (peak or {}).get("gflops")
+    row.update(
+        latency_ms=latency, round_p50_ms=round_p50, drift=drift(round_p50),
+        load_ms=float(np.median([r["load_ms"] for r in rounds])),
+        first_ms=float(np.median([r["first_ms"] for r in rounds])),
+        peak_rss_mb=max((r.get("peak_rss_mb") or 0) for r in rounds) or None,
+        throughput_ips=1e3 * cfg.batch / p50 if p50 else None,
+        gflops=gflops, peak_gflops=peak_gflops,
+        peak_fraction=gflops / peak_gflops if gflops and peak_gflops else None)
+    return row
+
+
+def _inputs(work: Path, resolution: tuple[int, int]) -> Path:
+    """The bundled real photos, preprocessed at this resolution, as one .npy for the workers."""
+    h, w = resolution
+    path = work / f"inputs_{h}x{w}.npy"
+    if not path.exists():
+        images, _, _ = load_images(sample_image_paths(), h, w)
+        np.save(path, images)
+    return path
+
+
+def run_matrix(matrix: Matrix, timing: Timing, *, cache: Path, weights: str | None = None,
+               android_opts: android.AndroidOptions | None = None, log: Log = lambda _: None,
+               progress: Callable[[int, int, str], None] = lambda *_: None) -> BenchRun:
+    """Everything in the matrix; returns per-configuration rows (ok, failed or unavailable)."""
+    began = time.perf_counter()
+    run = BenchRun(results=[], skipped=list(matrix.skipped))
+    reasons = {c.key: targets.unavailable(c, android_opts) for c in matrix.configs}
+    runnable = [c for c in matrix.configs if reasons[c.key] is None]
+    prepared = prepare_all(runnable, cache, weights, log) if runnable else {}
+    gmacs: dict[tuple, float] = {}
+    for c in matrix.configs:
+        gmacs.setdefault((c.model, c.patch, c.resolution), model_gmacs(c))
+    timed = [c for c in runnable if prepared[c.key].error is None]
+    if any(c.target == "cpu" for c in timed):
+        for threads in sorted({c.threads for c in timed if c.target == "cpu"}):
+            log(f"measuring this machine's float32 GEMM peak at {threads} thread(s)")
+            run.peaks[threads] = measure_peak(threads)
+    rounds: dict[str, list[dict]] = {c.key: [] for c in timed}
+    total, done = len(timed) * timing.repetitions, 0
+    with tempfile.TemporaryDirectory(prefix="mvdeploy-bench-") as tmp:
+        work = Path(tmp)
+        try:
+            for r in range(timing.repetitions):
+                offset = (r * len(timed)) // timing.repetitions
+                for cfg in timed[offset:] + timed[:offset]:
+                    progress(done, total, f"round {r + 1}/{timing.repetitions}: {cfg.label}")
+                    result = _time_once(cfg, prepared[cfg.key], prepared[cfg.key].weights,
+                                        _inputs(work, cfg.resolution), timing, work,
+                                        android_opts)
+                    rounds[cfg.key].append(result)
+                    done += 1
+        except KeyboardInterrupt:
+            run.interrupted = True
+    for cfg in matrix.configs:
+        if reasons[cfg.key]:
+            run.results.append({**cfg.to_dict(), "status": "unavailable",
+                                "error": reasons[cfg.key]})
+        elif prepared[cfg.key].error:
+            run.results.append({**cfg.to_dict(), "status": "failed",
+                                "error": prepared[cfg.key].error})
+        elif rounds.get(cfg.key) or not run.interrupted:
+            run.results.append(_summarise(cfg, rounds[cfg.key], prepared[cfg.key],
+                                          gmacs[(cfg.model, cfg.patch, cfg.resolution)],
+                                          run.peaks.get(cfg.threads)))
+        else:
+            run.results.append({**cfg.to_dict(), "status": "interrupted",
+                                "error": "not measured before Ctrl-C"})
+    run.seconds = time.perf_counter() - began
+    return run
