@@ -177,7 +177,9 @@ def build_matrix(*, models: Sequence[str], patches: Sequence[str], resolutions: 
                               f"choose from {', '.join(ACCELERATORS[target])}")
     if not all((models, patches, resolutions, runtimes, precisions, threads, batches)):
         raise ConfigError("the matrix is empty: every dimension needs at least one value")
-    sizes = [parse_resolution(r) for r in resolutions]
+    models, runtimes, precisions, threads, batches = (
+        list(dict.fromkeys(v)) for v in (models, runtimes, precisions, threads, batches))
+    sizes = list(dict.fromkeys(parse_resolution(r) for r in resolutions))
     canonical = list(dict.fromkeys(_canonical_patch(p) for p in patches))
     matrix = Matrix([])
     impls = ["mvdeploy", "transformers"] if peer else ["mvdeploy"]

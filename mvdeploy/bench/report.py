@@ -272,20 +272,28 @@ def plot(report: dict, folder: Path) -> list[Path]:
     written.append(_save(fig, folder / "latency.png"))
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    snr = [((r.get("fidelity") or {}).get("snr_db")) for r in ok]
-    known = [s for s in snr if s is not None]
-    scatter = ax.scatter([r.get("size_mb") or 0 for r in ok], [r["latency_ms"]["p50"] for r in ok],
-                         c=[min(s, 150) if s is not None else 150 for s in snr], cmap="viridis",
-                         vmin=min(known, default=0), vmax=150, s=40)
+    fig, ax = plt.subplots(figsize=(9, 6))
+    measured = [r for r in ok if (r.get("fidelity") or {}).get("snr_db") is not None]
+    others = [r for r in ok if r not in measured]
+    if measured:
+        snr = [min(r["fidelity"]["snr_db"], 150) for r in measured]
+        scatter = ax.scatter([r.get("size_mb") or 0 for r in measured],
+                             [r["latency_ms"]["p50"] for r in measured], c=snr,
+                             cmap="viridis", s=40)
+        fig.colorbar(scatter, label="SNR dB vs PyTorch on held-out photos (capped at 150)")
+    if others:
+        ax.scatter([r.get("size_mb") or 0 for r in others],
+                   [r["latency_ms"]["p50"] for r in others], c="lightgrey", edgecolors="grey",
+                   s=40, label="no fidelity figure (PyTorch itself, transformers peer)")
+        ax.legend(fontsize=8, loc="upper right")
     for r in ok:
-        ax.annotate(f"{r['model'].replace('mobilevit_', '')} {r['preset']} {_backend(r)}",
-                    (r.get("size_mb") or 0, r["latency_ms"]["p50"]), fontsize=6)
-    ax.set_xlabel("artifact size MB")
-    ax.set_ylabel("p50 latency ms")
-    ax.set_title("size vs latency vs fidelity (colour: SNR dB vs PyTorch, capped at 150; "
-                 "PyTorch itself at the cap)", fontsize=9)
-    fig.colorbar(scatter, label="SNR dB")
+        ax.annotate(_backend(r).replace("\n", " ") + f" {r['model'].replace('mobilevit_', '')}"
+                    f" {r['preset']}", (r.get("size_mb") or 0, r["latency_ms"]["p50"]),
+                    fontsize=6, xytext=(3, 2), textcoords="offset points")
+    ax.set_yscale("log")
+    ax.set_xlabel("artifact size MB (PyTorch: the weights file)")
+    ax.set_ylabel("p50 latency ms (log scale)")
+    ax.set_title("size vs latency vs fidelity", fontsize=10)
     fig.tight_layout()
     written.append(_save(fig, folder / "tradeoff.png"))
     plt.close(fig)

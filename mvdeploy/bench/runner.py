@@ -104,7 +104,8 @@ def _time_once(cfg: BenchConfig, prepared: Prepared, weights: Path | None, input
 
 def _summarise(cfg: BenchConfig, rounds: list[dict], prepared: Prepared, gmacs: float,
                peak: dict | None) -> dict:
-    row = {**cfg.to_dict(), "status": "ok", "error": None, "size_mb": prepared.size_mb,
+    row = {**cfg.to_dict(), "status": "ok", "error": None, "artifact": str(prepared.artifact),
+           "size_mb": prepared.size_mb,
            "fidelity": prepared.fidelity, "gmacs": gmacs, "rounds": len(rounds)}
     bad = [r for r in rounds if r.get("status") != "ok"]
     if bad or not rounds:
@@ -155,15 +156,14 @@ def run_matrix(matrix: Matrix, timing: Timing, *, cache: Path, weights: str | No
     for c in matrix.configs:
         gmacs.setdefault((c.model, c.patch, c.resolution), model_gmacs(c))
     timed = [c for c in runnable if prepared[c.key].error is None]
-    if any(c.target == "cpu" for c in timed):
-        for threads in sorted({c.threads for c in timed if c.target == "cpu"}):
-            log(f"measuring this machine's float32 GEMM peak at {threads} thread(s)")
-            run.peaks[threads] = measure_peak(threads)
     rounds: dict[str, list[dict]] = {c.key: [] for c in timed}
     total, done = len(timed) * timing.repetitions, 0
     with tempfile.TemporaryDirectory(prefix="mvdeploy-bench-") as tmp:
         work = Path(tmp)
         try:
+            for threads in sorted({c.threads for c in timed if c.target == "cpu"}):
+                log(f"measuring this machine's float32 GEMM peak at {threads} thread(s)")
+                run.peaks[threads] = measure_peak(threads)
             for r in range(timing.repetitions):
                 offset = (r * len(timed)) // timing.repetitions
                 for cfg in timed[offset:] + timed[:offset]:

@@ -33,11 +33,6 @@ def _ort_providers() -> tuple[str, ...]:
     return tuple(ort.get_available_providers())
 
 
-@functools.cache
-def _android_reason(opts: AndroidOptions) -> str | None:
-    return unavailable_reason(opts)
-
-
 def unavailable(cfg: BenchConfig, android: AndroidOptions | None = None) -> str | None:
     """Why `cfg` cannot run on this machine (None: it can)."""
     if cfg.runtime in _MODULES:
@@ -60,5 +55,5 @@ def unavailable(cfg: BenchConfig, android: AndroidOptions | None = None) -> str 
     if cfg.target == "apple" and platform.system() != "Darwin":
         return f"Core ML predictions need macOS (this is {platform.system()})"
     if cfg.target == "android":
-        return _android_reason(android or AndroidOptions())
+        return unavailable_reason(android or AndroidOptions())
     return None

@@ -1,0 +1,466 @@
+"""The benchmark harness: statistics, matrix, schema, reports, compare, android (a fake adb
+replaying benchmark_model's output), unavailable targets, crashes and Ctrl-C.
+
+No test asserts on a timing value: latencies are checked for presence and consistency only.
+Real runs use XXS at 64x64 with --quick and share one artifact cache per session.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mvdeploy.bench import android
+from mvdeploy.bench.matrix import QUICK, BenchConfig, Timing, build_matrix, load_suite
+from mvdeploy.bench.report import (
+    SCHEMA_VERSION,
+    build_report,
+    check_schema,
+    compare,
+    load_report,
+    markdown,
+    write_all,
+)
+from mvdeploy.bench.runner import BenchRun, _run_child, run_matrix
+from mvdeploy.bench.stats import drift, summarise
+from mvdeploy.cli import run
+from mvdeploy.errors import ConfigError
+
+DATA = Path(__file__).parent / "data"
+TRANSCRIPT = DATA / "benchmark_model_android.txt"
+SMALL = ["-m", "mobilevit_xxs", "-r", "64", "--quick"]
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_summarise_known_sample():
+    stats = summarise(list(range(1, 101)))
+    assert (stats.runs, stats.min, stats.p50, stats.mean) == (100, 1, 50.5, 50.5)
+    assert stats.p90 == pytest.approx(90.1) and stats.p99 == pytest.approx(99.01)
+    assert stats.std == pytest.approx(29.0115, abs=1e-4)  # sample std (ddof=1)
+    assert stats.cv == pytest.approx(stats.std / 50.5) and stats.noisy  # CV 0.57
+    steady = summarise([10.0, 10.1, 9.9, 10.0])
+    assert not steady.noisy and steady.cv < 0.01
+    single = summarise([5.0])
+    assert single.std == 0 and single.p99 == 5.0
+
+
+@pytest.mark.parametrize("bad", [[], [1.0, float("nan")], [-1.0, 2.0]])
+def test_summarise_rejects_bad_samples(bad):
+    with pytest.raises(ValueError):
+        summarise(bad)
+
+
+def test_drift_between_rounds():
+    assert drift([10.0]) == 0.0
+    assert drift([10.0, 11.0, 10.5]) == pytest.approx(1 / 10.5)
+
+
+# ---------------------------------------------------------------- matrix and suite
+
+
+def _matrix(**kw):
+    args = {"models": ["mobilevit_xxs"], "patches": ["A", "8,4,2"], "resolutions": ["256"],
+            "runtimes": ["torch", "onnxruntime", "litert"],
+            "precisions": ["fp32", "int8-static"], "threads": [1, 2]}
+    args.update(kw)
+    return build_matrix(**args)
+
+
+def test_matrix_expands_and_explains_what_it_drops():
+    matrix = _matrix()
+    # torch has no int8: 2 patches x (torch fp32 + 2 runtimes x 2 precisions) x 2 threads
+    assert len(matrix.configs) == 2 * (1 + 4) * 2
+    assert {c.preset for c in matrix.configs} == {"A", "B"}  # 8,4,2 is preset B
+    assert len({c.key for c in matrix.configs}) == len(matrix.configs)
+    (reason,) = {s["reason"] for s in matrix.skipped}
+    assert "fp32 only" in reason and len(matrix.skipped) == 4
+
+
+def test_matrix_peer_only_where_transformers_can_follow():
+    matrix = _matrix(peer=True, precisions=["fp32"], threads=[1])
+    peers = [c for c in matrix.configs if c.impl == "transformers"]
+    assert {(c.preset, c.runtime) for c in peers} == {("A", "torch"), ("A", "onnxruntime"),
+                                                      ("A", "litert")}
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"runtimes": ["tensorflow"]}, "unknown runtime"),
+    ({"precisions": ["int4"]}, "unknown precision"),
+    ({"target": "tpu"}, "unknown target"),
+    ({"threads": [0]}, "at least 1"),
+    ({"patches": ["3,3"]}, "--patch"),
+    ({"runtimes": ["coreml"]}, "no configuration in this matrix can run"),
+    ({"target": "android", "accelerators": ["ALL"]}, "not available on android"),
+])
+def test_matrix_errors_name_the_problem(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        _matrix(**kw)
+
+
+def test_suite_file(tmp_path):
+    suite = tmp_path / "suite.toml"
+    suite.write_text('[suite]\nmodels = ["mobilevit_xs"]\npatches = ["A", [8, 4, 2]]\n'
+                     'resolutions = [256]\n[timing]\nrepetitions = 2\nmin_runs = 7\n')
+    spec, timing = load_suite(suite)
+    assert spec["patches"] == ["A", "8,4,2"] and spec["resolutions"] == ["256"]
+    assert (timing.repetitions, timing.min_runs, timing.warmup) == (2, 7, 10)
+    suite.write_text("[suite]\nmodel = ['mobilevit_xs']\n")
+    with pytest.raises(ConfigError, match="unknown table or key model"):
+        load_suite(suite)
+    suite.write_text("[timing]\nrepetitions = 0\n")
+    with pytest.raises(ConfigError, match="repetitions"):
+        load_suite(suite)
+
+
+def test_shipped_study_suite_is_valid():
+    spec, timing = load_suite(Path(__file__).parents[1] / "benchmarks" / "patch_size_study.toml")
+    matrix = build_matrix(**{k: v for k, v in spec.items() if k != "name"})
+    assert {c.model for c in matrix.configs} == {"mobilevit_xxs", "mobilevit_xs",
+                                                 "mobilevit_s"}
+    assert timing.repetitions >= 2  # interleaving needs rounds
+
+
+# ---------------------------------------------------------------- reports and schema
+
+
+def _row(preset: str, runtime: str, p50: float, impl: str = "mvdeploy", status: str = "ok"):
+    cfg = BenchConfig("mobilevit_xxs", "2,2,2" if preset == "A" else "8,4,2", (256, 256),
+                      runtime, "fp32", 2, impl=impl)
+    row = {**cfg.to_dict(), "status": status, "error": None if status == "ok" else "boom"}
+    if status == "ok":
+        row.update(latency_ms=summarise([p50 * 0.98, p50, p50 * 1.03]).to_dict(), gmacs=0.3,
+                   size_mb=5.0, fidelity={"snr_db": 120.0}, peak_fraction=0.2, load_ms=50,
+                   first_ms=9, peak_rss_mb=80, gflops=30.0, rounds=3)
+    return row
+
+
+def _report(rows, skipped=()):
+    return build_report(BenchRun(results=rows, skipped=list(skipped), seconds=1.0),
+                        timing=Timing(), command="mvdeploy bench (test)")
+
+
+def test_report_schema_speedups_and_peer():
+    rows = [_row("A", "onnxruntime", 10.0), _row("B", "onnxruntime", 8.0),
+            _row("A", "onnxruntime", 12.5, impl="transformers"),
+            _row("B", "litert", 5.0, status="failed")]
+    report = _report(rows)
+    assert report["schema_version"] == SCHEMA_VERSION and check_schema(report) == []
+    (speedup,) = report["patch_speedups"]
+    assert speedup["b_faster_pct"] == pytest.approx(25.0)
+    (peer,) = report["peer"]
+    assert peer["ratio"] == pytest.approx(0.8)
+    assert report["environment"]["cores"] == os.cpu_count()
+    text = markdown(report)
+    assert "| mobilevit_xxs | onnxruntime | fp32 | 2 | 10.00 | 8.00 | +25.0 % |" in text
+    assert "**failed**: boom" in text
+
+
+def test_schema_catches_broken_documents():
+    report = _report([_row("A", "onnxruntime", 10.0)])
+    assert check_schema({"schema": "other"}) == ["schema is not 'mvdeploy.bench'"]
+    broken = json.loads(json.dumps(report))
+    del broken["results"][0]["runtime"]
+    assert "lacks runtime" in check_schema(broken)[0]
+    broken = json.loads(json.dumps(report))
+    broken["results"][0].update(status="failed", error=None)
+    assert "without a reason" in check_schema(broken)[0]
+
+
+def test_write_all_gives_json_csv_markdown_and_plots(tmp_path):
+    report = _report([_row("A", "onnxruntime", 10.0), _row("B", "onnxruntime", 8.0),
+                      _row("A", "litert", 6.0), _row("B", "litert", 5.5)])
+    written = {p.name for p in write_all(report, tmp_path)}
+    assert written == {"results.json", "results.csv", "results.md", "latency.png",
+                       "tradeoff.png"}
+    assert load_report(tmp_path / "results.json")["results"][0]["key"].startswith("mobilevit")
+    with open(tmp_path / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4 and float(rows[1]["p50_ms"]) == pytest.approx(8.0)
+    assert (tmp_path / "latency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_flags_regressions(tmp_path, capsys):
+    old = _report([_row("A", "onnxruntime", 10.0), _row("B", "onnxruntime", 10.0),
+                   _row("A", "litert", 10.0)])
+    new = _report([_row("A", "onnxruntime", 12.0), _row("B", "onnxruntime", 8.0),
+                   _row("A", "litert", 10.5), _row("B", "litert", 4.0)])
+    verdicts = {r["key"].split("|")[1] + r["key"].split("|")[3]: r["verdict"]
+                for r in compare(old, new, 0.10)}
+    assert verdicts == {"2,2,2onnxruntime": "regression", "8,4,2onnxruntime": "improvement",
+                        "2,2,2litert": "same"}
+    write_all(old, tmp_path / "old")
+    write_all(new, tmp_path / "new")
+    argv = ["bench", "--compare", str(tmp_path / "old/results.json"),
+            str(tmp_path / "new/results.json")]
+    assert run(argv) == 1  # a regression
+    assert "regression" in capsys.readouterr().out
+    assert run([*argv, "--threshold", "0.5", "--json"]) == 0
+    assert all(r["verdict"] == "same" for r in json.loads(capsys.readouterr().out))
+
+
+def test_compare_rejects_foreign_files_in_one_line(tmp_path, capsys):
+    (tmp_path / "x.json").write_text("{not json")
+    assert run(["bench", "--compare", str(tmp_path / "x.json"), str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a benchmark JSON" in err and "\n" not in err
+
+
+# ---------------------------------------------------------------- subprocesses
+
+
+def test_child_crash_and_timeout_are_results():
+    code, _ = _run_child(["-c", "import os, sys; sys.stderr.write('dying'); os._exit(3)"], 1, 30)
+    assert code == 3
+    code, err = _run_child(["-c", "import time; time.sleep(30)"], 1, 1)
+    assert code == -1 and "timed out" in err
+
+
+# ---------------------------------------------------------------- android (fake adb)
+
+FAKE_ADB = '''#!{python}
+"""A fake adb: lists FAKE_ADB_DEVICES, accepts push/shell, and answers benchmark_model with a
+recorded-format transcript (or fails like a broken binary when FAKE_ADB_FAIL is set)."""
+import os, sys
+args = sys.argv[1:]
+with open(os.environ["FAKE_ADB_LOG"], "a") as log:
+    log.write(" ".join(args) + "\\n")
+if args[:1] == ["-s"]:
+    args = args[2:]
+if args[0] == "devices":
+    print("List of devices attached")
+    for serial in filter(None, os.environ.get("FAKE_ADB_DEVICES", "").split(",")):
+        print(serial + "\\tdevice")
+    print()
+elif args[0] == "push":
+    print(args[1] + ": 1 file pushed, 0 skipped.")
+elif args[0] == "shell" and "benchmark_model --graph" in args[1]:
+    if os.environ.get("FAKE_ADB_FAIL"):
+        print("ERROR: Failed to allocate tensors!", file=sys.stderr)
+        print("ERROR: Benchmarking failed.", file=sys.stderr)
+        sys.exit(1)
+    sys.stdout.write(open(os.environ["FAKE_ADB_TRANSCRIPT"]).read())
+'''
+
+
+@pytest.fixture
+def fake_adb(tmp_path, monkeypatch):
+    adb = tmp_path / "adb"
+    adb.write_text(FAKE_ADB.format(python=sys.executable))
+    adb.chmod(0o755)
+    binary = tmp_path / "benchmark_model"
+    binary.write_bytes(b"\x7fELF fake")
+    log = tmp_path / "adb.log"
+    monkeypatch.setenv("FAKE_ADB_LOG", str(log))
+    monkeypatch.setenv("FAKE_ADB_TRANSCRIPT", str(TRANSCRIPT))
+    monkeypatch.setenv("FAKE_ADB_DEVICES", "emulator-5554")
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    return {"adb": adb, "binary": binary, "log": log}
+
+
+def test_parse_benchmark_model_transcript():
+    parsed = android.parse_benchmark_output(TRANSCRIPT.read_text())
+    latency = parsed["latency_ms"]
+    assert latency["runs"] == 5  # the timed phase, not the warm-up's count=87
+    assert (latency["min"], latency["p50"], latency["mean"]) == (5.012, 5.098, 5.1426)
+    assert latency["p90"] is None and latency["p95"] == 5.301  # the tool has no p90/p99
+    assert (parsed["load_ms"], parsed["first_ms"], parsed["peak_rss_mb"]) == (
+        31.204, 14.211, 38.2852)
+    old_format = ("count=50 first=249042 curr=250889 min=247067 max=254474 avg=249684 "
+                  "std=1442\nInference timings in us: Init: 16242, First inference: 360262, "
+                  "Warmup (avg): 304586, Inference (avg): 249684\n")
+    assert android.parse_benchmark_output(old_format)["latency_ms"]["p50"] is None
+    with pytest.raises(android.AndroidError, match="printed no timings"):
+        android.parse_benchmark_output("ERROR: Failed to allocate tensors!")
+
+
+def test_android_without_device_or_binary_is_unavailable(fake_adb, tmp_path, capsys,
+                                                         monkeypatch):
+    monkeypatch.setenv("FAKE_ADB_DEVICES", "")
+    argv = ["bench", "--target", "android", *SMALL, "-p", "A", "--out", str(tmp_path / "o"),
+            "--cache", str(tmp_path / "cache"), "--adb", str(fake_adb["adb"]), "--json"]
+    assert run([*argv, "--benchmark-binary", str(fake_adb["binary"])]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["results"]
+    assert row["status"] == "unavailable" and "no Android device attached" in row["error"]
+    assert not (tmp_path / "cache" / "artifacts").exists()  # nothing exported for nothing
+    assert run([*argv, "--force"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["results"]
+    assert "pass --benchmark-binary" in row["error"]
+
+
+@pytest.fixture(scope="session")
+def bench_cache(tmp_path_factory):
+    """One artifact cache for every real bench run of the session."""
+    return tmp_path_factory.mktemp("bench_cache")
+
+
+@pytest.mark.slow
+def test_android_run_parses_into_the_same_schema(fake_adb, bench_cache, tmp_path, capsys):
+    argv = ["bench", "--target", "android", *SMALL, "-p", "A", "-t", "4", "--out",
+            str(tmp_path / "o"), "--cache", str(bench_cache), "--adb", str(fake_adb["adb"]),
+            "--benchmark-binary", str(fake_adb["binary"]), "--accelerator", "xnnpack,gpu",
+            "--json"]
+    assert run(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert check_schema(report) == []
+    rows = {r["accelerator"]: r for r in report["results"]}
+    assert set(rows) == {"xnnpack", "gpu"} and all(r["status"] == "ok" for r in rows.values())
+    assert rows["xnnpack"]["latency_ms"]["p50"] == 5.098
+    assert rows["xnnpack"]["load_ms"] == 31.204 and rows["xnnpack"]["peak_rss_mb"] == 38.2852
+    calls = fake_adb["log"].read_text()
+    assert "push" in calls and "mobilevit_xxs_A_64x64.tflite" in calls
+    assert "--num_threads=4" in calls and "--use_xnnpack=true" in calls
+    assert "--use_gpu=true --use_xnnpack=false" in calls
+
+
+@pytest.mark.slow
+def test_android_failing_binary_is_reported_and_the_run_goes_on(fake_adb, bench_cache,
+                                                                 tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FAKE_ADB_FAIL", "1")
+    argv = ["bench", "--target", "android", *SMALL, "-p", "A", "--out", str(tmp_path / "o"),
+            "--cache", str(bench_cache), "--adb", str(fake_adb["adb"]),
+            "--benchmark-binary", str(fake_adb["binary"]), "--json"]
+    assert run(argv) == 1  # a failed configuration
+    (row,) = json.loads(capsys.readouterr().out)["results"]
+    assert row["status"] == "failed" and "Benchmarking failed" in row["error"]
+    assert (tmp_path / "o" / "results.json").exists()
+
+
+# ---------------------------------------------------------------- targets we do not have
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_is_unavailable_with_its_reason(tmp_path, capsys):
+    argv = ["bench", "--target", "cuda", *SMALL, "-p", "A", "-b", "torch,onnxruntime",
+            "--accelerator", "cuda,tensorrt", "--out", str(tmp_path), "--json"]
+    assert run(argv) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    assert {r["status"] for r in rows} == {"unavailable"}
+    by_runtime = {(r["runtime"], r["accelerator"]): r["error"] for r in rows}
+    assert "torch.cuda.is_available() is False" in by_runtime[("torch", "cuda")]
+    assert "TensorrtExecutionProvider" in by_runtime[("onnxruntime", "tensorrt")]
+    assert (tmp_path / "results.md").exists()
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="runs Core ML on macOS")
+def test_apple_target_needs_macos(tmp_path, capsys):
+    argv = ["bench", "--target", "apple", *SMALL, "-p", "A", "--out", str(tmp_path), "--json"]
+    assert run(argv) == 0
+    (row,) = json.loads(capsys.readouterr().out)["results"]
+    assert row["status"] == "unavailable" and "need macOS" in row["error"]
+
+
+def test_bad_bench_flags_are_one_line_exit_2(tmp_path, capsys):
+    for argv, match in [(["--threads", "two"], "whole numbers"),
+                        (["--backend", "tensorflow"], "unknown runtime"),
+                        (["--suite", str(tmp_path / "none.toml")], "does not exist")]:
+        assert run(["bench", *argv, "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert match in err and "\n" not in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- real runs on this machine
+
+
+@pytest.mark.slow
+def test_bench_end_to_end_on_cpu(bench_cache, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["bench", *SMALL, "-b", "onnxruntime,litert,torch", "-t", "1", "--peer",
+            "--out", str(out), "--cache", str(bench_cache)]
+    assert run(argv) == 0
+    report = load_report(out / "results.json")
+    assert check_schema(report) == [] and not report["interrupted"]
+    rows = report["results"]
+    assert len(rows) == 2 * 3 + 3  # A and B for three runtimes, plus the peer for each (A)
+    for r in rows:
+        lat = r["latency_ms"]
+        assert r["status"] == "ok", r["error"]
+        assert lat["runs"] >= QUICK.min_runs and lat["min"] <= lat["p50"] <= lat["p90"]
+        assert r["load_ms"] > 0 and r["first_ms"] > 0 and r["peak_rss_mb"] > 10
+        assert r["peak_fraction"] > 0 and r["gflops"] > 0 and r["size_mb"] > 1
+    fidelity = [r["fidelity"] for r in rows if r["impl"] == "mvdeploy" and r["runtime"] != "torch"]
+    assert all(f["status"] == "passed" and f["snr_db"] > 100 for f in fidelity)
+    assert report["peaks"]["1"]["gflops"] > 0
+    assert len(report["peer"]) == 3 and len(report["patch_speedups"]) == 3
+    for name in ("results.csv", "results.md", "latency.png", "tradeoff.png"):
+        assert (out / name).stat().st_size > 0
+    assert run(argv) == 2  # results exist: refuse without --force
+    capsys.readouterr()
+    # a second run reuses the cached artifacts (no export), and --compare reads both
+    manifests = {p: p.stat().st_mtime_ns for p in bench_cache.rglob("manifest.json")}
+    assert run(["bench", *SMALL, "-b", "onnxruntime", "-t", "1", "--out",
+                str(tmp_path / "again"), "--cache", str(bench_cache)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in bench_cache.rglob("manifest.json")} == manifests
+    capsys.readouterr()
+    run(["bench", "--compare", str(out / "results.json"),
+         str(tmp_path / "again" / "results.json"), "--json"])
+    assert len(json.loads(capsys.readouterr().out)) == 2
+
+
+@pytest.mark.slow
+def test_crashing_configuration_is_reported_and_others_measured(bench_cache, tmp_path):
+    """A corrupt artifact in the cache makes its worker fail; the other config still runs."""
+    matrix = build_matrix(models=["mobilevit_xxs"], patches=["A", "B"], resolutions=["64"],
+                          runtimes=["onnxruntime"], precisions=["fp32"], threads=[1])
+    cache = tmp_path / "cache"
+    run_matrix(matrix, QUICK, cache=cache)  # populate
+    b = next(c for c in matrix.configs if c.preset == "B")
+    (onnx,) = cache.glob("artifacts/*/onnx/mobilevit_xxs_B_64x64.onnx")
+    onnx.write_bytes(b"not an onnx model")
+    result = run_matrix(matrix, QUICK, cache=cache)
+    rows = {r["preset"]: r for r in result.results}
+    assert rows["A"]["status"] == "ok"
+    assert rows["B"]["status"] == "failed" and rows["B"]["key"] == b.key
+    assert rows["B"]["error"] and "Traceback" not in rows["B"]["error"]
+
+
+@pytest.mark.slow
+def test_interrupt_keeps_what_was_measured(bench_cache, tmp_path):
+    """Ctrl-C while the second configuration runs: the first keeps its numbers."""
+    matrix = build_matrix(models=["mobilevit_xxs"], patches=["A", "B"], resolutions=["64"],
+                          runtimes=["onnxruntime"], precisions=["fp32"], threads=[1])
+
+    def progress(done: int, total: int, text: str) -> None:
+        if done == 1:  # the moment the second configuration would start
+            raise KeyboardInterrupt
+
+    result = run_matrix(matrix, QUICK, cache=bench_cache, progress=progress)
+    assert result.interrupted
+    statuses = sorted(r["status"] for r in result.results)
+    assert statuses == ["interrupted", "ok"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_command_line_writes_partial_results(bench_cache, tmp_path):
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "mvdeploy.cli", "bench", "-m", "mobilevit_xxs", "-r", "64",
+           "-p", "A", "-b", "onnxruntime", "-t", "1", "--warmup", "1", "--min-runs", "5",
+           "--min-seconds", "3", "--repetitions", "4", "--out", str(out), "--cache",
+           str(bench_cache)]
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    # wait until the artifact exists and a round is under way, then interrupt
+    while time.monotonic() < deadline and not list(bench_cache.glob(
+            "artifacts/*/onnx/mobilevit_xxs_A_64x64.onnx")):
+        time.sleep(0.5)
+    time.sleep(9)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err
+    assert "interrupted" in err
+    report = load_report(out / "results.json")
+    assert report["interrupted"]
+    (row,) = report["results"]
+    assert row["status"] in ("ok", "interrupted")
+    if row["status"] == "ok":
+        assert 1 <= row["rounds"] < 4
