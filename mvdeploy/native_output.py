@@ -14,7 +14,8 @@ from pathlib import Path
 
 @contextlib.contextmanager
 def redirect_native_output(log_path: Path | None = None) -> Iterator[None]:
-    """Send fd 1 and 2 to `log_path` (appending), or to /dev/null when None."""
+    """Send fd 1 and 2 to `log_path` (appending), or to /dev/null when None; Python-level
+    prints too, wherever sys.stdout points (a progress display's proxy, a test's capture)."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
@@ -22,7 +23,8 @@ def redirect_native_output(log_path: Path | None = None) -> Iterator[None]:
     try:
         os.dup2(target.fileno(), 1)
         os.dup2(target.fileno(), 2)
-        yield
+        with contextlib.redirect_stdout(target), contextlib.redirect_stderr(target):
+            yield
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -190,7 +190,7 @@ def test_write_all_gives_json_csv_markdown_and_plots(tmp_path):
     assert (tmp_path / "latency.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_compare_flags_regressions(tmp_path, capsys):
+def test_compare_flags_regressions(tmp_path, capfd):
     old = _report([_row("A", "onnxruntime", 10.0), _row("B", "onnxruntime", 10.0),
                    _row("A", "litert", 10.0)])
     new = _report([_row("A", "onnxruntime", 12.0), _row("B", "onnxruntime", 8.0),
@@ -204,15 +204,15 @@ def test_compare_flags_regressions(tmp_path, capsys):
     argv = ["bench", "--compare", str(tmp_path / "old/results.json"),
             str(tmp_path / "new/results.json")]
     assert run(argv) == 1  # a regression
-    assert "regression" in capsys.readouterr().out
+    assert "regression" in capfd.readouterr().out
     assert run([*argv, "--threshold", "0.5", "--json"]) == 0
-    assert all(r["verdict"] == "same" for r in json.loads(capsys.readouterr().out))
+    assert all(r["verdict"] == "same" for r in json.loads(capfd.readouterr().out))
 
 
-def test_compare_rejects_foreign_files_in_one_line(tmp_path, capsys):
+def test_compare_rejects_foreign_files_in_one_line(tmp_path, capfd):
     (tmp_path / "x.json").write_text("{not json")
     assert run(["bench", "--compare", str(tmp_path / "x.json"), str(tmp_path / "x.json")]) == 2
-    err = capsys.readouterr().err.strip()
+    err = capfd.readouterr().err.strip()
     assert "not a benchmark JSON" in err and "\n" not in err
 
 
@@ -272,10 +272,11 @@ def test_parse_benchmark_model_transcript():
     parsed = android.parse_benchmark_output(TRANSCRIPT.read_text())
     latency = parsed["latency_ms"]
     assert latency["runs"] == 5  # the timed phase, not the warm-up's count=87
-    assert (latency["min"], latency["p50"], latency["mean"]) == (5.012, 5.098, 5.1426)
+    assert (latency["min"], latency["p50"], latency["mean"]) == pytest.approx((5.012, 5.098,
+                                                                              5.1426))
     assert latency["p90"] is None and latency["p95"] == 5.301  # the tool has no p90/p99
-    assert (parsed["load_ms"], parsed["first_ms"], parsed["peak_rss_mb"]) == (
-        31.204, 14.211, 38.2852)
+    assert (parsed["load_ms"], parsed["first_ms"], parsed["peak_rss_mb"]) == pytest.approx((
+        31.204, 14.211, 38.2852))
     old_format = ("count=50 first=249042 curr=250889 min=247067 max=254474 avg=249684 "
                   "std=1442\nInference timings in us: Init: 16242, First inference: 360262, "
                   "Warmup (avg): 304586, Inference (avg): 249684\n")
@@ -284,17 +285,17 @@ def test_parse_benchmark_model_transcript():
         android.parse_benchmark_output("ERROR: Failed to allocate tensors!")
 
 
-def test_android_without_device_or_binary_is_unavailable(fake_adb, tmp_path, capsys,
+def test_android_without_device_or_binary_is_unavailable(fake_adb, tmp_path, capfd,
                                                          monkeypatch):
     monkeypatch.setenv("FAKE_ADB_DEVICES", "")
     argv = ["bench", "--target", "android", *SMALL, "-p", "A", "--out", str(tmp_path / "o"),
             "--cache", str(tmp_path / "cache"), "--adb", str(fake_adb["adb"]), "--json"]
     assert run([*argv, "--benchmark-binary", str(fake_adb["binary"])]) == 0
-    (row,) = json.loads(capsys.readouterr().out)["results"]
+    (row,) = json.loads(capfd.readouterr().out)["results"]
     assert row["status"] == "unavailable" and "no Android device attached" in row["error"]
     assert not (tmp_path / "cache" / "artifacts").exists()  # nothing exported for nothing
     assert run([*argv, "--force"]) == 0
-    (row,) = json.loads(capsys.readouterr().out)["results"]
+    (row,) = json.loads(capfd.readouterr().out)["results"]
     assert "pass --benchmark-binary" in row["error"]
 
 
@@ -305,18 +306,19 @@ def bench_cache(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_android_run_parses_into_the_same_schema(fake_adb, bench_cache, tmp_path, capsys):
+def test_android_run_parses_into_the_same_schema(fake_adb, bench_cache, tmp_path, capfd):
     argv = ["bench", "--target", "android", *SMALL, "-p", "A", "-t", "4", "--out",
             str(tmp_path / "o"), "--cache", str(bench_cache), "--adb", str(fake_adb["adb"]),
             "--benchmark-binary", str(fake_adb["binary"]), "--accelerator", "xnnpack,gpu",
             "--json"]
     assert run(argv) == 0
-    report = json.loads(capsys.readouterr().out)
+    report = json.loads(capfd.readouterr().out)
     assert check_schema(report) == []
     rows = {r["accelerator"]: r for r in report["results"]}
     assert set(rows) == {"xnnpack", "gpu"} and all(r["status"] == "ok" for r in rows.values())
-    assert rows["xnnpack"]["latency_ms"]["p50"] == 5.098
-    assert rows["xnnpack"]["load_ms"] == 31.204 and rows["xnnpack"]["peak_rss_mb"] == 38.2852
+    assert rows["xnnpack"]["latency_ms"]["p50"] == pytest.approx(5.098)
+    assert rows["xnnpack"]["load_ms"] == pytest.approx(31.204)
+    assert rows["xnnpack"]["peak_rss_mb"] == pytest.approx(38.2852)
     calls = fake_adb["log"].read_text()
     assert "push" in calls and "mobilevit_xxs_A_64x64.tflite" in calls
     assert "--num_threads=4" in calls and "--use_xnnpack=true" in calls
@@ -325,13 +327,13 @@ def test_android_run_parses_into_the_same_schema(fake_adb, bench_cache, tmp_path
 
 @pytest.mark.slow
 def test_android_failing_binary_is_reported_and_the_run_goes_on(fake_adb, bench_cache,
-                                                                 tmp_path, capsys, monkeypatch):
+                                                                 tmp_path, capfd, monkeypatch):
     monkeypatch.setenv("FAKE_ADB_FAIL", "1")
     argv = ["bench", "--target", "android", *SMALL, "-p", "A", "--out", str(tmp_path / "o"),
             "--cache", str(bench_cache), "--adb", str(fake_adb["adb"]),
             "--benchmark-binary", str(fake_adb["binary"]), "--json"]
     assert run(argv) == 1  # a failed configuration
-    (row,) = json.loads(capsys.readouterr().out)["results"]
+    (row,) = json.loads(capfd.readouterr().out)["results"]
     assert row["status"] == "failed" and "Benchmarking failed" in row["error"]
     assert (tmp_path / "o" / "results.json").exists()
 
@@ -340,11 +342,11 @@ def test_android_failing_binary_is_reported_and_the_run_goes_on(fake_adb, bench_
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_cuda_is_unavailable_with_its_reason(tmp_path, capsys):
+def test_cuda_is_unavailable_with_its_reason(tmp_path, capfd):
     argv = ["bench", "--target", "cuda", *SMALL, "-p", "A", "-b", "torch,onnxruntime",
             "--accelerator", "cuda,tensorrt", "--out", str(tmp_path), "--json"]
     assert run(argv) == 0
-    rows = json.loads(capsys.readouterr().out)["results"]
+    rows = json.loads(capfd.readouterr().out)["results"]
     assert {r["status"] for r in rows} == {"unavailable"}
     by_runtime = {(r["runtime"], r["accelerator"]): r["error"] for r in rows}
     assert "torch.cuda.is_available() is False" in by_runtime[("torch", "cuda")]
@@ -353,19 +355,19 @@ def test_cuda_is_unavailable_with_its_reason(tmp_path, capsys):
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="runs Core ML on macOS")
-def test_apple_target_needs_macos(tmp_path, capsys):
+def test_apple_target_needs_macos(tmp_path, capfd):
     argv = ["bench", "--target", "apple", *SMALL, "-p", "A", "--out", str(tmp_path), "--json"]
     assert run(argv) == 0
-    (row,) = json.loads(capsys.readouterr().out)["results"]
+    (row,) = json.loads(capfd.readouterr().out)["results"]
     assert row["status"] == "unavailable" and "need macOS" in row["error"]
 
 
-def test_bad_bench_flags_are_one_line_exit_2(tmp_path, capsys):
+def test_bad_bench_flags_are_one_line_exit_2(tmp_path, capfd):
     for argv, match in [(["--threads", "two"], "whole numbers"),
                         (["--backend", "tensorflow"], "unknown runtime"),
                         (["--suite", str(tmp_path / "none.toml")], "does not exist")]:
         assert run(["bench", *argv, "--out", str(tmp_path)]) == 2
-        err = capsys.readouterr().err.strip()
+        err = capfd.readouterr().err.strip()
         assert match in err and "\n" not in err and "Traceback" not in err
 
 
@@ -373,7 +375,7 @@ def test_bad_bench_flags_are_one_line_exit_2(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_bench_end_to_end_on_cpu(bench_cache, tmp_path, capsys):
+def test_bench_end_to_end_on_cpu(bench_cache, tmp_path, capfd):
     out = tmp_path / "run"
     argv = ["bench", *SMALL, "-b", "onnxruntime,litert,torch", "-t", "1", "--peer",
             "--out", str(out), "--cache", str(bench_cache)]
@@ -395,16 +397,16 @@ def test_bench_end_to_end_on_cpu(bench_cache, tmp_path, capsys):
     for name in ("results.csv", "results.md", "latency.png", "tradeoff.png"):
         assert (out / name).stat().st_size > 0
     assert run(argv) == 2  # results exist: refuse without --force
-    capsys.readouterr()
+    capfd.readouterr()
     # a second run reuses the cached artifacts (no export), and --compare reads both
     manifests = {p: p.stat().st_mtime_ns for p in bench_cache.rglob("manifest.json")}
     assert run(["bench", *SMALL, "-b", "onnxruntime", "-t", "1", "--out",
                 str(tmp_path / "again"), "--cache", str(bench_cache)]) == 0
     assert {p: p.stat().st_mtime_ns for p in bench_cache.rglob("manifest.json")} == manifests
-    capsys.readouterr()
+    capfd.readouterr()
     run(["bench", "--compare", str(out / "results.json"),
          str(tmp_path / "again" / "results.json"), "--json"])
-    assert len(json.loads(capsys.readouterr().out)) == 2
+    assert len(json.loads(capfd.readouterr().out)) == 2
 
 
 @pytest.mark.slow

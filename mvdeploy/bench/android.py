@@ -24,9 +24,11 @@ _RUN = re.compile(r"count=(?P<count>\d+) first=(?P<first>[\d.e+]+) curr=[\d.e+]+
 _TIMINGS = re.compile(r"Inference timings in us: Init: (?P<init>[\d.e+]+), First inference: "
                       r"(?P<first>[\d.e+]+), Warmup \(avg\): [\d.e+]+, Inference \(avg\): "
                       r"(?P<avg>[\d.e+]+)")
-_PEAK = re.compile(r"(?:Overall peak memory footprint \(MB\) via periodic monitoring: "
-                   r"(?P<peak>[\d.e+]+))|(?:Memory footprint delta from the start of the tool "
-                   r"\(MB\): init=[\d.e+]+ overall=(?P<overall>[\d.e+]+))")
+# the peak from periodic monitoring when the tool reports it, else its footprint delta
+_PEAK = re.compile(r"Overall peak memory footprint \(MB\) via periodic monitoring: "
+                   r"(?P<mb>[\d.e+]+)")
+_DELTA = re.compile(r"Memory footprint delta from the start of the tool \(MB\): "
+                    r"init=[\d.e+]+ overall=(?P<mb>[\d.e+]+)")
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ def parse_benchmark_output(text: str) -> dict:
     run = runs[-1]  # the first count= line is the warm-up phase
     us = lambda key: float(run[key]) / 1e3 if run[key] is not None else None  # noqa: E731
     mean, std = us("avg"), us("std")
-    peak = _PEAK.search(text)
+    peak = _PEAK.search(text) or _DELTA.search(text)
     return {
         "status": "ok",
         "latency_ms": {"runs": int(run["count"]), "min": us("min"), "p50": us("median"),
@@ -101,7 +103,7 @@ def parse_benchmark_output(text: str) -> dict:
                        "max": us("max"), "p5": us("p5"), "p95": us("p95")},
         "load_ms": float(timings["init"]) / 1e3,
         "first_ms": float(timings["first"]) / 1e3,
-        "peak_rss_mb": float(peak["peak"] or peak["overall"]) if peak else None,
+        "peak_rss_mb": float(peak["mb"]) if peak else None,
     }
 
 
