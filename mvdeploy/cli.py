@@ -526,12 +526,10 @@ def _print_bench_table(data: dict) -> None:
                       f"{p['ratio']:.2f}", markup=False)
 
 
-def _bench_label(r: dict) -> str:
-    h, w = r["resolution"]
-    peer = " (transformers)" if r["impl"] == "transformers" else ""
-    return (f"{r['model']} {r['preset']} {h}x{w} {r['runtime']}{peer} {r['precision']} "
-            f"t{r['threads']} b{r['batch']}" + (f" {r['accelerator']}" if r["target"] != "cpu"
-                                                 else ""))
+def _bench_label(row: dict) -> str:
+    from mvdeploy.bench.matrix import BenchConfig
+
+    return BenchConfig.from_row(row).label
 
 
 def _bench_compare(old: str, new: str, *, threshold: float, as_json: bool) -> None:

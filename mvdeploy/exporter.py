@@ -40,7 +40,7 @@ from mvdeploy.models import PATCH_PRESETS, create_model, parse_patch_sizes
 from mvdeploy.models.macs import count_macs
 from mvdeploy.native_output import redirect_native_output
 from mvdeploy.quantize import Calibration, evidence_failure, needs_calibration, tolerance_kind
-from mvdeploy.validate import Tolerance, ValidationReport, validate
+from mvdeploy.validate import Tolerance, ValidationReport, softmax, validate
 
 Step = Callable[[str], AbstractContextManager]
 MAX_RANK = {"coreml": 5}  # Core ML and the ANE reject tensors above rank 5
@@ -157,11 +157,6 @@ def _tolerance(cfg: ExportConfig, precision: str) -> Tolerance:
     if kind == "quantized":
         return Tolerance(min_snr_db=cfg.validate.quantized_min_snr_db)
     return Tolerance(max_abs=cfg.validate.fp32_max_abs)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _umask() -> int:
@@ -334,7 +329,7 @@ def _export_format(fmt: str, cfg: ExportConfig, captured, final: Path, stem: str
     outputs = artifact_outputs(cfg, fmt)
     expected = reference.logits
     if outputs.kind == "probabilities":
-        expected = {k: _softmax(v) for k, v in expected.items()}
+        expected = {k: softmax(v) for k, v in expected.items()}
     try:
         with _atomic_dir(final) as tmp:
             artifact = tmp / f"{stem}{backend.SUFFIX}"

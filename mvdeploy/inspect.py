@@ -6,12 +6,11 @@ comes from the file itself; the manifest beside it (if any) is shown as extra co
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from mvdeploy.backends import get_backend
 from mvdeploy.errors import ArtifactError, MvdeployError
-from mvdeploy.manifest import digest
+from mvdeploy.manifest import digest, manifest_beside
 from mvdeploy.native_output import redirect_native_output
 
 FORMATS = {".onnx": "onnx", ".tflite": "tflite", ".mlpackage": "coreml", ".pt2": "torch"}
@@ -50,15 +49,7 @@ def inspect_artifact(path: str | Path) -> dict:
         first = str(exc).strip().splitlines()
         raise ArtifactError(f"cannot read {path} as {fmt}: "
                             f"{(first[0] if first else type(exc).__name__)[:160]}") from None
-    manifest_path = path.parent / "manifest.json"
-    manifest = None
-    if manifest_path.is_file():
-        try:
-            candidate = json.loads(manifest_path.read_text())
-            if candidate.get("artifact", {}).get("file") == path.name:
-                manifest = candidate
-        except (OSError, json.JSONDecodeError):
-            manifest = None
+    manifest = manifest_beside(path)
     size, sha = digest(path)
     return {"format": fmt, "file": str(path), "size_bytes": size, "sha256": sha,
             "precision": _precision(fmt, desc, manifest), **desc, "manifest": manifest}

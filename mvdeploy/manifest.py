@@ -69,6 +69,17 @@ def build_manifest(*, fmt: str, artifact: Path, model_info: dict, config: dict,
     }
 
 
+def manifest_beside(artifact: Path) -> dict | None:
+    """The manifest.json next to `artifact` when it describes that very file, else None."""
+    try:
+        manifest = json.loads((artifact.parent / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("artifact", {}).get("file") != artifact.name:
+        return None
+    return manifest
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write atomically: a reader never sees half a manifest."""
     tmp = path.with_name(f".{path.name}.partial")

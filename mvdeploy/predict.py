@@ -17,7 +17,7 @@ from mvdeploy.data import Preprocessing, preprocess
 from mvdeploy.errors import ArtifactError, ConfigError
 from mvdeploy.inspect import inspect_artifact
 from mvdeploy.native_output import redirect_native_output
-from mvdeploy.validate import run_batched
+from mvdeploy.validate import run_batched, softmax
 
 
 def embedded_metadata(info: dict) -> dict:
@@ -54,10 +54,7 @@ def predict(artifact: str | Path, images: list[str | Path], *, top: int = 5) -> 
     with redirect_native_output():  # runtimes log delegate creation on first use
         runner = get_backend(info["format"]).load(Path(info["file"]))
         scores = run_batched(runner, np.stack(arrays), batch if isinstance(batch, int) else None)
-    probs = scores
-    if meta.get("output_kind", "logits") == "logits":
-        probs = np.exp(scores - scores.max(1, keepdims=True))
-        probs /= probs.sum(1, keepdims=True)
+    probs = softmax(scores) if meta.get("output_kind", "logits") == "logits" else scores
     labels = meta.get("labels")
     results = []
     for image, p in zip(images, probs, strict=True):

@@ -7,24 +7,21 @@ that against an exported artifact. README's snippets come from here too.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from mvdeploy.errors import ArtifactError
+from mvdeploy.manifest import manifest_beside
 
 LITERT_GRADLE = "com.google.ai.edge.litert:litert:1.0.1"  # 1.x ships org.tensorflow.lite
 
 
 def load_manifest(artifact: str | Path) -> dict:
     path = Path(artifact).expanduser()
-    manifest_path = path.parent / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        raise ArtifactError(f"no readable manifest.json beside {path}: snippets are generated "
-                            "from the manifest mvdeploy export writes") from None
-    if manifest.get("artifact", {}).get("file") != path.name:
-        raise ArtifactError(f"{manifest_path} describes another file than {path.name}")
+    manifest = manifest_beside(path)
+    if manifest is None:
+        raise ArtifactError(f"no readable manifest.json for {path.name} beside it (missing, "
+                            "unreadable, or describing another file): snippets are generated "
+                            "from the manifest mvdeploy export writes")
     return manifest
 
 

@@ -39,6 +39,12 @@ class Metrics:
     top5_agreement: float  # share of inputs whose reference top-1 is in the artifact's top 5
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of [N, classes] scores, stable for large logits."""
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def compare(reference: np.ndarray, candidate: np.ndarray) -> Metrics:
     """Metrics of `candidate` against `reference`, both [N, classes]."""
     ref = reference.astype(np.float64).reshape(len(reference), -1)

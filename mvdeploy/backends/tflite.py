@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from mvdeploy.backends import Runner, require, tensor_info
-from mvdeploy.capture import INPUT_NAME, OUTPUT_NAME, PROBS_NAME, Captured, WithSoftmax
+from mvdeploy.capture import INPUT_NAME, Captured, WithSoftmax
 from mvdeploy.errors import MissingDependencyError
 from mvdeploy.quantize import Calibration, pt2e_quantize
 
@@ -65,8 +65,7 @@ def export(captured: Captured, cfg, path: Path, *, calibration: Calibration | No
                                       quant_config=quant_config)
     edge_model.export(str(path))
     return {"signature": SIGNATURE, "recipe": recipe,
-            "input_layout": "NHWC" if cfg.tflite.channels_last else "NCHW",
-            "output": PROBS_NAME if cfg.tflite.softmax_output else OUTPUT_NAME}
+            "input_layout": "NHWC" if cfg.tflite.channels_last else "NCHW"}
 
 
 METADATA_NAME = "mvdeploy"  # Model.metadata entry holding JSON (labels, preprocessing, ...)

@@ -126,13 +126,14 @@ def prepare_all(configs: list[BenchConfig], cache: Path, weights: str | None,
     cache.mkdir(parents=True, exist_ok=True)
     weight_paths = {m: Path(weights) if weights else seeded_weights(cache, m)
                     for m in {c.model for c in configs}}
-    digests = {m: digest(p)[1][:16] for m, p in weight_paths.items()}
+    hashed = {m: digest(p) for m, p in weight_paths.items()}  # (size, sha256): one read each
+    digests = {m: sha[:16] for m, (_, sha) in hashed.items()}
     prepared: dict[str, Prepared] = {}
     groups: dict[str, list[BenchConfig]] = {}
     for cfg in configs:
         if cfg.format is None:  # eager / compiled PyTorch: the weights are the artifact
-            size = digest(weight_paths[cfg.model])[0] / 1e6
-            prepared[cfg.key] = Prepared(artifact=weight_paths[cfg.model], size_mb=size)
+            prepared[cfg.key] = Prepared(artifact=weight_paths[cfg.model],
+                                         size_mb=hashed[cfg.model][0] / 1e6)
         elif cfg.impl == "transformers":
             folder = cache / "peer" / cfg.artifact_key(digests[cfg.model])
             prepared[cfg.key] = _export_peer(cfg, weight_paths[cfg.model], folder, log)

@@ -11,7 +11,7 @@ import hashlib
 import itertools
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +77,17 @@ class BenchConfig:
 
     @property
     def label(self) -> str:
+        h, w = self.resolution
         peer = " (transformers)" if self.impl == "transformers" else ""
-        return (f"{self.model} {self.preset} {self.runtime}{peer} {self.precision} "
-                f"t{self.threads}" + (f" b{self.batch}" if self.batch > 1 else "")
+        return (f"{self.model} {self.preset} {h}x{w} {self.runtime}{peer} {self.precision} "
+                f"t{self.threads} b{self.batch}"
                 + (f" {self.accelerator}" if self.target != "cpu" else ""))
+
+    @classmethod
+    def from_row(cls, row: dict) -> BenchConfig:
+        """Back from a results row (to_dict plus figures)."""
+        names = [f.name for f in fields(cls)]
+        return cls(**{**{k: row[k] for k in names}, "resolution": tuple(row["resolution"])})
 
     def artifact_key(self, weights_digest: str) -> str:
         """Cache key of the artifact this configuration times (threads etc. do not matter)."""

@@ -69,15 +69,14 @@ def _run_child(args: list[str], threads: int, timeout: float) -> tuple[int, str]
 
 
 def measure_peak(threads: int, timeout: float = 120) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "peak.json"
-        code = subprocess.run(
-            [sys.executable, "-c", "import json,sys; from mvdeploy.bench.roofline import "
-             f"measure; open({str(out)!r}, 'w').write(json.dumps(measure({threads})))"],
-            env=_subprocess_env(threads), capture_output=True, timeout=timeout).returncode
-        if code != 0 or not out.exists():
-            return {"threads": threads, "gflops": None, "error": f"exit {code}"}
-        return json.loads(out.read_text())
+    """`python -m mvdeploy.bench.roofline THREADS`, pinned like a worker; its JSON line."""
+    done = subprocess.run([sys.executable, "-m", "mvdeploy.bench.roofline", str(threads)],
+                          env=_subprocess_env(threads), capture_output=True, text=True,
+                          timeout=timeout)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        return {"threads": threads, "gflops": None, "error": f"exit {done.returncode}"}
+    return json.loads(lines[-1])
 
 
 def _time_once(cfg: BenchConfig, prepared: Prepared, weights: Path | None, inputs: Path,
@@ -154,7 +153,8 @@ def run_matrix(matrix: Matrix, timing: Timing, *, cache: Path, weights: str | No
     prepared = prepare_all(runnable, cache, weights, log) if runnable else {}
     gmacs: dict[tuple, float] = {}
     for c in matrix.configs:
-        gmacs.setdefault((c.model, c.patch, c.resolution), model_gmacs(c))
+        if (c.model, c.patch, c.resolution) not in gmacs:
+            gmacs[(c.model, c.patch, c.resolution)] = model_gmacs(c)
     timed = [c for c in runnable if prepared[c.key].error is None]
     rounds: dict[str, list[dict]] = {c.key: [] for c in timed}
     total, done = len(timed) * timing.repetitions, 0
