@@ -34,9 +34,10 @@ def app() -> None:
                    "several. Default: A and B.")
 @click.option("--resolution", "-r", default="256", show_default=True, metavar="HxW",
               help="Input size: HEIGHTxWIDTH or one number, multiples of 32.")
-@click.option("--weights", "-w", metavar="PATH",
-              help="Describe the model this checkpoint holds (Hugging Face directory, ml-cvnets "
-                   ".pt, or mvdeploy .safetensors) instead of listing every variant.")
+@click.option("--weights", "-w", metavar="CKPT",
+              help="Describe the model this checkpoint holds (hub id such as "
+                   "apple/mobilevit-small, Hugging Face or timm directory, ml-cvnets .pt, or "
+                   "mvdeploy .safetensors) instead of listing every variant.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def models(patch: tuple[str, ...], resolution: str, weights: str | None, as_json: bool) -> None:
     """List the MobileViT variants with parameters and MACs per patch configuration."""
@@ -65,7 +66,7 @@ def models(patch: tuple[str, ...], resolution: str, weights: str | None, as_json
     rows = []
     for name in [checkpoint.cfg.name] if checkpoint else list_models():
         for patches in presets:
-            model = create_model(name, patch_sizes=patches,
+            model = create_model(name, patch_sizes=patches, init="random",  # counts only
                                  num_classes=checkpoint.num_classes if checkpoint else None)
             macs = count_macs(model, height, width)
             rows.append({
@@ -152,9 +153,11 @@ def _export_overrides(**flags) -> dict:
 @app.command()
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("--model", "-m", help="mobilevit_xxs, mobilevit_xs or mobilevit_s.")
-@click.option("--weights", "-w", metavar="PATH",
-              help="Local checkpoint (HF directory, ml-cvnets .pt, mvdeploy .safetensors); "
-                   "random initialisation when absent.")
+@click.option("--weights", "-w", metavar="CKPT",
+              help="Hugging Face Hub id (apple/mobilevit-xx-small, "
+                   "timm/mobilevit_xxs.cvnets_in1k, org/name@revision) or a local checkpoint "
+                   "(HF/timm directory, ml-cvnets .pt, .safetensors); seeded random weights "
+                   "when absent.")
 @click.option("--patch", "-p", metavar="SPEC", help="A, B, or per-stage sizes: 8,4,2 or 2x4,2,2.")
 @click.option("--resolution", "-r", metavar="HxW", help="HEIGHTxWIDTH or one number (x32).")
 @click.option("--format", "-f", "formats", metavar="LIST",
@@ -222,7 +225,11 @@ def export(config: str | None, sets: tuple[str, ...], force: bool, threads: int 
                 raise
             progress.update(task, completed=1, mark="[green]✓[/]")
 
-        result = run_export(cfg, force=force, step=step, threads=threads)
+        def warn(text: str) -> None:
+            progress.console.print(f"mvdeploy: warning: {text}", markup=False, highlight=False,
+                                   style="yellow")
+
+        result = run_export(cfg, force=force, step=step, threads=threads, warn=warn)
     rows = [_format_row(r) for r in result.formats]
     if as_json:
         print(json.dumps({"out": str(result.out), "program": str(result.program or ""),
@@ -313,6 +320,78 @@ def predict_command(artifact: str, images: tuple[str, ...], top: int, as_json: b
         console.print(f"[bold]{result['image']}[/]")
         for entry in result["top"]:
             console.print(f"  {entry['probability']:7.2%}  {entry['label']}", markup=False)
+
+
+@app.command(name="eval")
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path())
+@click.option("--data", "-d", required=True, metavar="DIR",
+              help="Labelled folder: one sub-folder per class, named by the model's label, "
+                   "a class index, or an ImageNet-1k synset id (n01440764).")
+@click.option("--limit", "-n", type=int, metavar="N",
+              help="Use N images spread evenly over the folder (default: all).")
+@click.option("--weights", "-w", metavar="CKPT",
+              help="Also run the PyTorch model from this checkpoint (hub id or path) and report "
+                   "its accuracy and each artifact's agreement with it.")
+@click.option("--threads", type=int, help="Runtime threads (default: the runtime's choice).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per artifact.")
+def eval_command(artifacts: tuple[str, ...], data: str, limit: int | None, weights: str | None,
+                 threads: int | None, as_json: bool) -> None:
+    """Top-1 / top-5 accuracy of artifacts on a labelled image folder (streamed in batches),
+    with the preprocessing and labels embedded in each artifact.
+
+    \b
+    mvdeploy eval out/onnx/model.onnx out/tflite/model.tflite --data held-out/ --json
+    mvdeploy eval model.onnx --data imagenet/val --weights apple/mobilevit-small --limit 5000
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mvdeploy.evaluate import evaluate_artifacts
+    from mvdeploy.native_output import terminal_stream
+
+    progress_console = Console(file=terminal_stream(2), stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+    with Progress(*columns, console=progress_console) as progress, _interrupt_flag() as stop:
+        tasks: dict[str, int] = {}
+
+        def advance(artifact: str, done: int, total: int) -> None:
+            if stop.is_set():
+                raise KeyboardInterrupt
+            if artifact not in tasks:
+                tasks[artifact] = progress.add_task(os.path.basename(artifact), total=total)
+            progress.update(tasks[artifact], completed=done)
+
+        results = evaluate_artifacts(list(artifacts), data, limit=limit, weights=weights,
+                                     threads=threads, progress=advance)
+    if as_json:
+        print(json.dumps(results, indent=2))
+    else:
+        table = Table(title=f"Accuracy on {data}", box=box.SIMPLE_HEAD)
+        for col in ("artifact", "format", "precision", "images", "top-1", "top-5",
+                    "PyTorch top-1", "same top-1"):
+            table.add_column(col, no_wrap=col != "artifact")
+        for r in results:
+            if "error" in r:
+                table.add_row(Text(r["artifact"]), r["format"], r["precision"], "-", "-", "-",
+                              "-", "-")
+                continue
+            table.add_row(Text(r["artifact"]), r["format"], r["precision"], str(r["images"]),
+                          f"{r['top1']:.2%}", f"{r['top5']:.2%}",
+                          f"{r['reference']['top1']:.2%}" if "reference" in r else "-",
+                          f"{r['agreement']['top1']:.2%}" if "agreement" in r else "-")
+        console.print(table)
+        for r in results:
+            if r.get("unreadable"):
+                console.print(f"{r['artifact']}: {r['unreadable']} images could not be read and "
+                              f"are not counted: {', '.join(r['unreadable_files'])}"
+                              + (" ..." if r["unreadable"] > len(r["unreadable_files"]) else ""),
+                              markup=False, highlight=False, soft_wrap=True)
+    failed = [r for r in results if "error" in r]
+    for r in failed:
+        err_console.print(f"mvdeploy: {r['artifact']}: {r['error']}", markup=False,
+                          highlight=False, soft_wrap=True)
+    if failed:
+        raise SystemExit(1)
 
 
 @app.command(name="snippet")
@@ -561,6 +640,7 @@ def _format_row(r) -> dict:
            "status": "error" if r.error else r.report.status, "error": r.error,
            "log": str(r.log or ""), "failures": r.report.failures if r.report else [],
            "note": r.report.note if r.report else "",
+           "degenerate": bool(r.report and r.report.degenerate),
            "accuracy": r.report.accuracy if r.report else {}}
     if r.artifact:
         artifact = json.loads(r.manifest.read_text())["artifact"]
@@ -581,9 +661,11 @@ def _print_export_table(result, rows: list[dict]) -> None:
     for row in rows:
         status = {"passed": "[green]passed[/]", "structural": "[yellow]structural[/]"}.get(
             row["status"], f"[red]{row['status']}[/]")
-        metrics = [f.format(row[k]) if k in row else "-" for k, f in
-                   (("max_abs", "{:.1e}"), ("snr_db", "{:.1f}"), ("top1_agreement", "{:.0%}"),
-                    ("top5_agreement", "{:.0%}"))]
+        shown = (("max_abs", "{:.1e}"), ("snr_db", "{:.1f}"), ("top1_agreement", "{:.0%}"),
+                 ("top5_agreement", "{:.0%}"))
+        # agreement with a reference that gives one answer for everything proves nothing
+        metrics = ["n/a" if row["degenerate"] and "agreement" in k
+                   else f.format(row[k]) if k in row else "-" for k, f in shown]
         table.add_row(row["format"], row["precision"] or "-", str(row.get("size_mb", "-")),
                       status, *metrics, f"{row['seconds']:.0f}")
     console.print(table)
@@ -599,7 +681,10 @@ def _print_export_table(result, rows: list[dict]) -> None:
             console.print(f"[yellow]{row['format']}: {row['note']}[/]")
         for acc in row["accuracy"].values():
             console.print(f"{row['format']}: top-1 accuracy on {acc['images']} labelled images "
-                          f"{acc['artifact_top1']:.1%} (PyTorch {acc['reference_top1']:.1%})")
+                          f"{acc['artifact_top1']:.1%} (PyTorch {acc['reference_top1']:.1%}), "
+                          f"same top-1 as PyTorch {acc['agreement_top1']:.1%}"
+                          + (f"; {acc['unreadable']} unreadable images not counted"
+                             if acc["unreadable"] else ""), markup=False, highlight=False)
 
 
 def run(argv: list[str] | None = None) -> int:

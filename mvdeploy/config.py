@@ -8,6 +8,7 @@ and impossible combinations fail with a message naming the key.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,7 +36,8 @@ ONNX_OPSETS = range(18, 24)
 @dataclass(frozen=True)
 class ModelSection:
     name: str = "mobilevit_xxs"
-    weights: str = ""  # local checkpoint; empty: random initialisation
+    # hub id (org/name[@rev]), model directory or file; absent: seeded input-sensitive weights
+    weights: str | None = None
     patch: str = "A"  # preset or per-stage sizes, e.g. "8,4,2" or "2x4,2,2"
     resolution: str = "256"  # "HEIGHTxWIDTH" or one number
     fold: str = "rank4"
@@ -98,7 +100,8 @@ class ValidateSection:
     labelled_images: str = ""  # folder of class_name/*.jpg: top-1 accuracy, artifact vs PyTorch
     max_images: int = 8
     random_inputs: int = 2
-    fp32_max_abs: float = 1e-4  # tolerance on logits for float32 artifacts
+    # float32: max |artifact - PyTorch| <= fp32_max_rel * max |PyTorch| on every input set
+    fp32_max_rel: float = 1e-4
     fp16_min_snr_db: float = 40.0  # tolerance for float16 artifacts
     quantized_min_snr_db: float = 20.0  # tolerance for int8 / palettised artifacts
 
@@ -114,6 +117,16 @@ class ExportConfig:
     validate: ValidateSection = field(default_factory=ValidateSection)
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     metadata: MetadataSection = field(default_factory=MetadataSection)
+    # [preprocessing] keys the user set; the others come from the checkpoint when it says
+    preprocessing_set: frozenset[str] = field(default=frozenset(), metadata={"table": False})
+
+    def with_checkpoint_preprocessing(self, checkpoint: Preprocessing | None) -> ExportConfig:
+        """The checkpoint's preprocessing (else the published defaults) under the user's keys."""
+        user = {k: getattr(self.preprocessing, k) for k in self.preprocessing_set}
+        resolved = dataclasses.replace(checkpoint or Preprocessing(), **user)
+        cfg = dataclasses.replace(self, preprocessing=resolved)
+        _check(cfg)  # e.g. coreml.image_input with the checkpoint's per-channel std
+        return cfg
 
     def precision(self, fmt: str) -> str:
         """The recipe a format gets: quantize.precision, else its float default."""
@@ -126,7 +139,7 @@ class ExportConfig:
         return parse_resolution(self.model.resolution)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {k: v for k, v in dataclasses.asdict(self).items() if k in _SECTIONS}
 
 
 # ---------------------------------------------------------------- type checking
@@ -135,6 +148,9 @@ class ExportConfig:
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Check `value` against a field's type; accept the few spellings TOML and --set produce."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is types.UnionType and type(None) in args:  # optional: the other type
+        (hint,) = (a for a in args if a is not type(None))
+        return _coerce(key, value, hint)
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -252,9 +268,13 @@ def _check(cfg: ExportConfig) -> None:
         raise ConfigError("quantize.calibration_samples must be at least 1")
     if cfg.validate.max_images < 1 or cfg.validate.random_inputs < 0:
         raise ConfigError("validate.max_images must be >= 1 and validate.random_inputs >= 0")
+    for key in ("fp32_max_rel", "fp16_min_snr_db", "quantized_min_snr_db"):
+        if getattr(cfg.validate, key) < 0:
+            raise ConfigError(f"validate.{key} must not be negative")
 
 
-_SECTIONS = {f.name: f.type for f in dataclasses.fields(ExportConfig)}
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(ExportConfig)
+             if f.metadata.get("table", True)}
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -299,6 +319,7 @@ def load_config(path: str | Path | None = None,
             _normalise_model_table(values)
         cls = typing.get_type_hints(ExportConfig)[table]
         sections[table] = _build_section(cls, values, table)
-    cfg = ExportConfig(**sections)
+    cfg = ExportConfig(**sections,
+                       preprocessing_set=frozenset(tables.get("preprocessing", {})))
     _check(cfg)
     return cfg

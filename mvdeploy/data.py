@@ -1,8 +1,10 @@
 """Images in, model inputs out: the preprocessing the published MobileViT checkpoints expect.
 
-Hugging Face's MobileViTImageProcessor (apple/mobilevit-*): resize the shorter side to 288,
-center-crop 256, scale by 1/255, no mean/std, RGB -> BGR. Other resolutions keep the same
-crop ratio (256/288).
+The defaults are what the published checkpoints expect, from Hugging Face's
+MobileViTImageProcessor (apple/mobilevit-*): resize the shorter side to 288, center-crop 256,
+scale by 1/255, no mean/std, RGB -> BGR. Other resolutions keep the same crop ratio (256/288).
+A checkpoint that says otherwise (preprocessor_config.json, timm's pretrained_cfg) brings its
+own `Preprocessing` (see mvdeploy.models.weights).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from mvdeploy.errors import ConfigError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-CROP_RATIO = 256 / 288  # crop / resize, as the published checkpoints were evaluated
+PUBLISHED_CROP_PCT = 256 / 288  # crop / resized shorter side of the published checkpoints
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,8 @@ class Preprocessing:
     scale: float = 1 / 255
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # subtracted after scaling
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    resize_shorter_side: int = 0  # 0: crop size / CROP_RATIO (288 for 256)
+    crop_pct: float = PUBLISHED_CROP_PCT  # centre crop / resized shorter side (timm's crop_pct)
+    resize_shorter_side: int = 0  # 0: floor(crop size / crop_pct), 288 for 256
     resample: str = "bilinear"
 
     def __post_init__(self) -> None:
@@ -45,9 +48,14 @@ class Preprocessing:
             )
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError("preprocessing.mean and .std need 3 values each, std > 0")
+        if not 0 < self.crop_pct <= 1:
+            raise ConfigError(f"preprocessing.crop_pct must be in (0, 1], got {self.crop_pct}")
+        if self.resize_shorter_side < 0:
+            raise ConfigError("preprocessing.resize_shorter_side must be >= 0 (0: from crop_pct)")
 
     def shorter_side(self, height: int, width: int) -> int:
-        return self.resize_shorter_side or math.ceil(max(height, width) / CROP_RATIO)
+        # floor, as timm does (256 / 0.9 -> 284); the epsilon keeps 256 / (256/288) at 288
+        return self.resize_shorter_side or math.floor(max(height, width) / self.crop_pct + 1e-6)
 
 
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
@@ -56,7 +64,7 @@ _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Im
 def preprocess(image: Image.Image, height: int, width: int,
                prep: Preprocessing = Preprocessing()) -> np.ndarray:
     """One PIL image -> float32 array [3, height, width]."""
-    image = image.convert("RGB")
+    image = to_rgb(image)
     short = prep.shorter_side(height, width)
     w, h = image.size
     # the longer side is truncated, as transformers' and torchvision's shortest-edge resize do
@@ -66,6 +74,24 @@ def preprocess(image: Image.Image, height: int, width: int,
     left, top = (new_w - width) // 2, (new_h - height) // 2
     image = image.crop((left, top, left + width, top + height))
     return normalise(np.asarray(image), prep)
+
+
+_WIDE_GREY = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image -> 8-bit RGB.
+
+    PIL's own convert("RGB") clips 16- and 32-bit greyscale (how PIL opens 16-bit PNGs) at 255,
+    which turns a normal photo all white, so those are scaled to 8 bits first; float images
+    ("F") are read as 0..1 when they fit, else as 0..255.
+    """
+    if image.mode in _WIDE_GREY or image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        peak = _WIDE_GREY.get(image.mode) or (1.0 if values.max(initial=0) <= 1 else 255.0)
+        grey = np.clip(np.rint(values * (255 / peak)), 0, 255).astype(np.uint8)
+        image = Image.fromarray(grey, mode="L")
+    return image.convert("RGB")
 
 
 def normalise(pixels: np.ndarray, prep: Preprocessing = Preprocessing()) -> np.ndarray:
@@ -113,6 +139,16 @@ def find_images_or_none(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def read_image(path: Path, height: int, width: int,
+               prep: Preprocessing = Preprocessing()) -> np.ndarray | None:
+    """One image file -> float32 [3, height, width], or None when it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return preprocess(image, height, width, prep)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        return None
+
+
 def load_images(paths: Iterable[Path], height: int, width: int,
                 prep: Preprocessing = Preprocessing(),
                 limit: int | None = None) -> tuple[np.ndarray, list[Path], int]:
@@ -121,12 +157,12 @@ def load_images(paths: Iterable[Path], height: int, width: int,
     for path in paths:
         if limit is not None and len(arrays) >= limit:
             break
-        try:
-            with Image.open(path) as image:
-                arrays.append(preprocess(image, height, width, prep))
-            used.append(path)
-        except (OSError, UnidentifiedImageError, ValueError):
+        array = read_image(path, height, width, prep)
+        if array is None:
             skipped += 1
+            continue
+        arrays.append(array)
+        used.append(path)
     if not arrays:
         raise ConfigError(f"none of the {skipped} image files could be read")
     return np.stack(arrays), used, skipped

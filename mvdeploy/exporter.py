@@ -35,12 +35,19 @@ from mvdeploy.config import ExportConfig
 from mvdeploy.data import find_images, find_labelled_images, load_images, sample_image_paths
 from mvdeploy.data import normalise as normalise_pixels
 from mvdeploy.errors import ConfigError, MvdeployError
+from mvdeploy.evaluate import LabelledReference, labelled_reference
 from mvdeploy.manifest import build_manifest, write_json
 from mvdeploy.models import PATCH_PRESETS, create_model, parse_patch_sizes
 from mvdeploy.models.macs import count_macs
 from mvdeploy.native_output import redirect_native_output
 from mvdeploy.quantize import Calibration, evidence_failure, needs_calibration, tolerance_kind
-from mvdeploy.validate import Tolerance, ValidationReport, softmax, validate
+from mvdeploy.validate import (
+    DEGENERATE_WARNING,
+    Tolerance,
+    ValidationReport,
+    softmax,
+    validate,
+)
 
 Step = Callable[[str], AbstractContextManager]
 MAX_RANK = {"coreml": 5}  # Core ML and the ANE reject tensors above rank 5
@@ -156,7 +163,7 @@ def _tolerance(cfg: ExportConfig, precision: str) -> Tolerance:
         return Tolerance(min_snr_db=cfg.validate.fp16_min_snr_db)
     if kind == "quantized":
         return Tolerance(min_snr_db=cfg.validate.quantized_min_snr_db)
-    return Tolerance(max_abs=cfg.validate.fp32_max_abs)
+    return Tolerance(max_rel=cfg.validate.fp32_max_rel)
 
 
 def _umask() -> int:
@@ -173,7 +180,7 @@ class _Reference:
     logits: dict[str, np.ndarray]
     photo_names: list[str]
     unreadable_photos: int
-    targets: dict[str, np.ndarray]  # input set -> true class index ("labelled" only)
+    labelled: LabelledReference | None  # accuracy folder (validate.labelled_images), streamed
 
 
 def _split_images(cfg: ExportConfig) -> tuple[list[Path], list[Path] | None]:
@@ -228,38 +235,23 @@ def _reference(cfg: ExportConfig, model: torch.nn.Module, paths: list[Path]) -> 
         rng = np.random.default_rng(0)
         pixels = rng.integers(0, 256, (cfg.validate.random_inputs, height, width, 3))
         inputs["random"] = normalise_pixels(pixels.astype(np.uint8), cfg.preprocessing)
-    targets = {}
+    labelled = None
     if cfg.validate.labelled_images:
-        inputs["labelled"], targets["labelled"] = _labelled(cfg, model)
+        labelled = labelled_reference(cfg.validate.labelled_images, model, height, width,
+                                      cfg.preprocessing)
     with torch.no_grad():
         logits = {k: model(torch.from_numpy(v)).numpy() for k, v in inputs.items()}
-    return _Reference(inputs, logits, [p.name for p in used], skipped, targets)
-
-
-def _labelled(cfg: ExportConfig, model) -> tuple[np.ndarray, np.ndarray]:
-    """Images and class indices from folder/<class>/: names match the checkpoint's labels,
-    or are class indices."""
-    pairs = find_labelled_images(cfg.validate.labelled_images)
-    labels = model.class_labels or []
-    index = {name: i for i, name in enumerate(labels)}
-    targets = []
-    for _, name in pairs:
-        if name in index:
-            targets.append(index[name])
-        elif name.isdigit() and int(name) < model.num_classes:
-            targets.append(int(name))
-        else:
-            raise ConfigError(f"labelled folder '{name}' matches no class label of the "
-                              "checkpoint and is not a class index: rename it")
-    height, width = cfg.height_width
-    images, used, _ = load_images([p for p, _ in pairs], height, width, cfg.preprocessing)
-    kept = set(used)
-    return images, np.array([t for (p, _), t in zip(pairs, targets, strict=True) if p in kept])
+    return _Reference(inputs, logits, [p.name for p in used], skipped, labelled)
 
 
 def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progress,
-               threads: int | None = None) -> ExportResult:
-    """Export every format in `cfg`, validating each against the eager PyTorch model."""
+               threads: int | None = None,
+               warn: Callable[[str], None] = lambda text: None) -> ExportResult:
+    """Export every format in `cfg`, validating each against the eager PyTorch model.
+
+    `warn` receives one line for each thing the user should know before trusting the result
+    (random weights, a reference model whose output does not depend on its input).
+    """
     out = Path(cfg.export.out).expanduser()
     stem = artifact_stem(cfg)
     _check_targets(out, stem, cfg, force)
@@ -269,10 +261,14 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progr
     height, width = cfg.height_width
     batch = cfg.export.batch
 
+    if cfg.model.weights is None:
+        warn("no --weights: exporting seeded random weights, which tell photos apart but "
+             "predict nothing meaningful; pass a checkpoint path or hub id for a real model")
     with step(f"Building {cfg.model.name}, patch {cfg.model.patch}, {height}x{width}"):
         model = create_model(cfg.model.name, patch_sizes=cfg.model.patch, fold=cfg.model.fold,
-                             weights=cfg.model.weights or None,
+                             weights=cfg.model.weights,
                              num_classes=None if cfg.model.weights else cfg.model.num_classes)
+        cfg = cfg.with_checkpoint_preprocessing(getattr(model, "preprocessing", None))
         held_out, calibration_paths = _split_images(cfg)
         reference = _reference(cfg, model, held_out)
         calibration, calibration_info = (_calibration(cfg, calibration_paths)
@@ -281,7 +277,8 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progr
     model_info = {
         "name": cfg.model.name, "patch_sizes": [list(p) for p in model.patch_sizes],
         "resolution": [height, width], "fold": cfg.model.fold, "num_classes": model.num_classes,
-        "weights": cfg.model.weights or None, "params": sum(p.numel() for p in model.parameters()),
+        "weights": cfg.model.weights, "checkpoint": getattr(model, "checkpoint", None),
+        "params": sum(p.numel() for p in model.parameters()),
         "gmacs": round(macs.gmacs, 4), "batch": None if cfg.export.dynamic_batch else batch,
     }
     with step("Capturing with torch.export"):
@@ -307,6 +304,8 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progr
                        calibration=calibration, calibration_info=calibration_info)
         for fmt in cfg.export.formats
     ]
+    if any(r.report and r.report.degenerate for r in results):
+        warn(DEGENERATE_WARNING)
     return ExportResult(out=out, program=program_path, formats=results)
 
 
@@ -342,7 +341,7 @@ def _export_format(fmt: str, cfg: ExportConfig, captured, final: Path, stem: str
                                        _app_metadata(cfg, model_info, labels, nhwc, outputs))
             with step(f"Validating {fmt} against PyTorch"), redirect_native_output(log):
                 report = validate(fmt, artifact, inputs=reference.inputs,
-                                  references=expected, targets=reference.targets,
+                                  references=expected, labelled=reference.labelled,
                                   outputs=tuple(outputs.names),
                                   precision=precision, input_shape=input_shape,
                                   output_shape=[batch, model_info["num_classes"]],

@@ -10,10 +10,9 @@ from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from mvdeploy.backends import get_backend
-from mvdeploy.data import Preprocessing, preprocess
+from mvdeploy.data import Preprocessing, read_image
 from mvdeploy.errors import ArtifactError, ConfigError
 from mvdeploy.inspect import inspect_artifact
 from mvdeploy.native_output import redirect_native_output
@@ -32,24 +31,28 @@ def embedded_metadata(info: dict) -> dict:
     return meta
 
 
+def artifact_preprocessing(meta: dict) -> Preprocessing:
+    """The Preprocessing an artifact's embedded record declares."""
+    names = {f.name for f in fields(Preprocessing)}
+    values = {k: v for k, v in meta["preprocessing"].items() if k in names}
+    for key in ("mean", "std"):
+        values[key] = tuple(values[key])
+    return Preprocessing(**values)
+
+
 def predict(artifact: str | Path, images: list[str | Path], *, top: int = 5) -> list[dict]:
     if top < 1:
         raise ConfigError("--top must be at least 1")
     info = inspect_artifact(artifact)
     meta = embedded_metadata(info)
-    names = {f.name for f in fields(Preprocessing)}
-    prep_values = {k: v for k, v in meta["preprocessing"].items() if k in names}
-    for key in ("mean", "std"):
-        prep_values[key] = tuple(prep_values[key])
-    prep = Preprocessing(**prep_values)
+    prep = artifact_preprocessing(meta)
     height, width = meta["resolution"]
     arrays = []
     for image in images:
-        try:
-            with Image.open(image) as handle:
-                arrays.append(preprocess(handle, height, width, prep))
-        except (OSError, UnidentifiedImageError) as exc:
-            raise ConfigError(f"cannot read image {image}: {exc}") from None
+        array = read_image(Path(image), height, width, prep)
+        if array is None:
+            raise ConfigError(f"cannot read image {image}: not an image file PIL can open")
+        arrays.append(array)
     batch = info["inputs"][0]["shape"][0]
     with redirect_native_output():  # runtimes log delegate creation on first use
         runner = get_backend(info["format"]).load(Path(info["file"]))

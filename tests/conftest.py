@@ -1,5 +1,6 @@
-"""Shared fixtures. Hugging Face checkpoints are built from configs (random init, no download)
-once per session, with every tensor perturbed so that a mis-mapped key cannot go unnoticed."""
+"""Shared fixtures. Hugging Face checkpoints are built from configs (no download) once per
+session, with every tensor perturbed so that a mis-mapped key cannot go unnoticed, and then made
+input-sensitive (BatchNorm statistics from real photos) so that fidelity checks can fail."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from mvdeploy.models import MODEL_CFGS
-from tests.helpers import perturb_
+from tests.helpers import input_sensitive_
 
 
 def hf_config(name: str, num_labels: int = 1000):
@@ -35,7 +36,8 @@ def hf_checkpoint(tmp_path_factory):
     def get(name: str):
         if name not in cache:
             model = MobileViTForImageClassification(hf_config(name))
-            perturb_(model, seed=len(cache)).eval()
+            input_sensitive_(model, model.classifier, seed=len(cache),
+                             forward=lambda m, x: m(x).logits).eval()
             directory = tmp_path_factory.mktemp(f"hf_{name}")
             model.save_pretrained(directory)
             cache[name] = (model, directory)

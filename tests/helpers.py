@@ -5,18 +5,42 @@ from __future__ import annotations
 import torch
 
 
+def perturbed_value(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """A distinct, well-scaled random value for the float tensor `name` (activations O(1))."""
+    if name.endswith("running_var") or (len(shape) == 1 and name.endswith("weight")):
+        return torch.rand(shape, generator=gen) + 0.5  # scales and variances > 0
+    if len(shape) == 1:
+        return torch.randn(shape, generator=gen) * 0.1  # biases, running means
+    fan_in = int(torch.Size(shape[1:]).numel())
+    return torch.randn(shape, generator=gen) / fan_in**0.5
+
+
 def perturb_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give every parameter and buffer distinct, well-scaled random values (activations O(1))."""
+    """Give every parameter and buffer distinct random values (so a mis-mapped key shows).
+
+    On their own such weights make a degenerate model (the same top-1 for every photo); use
+    `input_sensitive_` where outputs are compared."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, t in module.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            if name.endswith("running_var") or (t.ndim == 1 and name.endswith("weight")):
-                t.copy_(torch.rand(t.shape, generator=gen) + 0.5)  # scales and variances > 0
-            elif t.ndim == 1:
-                t.copy_(torch.randn(t.shape, generator=gen) * 0.1)  # biases, running means
-            else:
-                fan_in = t[0].numel()
-                t.copy_(torch.randn(t.shape, generator=gen) / fan_in**0.5)
+            if t.is_floating_point():
+                t.copy_(perturbed_value(name, tuple(t.shape), gen))
     return module
+
+
+def seeded_state(keys: list[tuple[str, tuple[int, ...], str]], seed: int = 0
+                 ) -> dict[str, torch.Tensor]:
+    """The state dict `perturb_` would give a module with these (name, shape, dtype) entries,
+    without the module: rebuilds a foreign checkpoint from its recorded key list."""
+    gen = torch.Generator().manual_seed(seed)
+    return {name: perturbed_value(name, shape, gen) if dtype.startswith("float")
+            else torch.zeros(shape, dtype=getattr(torch, dtype)) for name, shape, dtype in keys}
+
+
+def input_sensitive_(module: torch.nn.Module, head: torch.nn.Linear, seed: int = 0,
+                     forward=None) -> torch.nn.Module:
+    """perturb_, then BatchNorm statistics and head scale from real photos (see
+    mvdeploy.models.init), so outputs differ from photo to photo."""
+    from mvdeploy.models.init import calibrate_
+
+    return calibrate_(perturb_(module, seed), head, forward=forward)

@@ -76,7 +76,8 @@ def test_every_format_exports_and_validates(xxs_export, patch, fmt):
         assert manifest["validated"] is True
         for label in ("photos", "random"):
             metrics = manifest["validation"]["metrics"][label]
-            assert metrics["max_abs"] <= 1e-4 and metrics["top1_agreement"] == 1.0
+            assert metrics["max_rel"] <= 1e-4 and metrics["top1_agreement"] == 1.0
+        assert manifest["degenerate"] is False  # seeded weights tell the photos apart
 
 
 def test_layout_and_no_leftovers(xxs_export):
@@ -204,7 +205,8 @@ def test_larger_variants_export(name, patch, resolution, tmp_path):
                                  "export.formats": "onnx,tflite", "validate.max_images": 3})
     result = run_export(cfg)
     assert result.ok
-    assert all(r.report.metrics["photos"].max_abs <= 1e-4 for r in result.formats)
+    assert all(r.report.metrics["photos"].max_rel <= 1e-4 for r in result.formats)
+    assert not any(r.report.degenerate for r in result.formats)
 
 
 # ---------------------------------------------------------------- the command line
@@ -228,7 +230,7 @@ def test_cli_export_and_force(tmp_path, capsys):
 
 def test_failed_validation_keeps_artifact_and_exits_1(tmp_path, capsys):
     argv = ["export", "-m", "mobilevit_xxs", "-r", "64", "-f", "onnx", "-o", str(tmp_path),
-            "--set", "validate.fp32_max_abs=1e-15"]
+            "--set", "validate.fp32_max_rel=1e-15"]
     assert run(argv) == 1
     out = capsys.readouterr().out
     assert "logits on photos: max abs diff" in out and "logits on random" in out
@@ -312,7 +314,7 @@ def test_coreml_precision_and_target(tmp_path):
     assert manifest["artifact"]["precision"] == "fp32"
     assert manifest["artifact"]["minimum_deployment_target"] == "iOS17"
     assert manifest["validation"]["structure"]["spec_version"] == 8  # iOS17 = spec 8
-    assert manifest["validation"]["tolerance"] == {"max_abs": 1e-4, "min_snr_db": None}
+    assert manifest["validation"]["tolerance"] == {"max_rel": 1e-4, "min_snr_db": None}
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -1,12 +1,12 @@
 """The MobileViT model family and checkpoint import."""
 
+from mvdeploy.models.factory import INITS, create_model
 from mvdeploy.models.mobilevit import (
     FOLD_IMPLS,
     MODEL_CFGS,
     MobileViT,
     MobileViTCfg,
     check_resolution,
-    create_model,
     get_model_cfg,
     interpolated_stages,
     list_models,
@@ -20,7 +20,7 @@ from mvdeploy.models.patches import (
 )
 
 __all__ = [
-    "FOLD_IMPLS", "MODEL_CFGS", "PATCH_PRESETS", "MobileViT", "MobileViTCfg", "PatchSizes",
+    "FOLD_IMPLS", "INITS", "MODEL_CFGS", "PATCH_PRESETS", "MobileViT", "MobileViTCfg", "PatchSizes",
     "check_resolution", "create_model", "format_patch_sizes", "get_model_cfg",
     "interpolated_stages", "list_models", "parse_patch_sizes", "parse_resolution",
 ]

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvdeploy.errors import ConfigError
-from mvdeploy.models.patches import PATCH_PRESETS, Patch, PatchSizes, parse_patch_sizes
+from mvdeploy.models.patches import PATCH_PRESETS, Patch, PatchSizes
 
 FoldImpl = Literal["rank4", "permute"]
 FOLD_IMPLS: tuple[FoldImpl, ...] = ("rank4", "permute")
@@ -330,30 +330,3 @@ def interpolated_stages(patch_sizes: PatchSizes, height: int, width: int) -> lis
             out.append(i)
     return out
 
-
-def create_model(name: str, *, num_classes: int | None = None,
-                 patch_sizes: str | PatchSizes | list = "A", fold: FoldImpl = "rank4",
-                 weights: str | None = None) -> MobileViT:
-    """Build a MobileViT variant in eval mode, optionally loading a local checkpoint.
-
-    `weights` is a Hugging Face model directory, an ml-cvnets `.pt`, or an mvdeploy state dict;
-    the class count then comes from the checkpoint unless `num_classes` is given (and must match).
-    """
-    cfg = get_model_cfg(name)
-    patches = parse_patch_sizes(patch_sizes)
-    if weights is None:
-        model = MobileViT(cfg, num_classes=num_classes or 1000, patch_sizes=patches, fold=fold)
-        return model.eval()
-    from mvdeploy.models.weights import load_pretrained
-
-    model = load_pretrained(weights, patch_sizes=patches, fold=fold)
-    if model.cfg.name != name:
-        raise ConfigError(
-            f"checkpoint {weights} holds {model.cfg.name}, not {name}: "
-            f"pass --model {model.cfg.name}"
-        )
-    if num_classes is not None and num_classes != model.num_classes:
-        raise ConfigError(
-            f"checkpoint {weights} has {model.num_classes} classes, not {num_classes}"
-        )
-    return model

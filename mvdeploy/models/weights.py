@@ -1,8 +1,10 @@
-"""Load MobileViT weights from Hugging Face directories, ml-cvnets `.pt` files or mvdeploy files.
+"""Load MobileViT weights: Hugging Face Hub ids, Hugging Face or timm model directories,
+ml-cvnets `.pt` files, timm or mvdeploy state dicts.
 
 Every source goes through one key map (`foreign_keys`): our parameter name -> the source's
 name(s). The map is total and strict: a missing, unexpected or mis-shaped tensor is an error
-listing all of them, never a partial load.
+listing all of them, never a partial load. A checkpoint that says how its inputs were prepared
+(preprocessor_config.json, timm's pretrained_cfg) brings that preprocessing along.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 
+from mvdeploy.data import Preprocessing
 from mvdeploy.errors import CheckpointError
+from mvdeploy.models.hub import WEIGHT_FILES, download, looks_like_hub_id
 from mvdeploy.models.mobilevit import (
     MODEL_CFGS,
     FoldImpl,
@@ -24,13 +29,15 @@ from mvdeploy.models.mobilevit import (
 )
 from mvdeploy.models.patches import PATCH_PRESETS, PatchSizes
 
-Source = Literal["mvdeploy", "huggingface", "mlcvnets"]
+Source = Literal["mvdeploy", "huggingface", "mlcvnets", "timm"]
 
-# A key that only one source has, to recognise it (ARCHITECTURE.md: "telltale key").
+# A key that only one source has, to recognise it. mvdeploy and timm share "stem.conv.weight",
+# so neither may be recognised by it.
 TELLTALE_KEYS: dict[Source, str] = {
-    "mvdeploy": "stem.conv.weight",
+    "mvdeploy": "head_conv.conv.weight",
     "huggingface": "mobilevit.conv_stem.convolution.weight",
     "mlcvnets": "conv_1.block.conv.weight",
+    "timm": "final_conv.conv.weight",
 }
 
 _Rule = tuple[str, str | Callable[[re.Match], str]]
@@ -58,6 +65,22 @@ _HF_RULES: list[_Rule] = [
     (r"\.norm\.", ".layernorm."),
     (r"\.conv\.", ".convolution."),
     (r"\.bn\.", ".normalization."),
+]
+
+
+# timm's mobilevit.py builds on byobnet.py: MV2 blocks are "bottle" blocks (conv1_1x1, conv2_kxk,
+# conv3_1x1), the MobileViT block names follow ml-cvnets, the transformer is timm's ViT Block
+# (norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2: the same as ours).
+_TIMM_RULES: list[_Rule] = [
+    (r"\.expand\.", ".conv1_1x1."),
+    (r"\.dw\.", ".conv2_kxk."),
+    (r"\.project\.", ".conv3_1x1."),
+    (r"\.local_conv\.", ".conv_kxk."),
+    (r"\.to_tokens\.", ".conv_1x1."),
+    (r"\.from_tokens\.", ".conv_proj."),
+    (r"\.fusion\.", ".conv_fusion."),
+    (r"^head_conv\.", "final_conv."),
+    (r"^classifier\.", "head.fc."),
 ]
 
 
@@ -93,7 +116,7 @@ def foreign_keys(key: str, source: Source, depths: tuple[int, int, int] = (2, 4,
     """Names that `source` uses for our parameter `key` (three for HF's split q/k/v)."""
     if source == "mvdeploy":
         return [key]
-    rules = _HF_RULES if source == "huggingface" else _mlcvnets_rules(depths)
+    rules = {"huggingface": _HF_RULES, "timm": _TIMM_RULES}.get(source) or _mlcvnets_rules(depths)
     for pattern, repl in rules:
         key = re.sub(pattern, repl, key)
     if "{qkv}" in key:  # HF stores q, k, v as three Linear layers; we fuse them
@@ -228,19 +251,53 @@ _HF_FIXED = {  # config.json values our architecture implements; anything else i
     "num_attention_heads": 4, "mlp_ratio": 2.0, "conv_kernel_size": 3, "hidden_act": "silu",
     "qkv_bias": True, "output_stride": 32, "num_channels": 3,
 }
+_PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # transformers' PILImageResampling
 
 
-def _read_hf_config(directory: Path) -> tuple[MobileViTCfg, list[str] | None]:
-    cfg_path = directory / "config.json"
+@dataclass(frozen=True)
+class CheckpointDir:
+    """What a model directory (Hugging Face or timm layout) says besides its tensors."""
+
+    source: Source
+    cfg: MobileViTCfg
+    labels: list[str] | None
+    preprocessing: Preprocessing | None
+    weights: Path
+
+
+def _read_json(path: Path) -> dict:
     try:
-        conf = json.loads(cfg_path.read_text())
-    except FileNotFoundError:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object")
+    return data
+
+
+def _read_directory(directory: Path) -> CheckpointDir:
+    cfg_path = directory / "config.json"
+    if not cfg_path.is_file():
         raise CheckpointError(
-            f"{directory} has no config.json: pass a Hugging Face model directory "
-            "(config.json + model.safetensors) or a .pt/.safetensors file"
-        ) from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot read {cfg_path}: {exc}") from None
+            f"{directory} has no config.json: pass a Hugging Face or timm model directory "
+            "(config.json + model.safetensors), a .pt/.safetensors file, or a hub id"
+        )
+    conf = _read_json(cfg_path)
+    weights = next((directory / n for n in WEIGHT_FILES if (directory / n).is_file()), None)
+    if weights is None:
+        raise CheckpointError(
+            f"{directory} has config.json but no model.safetensors or pytorch_model.bin"
+        )
+    if "architecture" in conf and "model_type" not in conf:
+        cfg, labels, prep = _timm_config(conf, cfg_path)
+        return CheckpointDir("timm", cfg, labels, prep, weights)
+    cfg, labels = _hf_config(conf, cfg_path)
+    prep_path = directory / "preprocessor_config.json"
+    prep = _hf_preprocessing(_read_json(prep_path), prep_path) if prep_path.is_file() else None
+    return CheckpointDir("huggingface", cfg, labels, prep, weights)
+
+
+def _hf_config(conf: dict, cfg_path: Path) -> tuple[MobileViTCfg, list[str] | None]:
     model_type = conf.get("model_type")
     if model_type != "mobilevit":
         raise CheckpointError(
@@ -274,29 +331,89 @@ def _read_hf_config(directory: Path) -> tuple[MobileViTCfg, list[str] | None]:
     return cfg, labels
 
 
-def _hf_weights_file(directory: Path) -> Path:
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (directory / name).is_file():
-            return directory / name
-    raise CheckpointError(
-        f"{directory} has config.json but no model.safetensors or pytorch_model.bin"
-    )
+def _size(value, key: str, where: Path) -> tuple[int, int | None]:
+    """transformers writes sizes as an int, {"shortest_edge": n} or {"height": h, "width": w}."""
+    if isinstance(value, int):
+        return value, None
+    if isinstance(value, dict) and isinstance(value.get("shortest_edge"), int):
+        return value["shortest_edge"], None
+    if isinstance(value, dict) and isinstance(value.get("height"), int):
+        return value["height"], value.get("width")
+    raise CheckpointError(f"{where}: cannot read {key}={value!r}")
+
+
+def _hf_preprocessing(conf: dict, where: Path) -> Preprocessing:
+    """preprocessor_config.json (MobileViTImageProcessor) -> our Preprocessing."""
+    resample = _PIL_RESAMPLE.get(conf.get("resample", 2))
+    if resample is None:
+        raise CheckpointError(f"{where}: resample={conf['resample']} is not supported "
+                              "(0 nearest, 2 bilinear, 3 bicubic)")
+    crop_pct = 1.0
+    if conf.get("do_resize", True) and conf.get("do_center_crop", True):
+        shorter, _ = _size(conf.get("size", 288), "size", where)
+        crop, _ = _size(conf.get("crop_size", 256), "crop_size", where)
+        crop_pct = min(1.0, crop / shorter)
+    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    if conf.get("do_normalize", False):
+        mean, std = tuple(conf["image_mean"]), tuple(conf["image_std"])
+    return Preprocessing(
+        channel_order="BGR" if conf.get("do_flip_channel_order", False) else "RGB",
+        scale=float(conf.get("rescale_factor", 1 / 255)) if conf.get("do_rescale", True) else 1.0,
+        mean=mean, std=std, crop_pct=crop_pct, resample=resample)
+
+
+def _timm_config(conf: dict, cfg_path: Path
+                 ) -> tuple[MobileViTCfg, list[str] | None, Preprocessing | None]:
+    """timm's hub config.json: architecture, num_classes, label_names, pretrained_cfg."""
+    arch = str(conf["architecture"])
+    if arch not in MODEL_CFGS:
+        raise CheckpointError(f"{cfg_path}: timm architecture {arch!r} is not MobileViT v1 "
+                              f"(supported: {', '.join(MODEL_CFGS)})")
+    labels = conf.get("label_names")
+    labels = [str(x) for x in labels] if isinstance(labels, list) and labels else None
+    pre = conf.get("pretrained_cfg") or {}
+    prep = None
+    if pre:
+        try:
+            prep = Preprocessing(
+                channel_order="RGB", scale=1 / 255,  # timm: ToTensor, then mean/std
+                mean=tuple(float(v) for v in pre.get("mean", (0.485, 0.456, 0.406))),
+                std=tuple(float(v) for v in pre.get("std", (0.229, 0.224, 0.225))),
+                crop_pct=float(pre.get("crop_pct", 0.875)),
+                resample=str(pre.get("interpolation", "bilinear")))
+        except (TypeError, ValueError) as exc:  # ConfigError is a ValueError
+            raise CheckpointError(f"{cfg_path}: pretrained_cfg: {exc}") from None
+    return MODEL_CFGS[arch], labels, prep
 
 
 def load_pretrained(path: str | Path, *, patch_sizes: PatchSizes = PATCH_PRESETS["A"],
                     fold: FoldImpl = "rank4") -> MobileViT:
     """Build the model a checkpoint describes (variant, classes, labels) and load it strictly.
 
+    `path` is a file, a model directory, or a Hugging Face Hub id (`org/name[@revision]`,
+    through the standard hub cache). The model gets `class_labels`, `preprocessing` (None when
+    the checkpoint does not say) and `checkpoint` (where the weights came from).
+
     Patch sizes carry no weights, so any preset can be combined with any checkpoint; note that
     the published checkpoints were trained with patch 2 at every stage (preset A).
     """
+    if not str(path).strip():
+        raise CheckpointError("the checkpoint path is empty: give a file, directory or hub id")
+    checkpoint: dict[str, str | None] = {"weights": str(path)}
+    if looks_like_hub_id(path):
+        folder = download(str(path))
+        checkpoint.update(hub_id=str(path), commit=folder.name)
+        path = folder
     path = Path(path).expanduser()
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist (a local path, or a hub id "
+                              "such as apple/mobilevit-xx-small)")
     labels: list[str] | None = None
+    preprocessing: Preprocessing | None = None
     if path.is_dir():
-        cfg, labels = _read_hf_config(path)
-        state = _read_tensor_file(_hf_weights_file(path))
+        found = _read_directory(path)
+        cfg, labels, preprocessing = found.cfg, found.labels, found.preprocessing
+        state = _read_tensor_file(found.weights)
         source = detect_source(state, path)
     else:
         state = _read_tensor_file(path)
@@ -314,6 +431,8 @@ def load_pretrained(path: str | Path, *, patch_sizes: PatchSizes = PATCH_PRESETS
     model = MobileViT(cfg, num_classes=num_classes, patch_sizes=patch_sizes, fold=fold)
     model.load_state_dict(remap_state_dict(state, model, source), strict=True)
     model.class_labels = labels
+    model.preprocessing = preprocessing
+    model.checkpoint = {**checkpoint, "source": source}
     return model.eval()
 
 
@@ -330,3 +449,39 @@ def save_checkpoint(model: MobileViT, path: str | Path, source: Source = "mvdepl
         torch.save(state, str(tmp))
     tmp.replace(path)
     return path
+
+
+def save_pretrained(model: MobileViT, directory: str | Path, *, resolution: tuple[int, int],
+                    preprocessing: Preprocessing | None = None) -> Path:
+    """Write a Hugging Face model directory that transformers and mvdeploy both load:
+    config.json (with id2label), preprocessor_config.json, model.safetensors."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    preprocessing = preprocessing or Preprocessing()
+    cfg, (height, width) = model.cfg, resolution
+    labels = model.class_labels or [str(i) for i in range(model.num_classes)]
+    patch = model.patch_sizes[0][0]
+    config = {
+        "architectures": ["MobileViTForImageClassification"], "model_type": "mobilevit",
+        "hidden_sizes": list(cfg.hidden_sizes), "neck_hidden_sizes": list(cfg.channels),
+        "expand_ratio": cfg.expand_ratio, "image_size": height, "patch_size": patch,
+        "layer_norm_eps": cfg.layer_norm_eps, **_HF_FIXED,
+        "id2label": {str(i): name for i, name in enumerate(labels)},
+        "label2id": {name: i for i, name in enumerate(labels)},
+    }
+    resample = {v: k for k, v in _PIL_RESAMPLE.items()}[preprocessing.resample]
+    processor = {
+        "image_processor_type": "MobileViTImageProcessor", "do_resize": True,
+        "size": {"shortest_edge": preprocessing.shorter_side(height, width)},
+        "resample": resample, "do_center_crop": True,
+        "crop_size": {"height": height, "width": width},
+        "do_rescale": True, "rescale_factor": preprocessing.scale,
+        "do_flip_channel_order": preprocessing.channel_order == "BGR",
+    }
+    if preprocessing.mean != (0.0, 0.0, 0.0) or preprocessing.std != (1.0, 1.0, 1.0):
+        processor.update(do_normalize=True, image_mean=list(preprocessing.mean),
+                         image_std=list(preprocessing.std))
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (directory / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+    save_checkpoint(model, directory / "model.safetensors", source="huggingface")
+    return directory

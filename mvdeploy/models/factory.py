@@ -1,0 +1,64 @@
+"""Build a MobileViT by name: seeded input-sensitive weights, or a checkpoint's.
+
+Kept apart from the architecture file so that the model definition and the checkpoint loader
+never import each other (the split timm makes between a model file and its builder).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from mvdeploy.errors import CheckpointError, ConfigError
+from mvdeploy.models.mobilevit import FoldImpl, MobileViT, get_model_cfg
+from mvdeploy.models.patches import PatchSizes, parse_patch_sizes
+
+Init = Literal["photos", "random"]
+INITS: tuple[Init, ...] = ("photos", "random")
+
+
+def create_model(name: str, *, num_classes: int | None = None,
+                 patch_sizes: str | PatchSizes | list = "A", fold: FoldImpl = "rank4",
+                 weights: str | None = None, init: Init = "photos", seed: int = 0) -> MobileViT:
+    """A MobileViT variant in eval mode.
+
+    `weights`: a Hugging Face Hub id (`apple/mobilevit-small`, `timm/mobilevit_xxs.cvnets_in1k`,
+    `org/name@revision`), a Hugging Face or timm model directory, an ml-cvnets `.pt`, or an
+    mvdeploy state dict; the class count then comes from the checkpoint unless `num_classes`
+    is given (and must match). Without weights the model is seeded from `seed`, and with
+    `init="photos"` (the default) made input-sensitive (mvdeploy.models.init); `init="random"`
+    is PyTorch's plain initialisation, whose outputs barely depend on the input: use it only
+    where no output is looked at (parameter or MAC counts).
+    """
+    cfg = get_model_cfg(name)
+    patches = parse_patch_sizes(patch_sizes)
+    if init not in INITS:
+        raise ConfigError(f"unknown init {init!r}: choose one of {', '.join(INITS)}")
+    if weights is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = MobileViT(cfg, num_classes=num_classes or 1000, patch_sizes=patches,
+                              fold=fold)
+        if init == "photos":
+            from mvdeploy.models.init import calibrate_
+
+            calibrate_(model, model.classifier)
+        return model.eval()
+    if not str(weights).strip():
+        raise CheckpointError("the weights path is empty: give a checkpoint path or hub id "
+                              "(e.g. apple/mobilevit-xx-small), or leave it out for seeded "
+                              "random weights")
+    from mvdeploy.models.weights import load_pretrained
+
+    model = load_pretrained(weights, patch_sizes=patches, fold=fold)
+    if model.cfg.name != name:
+        raise ConfigError(
+            f"checkpoint {weights} holds {model.cfg.name}, not {name}: "
+            f"pass --model {model.cfg.name}"
+        )
+    if num_classes is not None and num_classes != model.num_classes:
+        raise ConfigError(
+            f"checkpoint {weights} has {model.num_classes} classes, not {num_classes}"
+        )
+    return model
