@@ -4,10 +4,16 @@
     python benchmarks/export_matrix.py --models mobilevit_xxs --resolutions 256 \
         --precisions fp32,fp16,int8-dynamic,int8-static,int8-weights,palettize-4,palettize-6,\
 palettize-8,w8a8 --calibration skimage --name quantization
+    python benchmarks/export_matrix.py --fixture --precisions fp32,fp16,int8-dynamic,\
+int8-static,int8-weights,palettize-4,palettize-6,palettize-8,w8a8 --name quantization_fixture
 
-Seeded random weights; validation on the bundled sample photos plus 2 random inputs, as
-`mvdeploy export` does. `--calibration skimage` calibrates on scikit-image's photos that
-mvdeploy does not bundle, so all bundled photos are held out.
+Without --weights, mvdeploy's seeded input-sensitive weights (their outputs differ from photo to
+photo; each row says whether the reference was degenerate); validation on the bundled sample
+photos plus 2 random inputs, as `mvdeploy export` does. `--calibration skimage` calibrates on
+scikit-image's photos that mvdeploy does not bundle, so all bundled photos are held out.
+`--fixture` uses the trained digits fixture at 64x64: validated on 2 held-out digits per class,
+calibrated on its training split, and scored on the whole held-out split (top-1 accuracy of
+each artifact next to PyTorch's).
 """
 
 from __future__ import annotations
@@ -18,8 +24,6 @@ import platform
 import shutil
 import tempfile
 from pathlib import Path
-
-import torch
 
 from mvdeploy.config import load_config, parse_override
 from mvdeploy.data import sample_image_paths
@@ -54,6 +58,11 @@ def main() -> None:
                              "(default: each format's float default)")
     parser.add_argument("--calibration", default="",
                         help="calibration folder, or 'skimage' (default: bundled photos, split)")
+    parser.add_argument("--weights", default=None,
+                        help="checkpoint (path or hub id; default: seeded input-sensitive)")
+    parser.add_argument("--fixture", action="store_true",
+                        help="the trained digits fixture: 64x64, digits for validation, "
+                             "calibration and accuracy")
     parser.add_argument("--name", default="export_matrix", help="results file name stem")
     parser.add_argument("--set", dest="sets", action="append", default=[],
                         metavar="TABLE.KEY=VALUE", help="extra config override (repeatable)")
@@ -61,6 +70,18 @@ def main() -> None:
     extra = dict(parse_override(s) for s in args.sets)
     calibration = (skimage_calibration_folder() if args.calibration == "skimage"
                    else args.calibration)
+    if args.weights:
+        extra["model.weights"] = args.weights
+    if args.fixture:
+        from mvdeploy.fixtures import checkpoint_dir, write_digits
+
+        digits = Path(tempfile.mkdtemp(prefix="mvdeploy_digits_"))
+        args.models, args.resolutions = "mobilevit_xxs", "64"
+        calibration = str(write_digits(digits / "train", "train"))
+        extra.update({"model.weights": str(checkpoint_dir()),
+                      "validate.images": str(write_digits(digits / "sample", per_class=2)),
+                      "validate.max_images": 20,
+                      "validate.labelled_images": str(write_digits(digits / "held-out"))})
     rows = []
     for name in args.models.split(","):
         for patch in args.patches.split(","):
@@ -70,12 +91,16 @@ def main() -> None:
                                if not precision or precision in RECIPES[f]]
                     rows += export_one(args.out, name, patch, res, precision, formats,
                                        calibration, extra)
-    write_results(args.results, args.name, rows)
+    weights = ("the trained digits fixture (mvdeploy/fixtures/mobilevit_xxs_digits), metrics on "
+               "20 held-out digits (2 per class) plus 2 random inputs, accuracy on all held-out "
+               "digits" if args.fixture else f"weights {args.weights}" if args.weights else
+               "mvdeploy's seeded input-sensitive weights, metrics on the bundled photos "
+               "(held out from calibration) plus 2 random inputs")
+    write_results(args.results, args.name, rows, weights)
 
 
 def export_one(out_root: Path, name: str, patch: str, res: str, precision: str,
                formats: list[str], calibration: str, extra: dict) -> list[dict]:
-    torch.manual_seed(0)
     out = out_root / f"{name}_{patch}_{res}_{precision or 'default'}"
     shutil.rmtree(out, ignore_errors=True)
     overrides = {"model.name": name, "model.patch": patch, "model.resolution": res,
@@ -95,35 +120,48 @@ def export_one(out_root: Path, name: str, patch: str, res: str, precision: str,
             row.update(size_mb=round(artifact["size_bytes"] / 1e6, 2),
                        size_ratio=artifact["size_ratio_to_fp32"], precision=artifact["precision"],
                        max_rank=manifest["validation"]["structure"].get("max_rank"))
-            photos = manifest["validation"]["metrics"].get("photos")
+            validation = manifest["validation"]
+            row.update(degenerate=manifest["degenerate"],
+                       reference_spread=round(validation["reference"]["spread"], 3))
+            photos = validation["metrics"].get("photos")
             if photos:
-                row.update(max_abs=photos["max_abs"], snr_db=photos["snr_db"],
-                           cosine=photos["cosine"], top1=photos["top1_agreement"],
-                           top5=photos["top5_agreement"])
+                row.update(max_abs=photos["max_abs"], max_rel=photos["max_rel"],
+                           snr_db=photos["snr_db"], cosine=photos["cosine"],
+                           top1=photos["top1_agreement"], top5=photos["top5_agreement"])
+            accuracy = validation["accuracy"].get("labelled")
+            if accuracy:
+                row.update(accuracy=accuracy["artifact_top1"],
+                           reference_accuracy=accuracy["reference_top1"])
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
 
 
-def write_results(results: Path, stem: str, rows: list[dict]) -> None:
+def write_results(results: Path, stem: str, rows: list[dict], weights: str) -> None:
     results.mkdir(parents=True, exist_ok=True)
     env = {"python": platform.python_version(), "machine": platform.machine(),
            "libraries": library_versions()}
     (results / f"{stem}.json").write_text(
-        json.dumps({"env": env, "rows": rows}, indent=2) + "\n")
+        json.dumps({"env": env, "weights": weights, "rows": rows}, indent=2) + "\n")
     cols = [("model", "{}"), ("patch", "{}"), ("resolution", "{}"), ("format", "{}"),
             ("precision", "{}"), ("status", "{}"), ("size_mb", "{}"), ("size_ratio", "{:.2f}"),
-            ("max_abs", "{:.1e}"), ("snr_db", "{:.1f}"), ("cosine", "{:.5f}"), ("top1", "{:.0%}"),
-            ("top5", "{:.0%}"), ("max_rank", "{}"), ("seconds", "{}")]
+            ("max_abs", "{:.1e}"), ("max_rel", "{:.1e}"), ("snr_db", "{:.1f}"),
+            ("cosine", "{:.5f}"), ("top1", "{:.0%}"), ("top5", "{:.0%}"),
+            ("accuracy", "{:.2%}"), ("reference_accuracy", "{:.2%}"),
+            ("reference_spread", "{:.2f}"), ("max_rank", "{}"), ("seconds", "{}")]
+    if not any("accuracy" in r for r in rows):
+        cols = [c for c in cols if "accuracy" not in c[0]]
     lines = ["| " + " | ".join(c for c, _ in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(fmt.format(r[c]) if r.get(c) is not None else "-"
                                        for c, fmt in cols) + " |")
     (results / f"{stem}.md").write_text(
         "Written by `python benchmarks/export_matrix.py` (see its docstring for the exact "
-        "command); seeded random weights; metrics on the bundled photos (held out from "
-        "calibration). size_ratio: artifact size / float32 weights. Core ML numbers need "
-        "macOS: on Linux its status is `structural`.\n\n" + "\n".join(lines) + "\n")
+        f"command); {weights}. top1/top5: agreement with PyTorch's top-1; max_rel: max abs "
+        "difference / largest reference value; reference_spread: how much PyTorch's outputs "
+        "vary across the inputs (below 0.01 the row is degenerate and proves little). "
+        "size_ratio: artifact size / float32 weights. Core ML numbers need macOS: on Linux "
+        "its status is `structural`.\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ class QuantizeSection:
     calibration_samples: int = 128
     calibration_method: str = "minmax"  # ONNX int8-static: minmax, entropy, percentile
     per_channel: bool = True  # per-channel weight scales (ONNX and TFLite int8-static)
-    # ONNX int8-static keeps these in float; naive int8 of them hurts MobileViT (REFERENCE.md)
+    # ONNX int8-static keeps these in float; naive int8 of them hurts MobileViT (docs/reference.md)
     keep_float: tuple[str, ...] = ("softmax", "layernorm", "attention")
 
 

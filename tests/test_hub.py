@@ -115,7 +115,7 @@ def test_hub_revision_comes_from_refs(offline_hub, hf_checkpoint):
 def test_snapshot_without_weights_says_so(offline_hub, hf_checkpoint):
     lay_out_hub_cache(offline_hub, "org/empty",
                       {"config.json": hf_checkpoint("mobilevit_xxs")[1] / "config.json"})
-    with pytest.raises(CheckpointError, match="no model.safetensors or pytorch_model.bin"):
+    with pytest.raises(CheckpointError, match=r"no model\.safetensors or pytorch_model\.bin"):
         load_pretrained("org/empty")
 
 

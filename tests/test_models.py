@@ -42,7 +42,7 @@ def test_macs_near_paper_and_attention_counted(name):
     macs_b = count_macs(create_model(name, patch_sizes="B"))
     paper = MODEL_CFGS[name].paper_gmacs
     assert abs(macs_a.gmacs - paper) / paper < 0.05
-    # attention matmuls per REFERENCE.md: ~78/117/178 M under A, ~7/11/17 M under B
+    # attention matmuls per docs/reference.md: ~78/117/178 M under A, ~7/11/17 M under B
     expected_attention = {"mobilevit_xxs": (78, 7), "mobilevit_xs": (117, 11),
                           "mobilevit_s": (178, 17)}[name]
     assert round(macs_a.attention / 1e6) == pytest.approx(expected_attention[0], abs=1)

@@ -36,7 +36,7 @@ class MobileViTCfg:
     num_heads: int = 4
     mlp_ratio: float = 2.0
     layer_norm_eps: float = 1e-5
-    # published reference numbers (paper / REFERENCE.md), for display and tests
+    # published reference numbers (paper; docs/reference.md), for display and tests
     paper_params: int = 0
     paper_gmacs: float = 0.0
     paper_top1: float = 0.0
