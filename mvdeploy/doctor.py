@@ -32,7 +32,9 @@ COMPONENTS: tuple[Component, ...] = (
     Component("tflite-runtime", "tflite_runtime.interpreter", "tflite",
               "legacy TFLite runtime (fallback only)"),
     Component("coremltools", "coremltools", "coreml", "Core ML converter"),
-    Component("scikit-learn", "sklearn", "coreml", "k-means palettisation for Core ML"),
+    Component("scikit-learn", "sklearn", "coreml", "k-means palettisation for Core ML; the "
+              "digits behind the trained fixture (extra: data)"),
+    Component("huggingface_hub", "huggingface_hub", "hub", "--weights org/name (Hub ids)"),
 )
 
 # backend -> (packages needed to export, alternatives of which one is needed to run)

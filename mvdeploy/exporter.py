@@ -45,6 +45,7 @@ from mvdeploy.validate import (
     DEGENERATE_WARNING,
     Tolerance,
     ValidationReport,
+    reference_spread,
     softmax,
     validate,
 )
@@ -273,6 +274,8 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progr
         reference = _reference(cfg, model, held_out)
         calibration, calibration_info = (_calibration(cfg, calibration_paths)
                                          if calibration_paths else (None, None))
+    if reference_spread(reference.logits).degenerate:  # said before the long conversions
+        warn(DEGENERATE_WARNING)
     macs = count_macs(model, height, width)
     model_info = {
         "name": cfg.model.name, "patch_sizes": [list(p) for p in model.patch_sizes],
@@ -304,8 +307,6 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progr
                        calibration=calibration, calibration_info=calibration_info)
         for fmt in cfg.export.formats
     ]
-    if any(r.report and r.report.degenerate for r in results):
-        warn(DEGENERATE_WARNING)
     return ExportResult(out=out, program=program_path, formats=results)
 
 

@@ -1,8 +1,9 @@
 """Artifacts to time: exported with mvdeploy's pipeline (validated against PyTorch), or reused
 from a cache keyed by a hash of the configuration and the weights' digest.
 
-Without --weights, each model gets seeded random weights written once into the cache, so the
-artifacts, eager PyTorch and the transformers peer all run the very same weights.
+Without --weights, each model gets mvdeploy's seeded input-sensitive weights written once into
+the cache, so the artifacts, eager PyTorch and the transformers peer all run the very same
+weights, and the fidelity columns measure something.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from mvdeploy.exporter import run_export
 from mvdeploy.manifest import digest
 from mvdeploy.models import create_model
 from mvdeploy.models.macs import count_macs
-from mvdeploy.models.weights import save_checkpoint
+from mvdeploy.models.weights import resolve_weights, save_checkpoint
 from mvdeploy.native_output import redirect_native_output
 
 
@@ -36,17 +37,17 @@ class Prepared:
 
 
 def seeded_weights(cache: Path, model: str) -> Path:
-    path = cache / "weights" / f"{model}_seed0.safetensors"
+    # "photos": input-sensitive (mvdeploy.models.init); older caches held plain random weights
+    path = cache / "weights" / f"{model}_seed0_photos.safetensors"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(0)
         save_checkpoint(create_model(model), path)
     return path
 
 
 def model_gmacs(cfg: BenchConfig) -> float:
     """MACs per image at this patch configuration and resolution (no weights needed)."""
-    model = create_model(cfg.model, patch_sizes=cfg.patch)
+    model = create_model(cfg.model, patch_sizes=cfg.patch, init="random")
     return count_macs(model, *cfg.resolution).gmacs
 
 
@@ -54,7 +55,8 @@ def _fidelity(manifest: dict) -> dict:
     validation = manifest["validation"]
     photos = validation.get("metrics", {}).get("photos") or {}
     return {"status": validation["status"], "snr_db": photos.get("snr_db"),
-            "top1_agreement": photos.get("top1_agreement")}
+            "top1_agreement": photos.get("top1_agreement"),
+            "degenerate": manifest.get("degenerate", False)}
 
 
 def _export_group(cfgs: list[BenchConfig], weights: Path, folder: Path,
@@ -124,8 +126,8 @@ def prepare_all(configs: list[BenchConfig], cache: Path, weights: str | None,
                 log: Callable[[str], None] = lambda _: None) -> dict[str, Prepared]:
     """config key -> Prepared, exporting what the cache lacks."""
     cache.mkdir(parents=True, exist_ok=True)
-    weight_paths = {m: Path(weights) if weights else seeded_weights(cache, m)
-                    for m in {c.model for c in configs}}
+    given = resolve_weights(weights) if weights is not None else None
+    weight_paths = {m: given or seeded_weights(cache, m) for m in {c.model for c in configs}}
     hashed = {m: digest(p) for m, p in weight_paths.items()}  # (size, sha256): one read each
     digests = {m: sha[:16] for m, (_, sha) in hashed.items()}
     prepared: dict[str, Prepared] = {}

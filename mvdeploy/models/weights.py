@@ -386,6 +386,18 @@ def _timm_config(conf: dict, cfg_path: Path
     return MODEL_CFGS[arch], labels, prep
 
 
+def resolve_weights(spec: str | Path) -> Path:
+    """The local file or folder a weights spec names (downloading a hub id), checked to exist:
+    for callers that hash or copy the checkpoint rather than load it."""
+    if not str(spec).strip():
+        raise CheckpointError("the weights path is empty: give a file, directory or hub id")
+    path = download(str(spec)) if looks_like_hub_id(spec) else Path(spec).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist (a local path, or a hub id "
+                              "such as apple/mobilevit-xx-small)")
+    return path
+
+
 def load_pretrained(path: str | Path, *, patch_sizes: PatchSizes = PATCH_PRESETS["A"],
                     fold: FoldImpl = "rank4") -> MobileViT:
     """Build the model a checkpoint describes (variant, classes, labels) and load it strictly.
