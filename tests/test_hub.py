@@ -167,6 +167,12 @@ def test_timm_state_dict_file_loads_with_parity(tmp_path):
     assert len(set(timm_logits.argmax(1).tolist())) > 1  # the reference tells photos apart
 
 
+def test_hub_id_without_the_extra_names_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # as if not installed
+    assert run(["models", "--weights", "apple/mobilevit-xx-small"]) == 2
+    assert 'pip install "mvdeploy[hub]"' in capsys.readouterr().err
+
+
 def test_empty_weights_is_a_mistake(tmp_path, capsys):
     assert run(["export", "-r", "64", "-f", "onnx", "-w", "", "-o", str(tmp_path)]) == 2
     assert "weights path is empty" in capsys.readouterr().err
@@ -214,8 +220,15 @@ def test_export_by_hub_id_offline_reproduces_transformers(tmp_path, hf_checkpoin
     from PIL import Image
 
     photos = [Image.open(p).convert("RGB") for p in sample_image_paths()]
+    pixels = processor(photos, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
-        expected = hf(**processor(photos, return_tensors="pt")).logits.numpy()
+        expected = hf(pixel_values=pixels).logits.numpy()
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(report["formats"][0]["artifact"])
+    logits = np.concatenate([session.run(["logits"], {"pixel_values": x[None]})[0]
+                             for x in pixels.numpy()])
+    assert np.abs(logits - expected).max() <= 1e-4  # transformers' logits, its own inputs
     done = _cli(["predict", report["formats"][0]["artifact"],
                  *map(str, sample_image_paths()), "--json", "--top", "1000"], env)
     assert done.returncode == 0, done.stderr
