@@ -10,7 +10,7 @@ from typing import Literal
 
 import torch
 
-from mvdeploy.errors import CheckpointError, ConfigError
+from mvdeploy.errors import ConfigError
 from mvdeploy.models.mobilevit import FoldImpl, MobileViT, get_model_cfg
 from mvdeploy.models.patches import PatchSizes, parse_patch_sizes
 
@@ -45,10 +45,6 @@ def create_model(name: str, *, num_classes: int | None = None,
 
             calibrate_(model, model.classifier)
         return model.eval()
-    if not str(weights).strip():
-        raise CheckpointError("the weights path is empty: give a checkpoint path or hub id "
-                              "(e.g. apple/mobilevit-xx-small), or leave it out for seeded "
-                              "random weights")
     from mvdeploy.models.weights import load_pretrained
 
     model = load_pretrained(weights, patch_sizes=patches, fold=fold)

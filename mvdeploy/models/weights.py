@@ -387,10 +387,11 @@ def _timm_config(conf: dict, cfg_path: Path
 
 
 def resolve_weights(spec: str | Path) -> Path:
-    """The local file or folder a weights spec names (downloading a hub id), checked to exist:
-    for callers that hash or copy the checkpoint rather than load it."""
+    """The local file or folder a weights spec names (downloading a hub id), checked to exist."""
     if not str(spec).strip():
-        raise CheckpointError("the weights path is empty: give a file, directory or hub id")
+        raise CheckpointError("the weights path is empty: give a checkpoint path or hub id "
+                              "(e.g. apple/mobilevit-xx-small), or leave it out for seeded "
+                              "random weights")
     path = download(str(spec)) if looks_like_hub_id(spec) else Path(spec).expanduser()
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist (a local path, or a hub id "
@@ -409,17 +410,11 @@ def load_pretrained(path: str | Path, *, patch_sizes: PatchSizes = PATCH_PRESETS
     Patch sizes carry no weights, so any preset can be combined with any checkpoint; note that
     the published checkpoints were trained with patch 2 at every stage (preset A).
     """
-    if not str(path).strip():
-        raise CheckpointError("the checkpoint path is empty: give a file, directory or hub id")
     checkpoint: dict[str, str | None] = {"weights": str(path)}
-    if looks_like_hub_id(path):
-        folder = download(str(path))
-        checkpoint.update(hub_id=str(path), commit=folder.name)
-        path = folder
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist (a local path, or a hub id "
-                              "such as apple/mobilevit-xx-small)")
+    from_hub = looks_like_hub_id(path)
+    path = resolve_weights(path)
+    if from_hub:  # the snapshot folder is named after the commit it holds
+        checkpoint.update(hub_id=checkpoint["weights"], commit=path.name)
     labels: list[str] | None = None
     preprocessing: Preprocessing | None = None
     if path.is_dir():
