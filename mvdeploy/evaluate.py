@@ -56,7 +56,6 @@ class LabelledImages:
 
     root: Path
     items: list[tuple[Path, int]]
-    classes: int  # how many class folders
 
     def __len__(self) -> int:
         return len(self.items)
@@ -83,7 +82,7 @@ def labelled_images(folder: str | Path, labels: list[str] | None, num_classes: i
     items = [(path, index[name]) for path, name in pairs]  # type: ignore[misc]
     if limit is not None and limit < len(items):
         items = [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
-    return LabelledImages(Path(folder), items, len(names))
+    return LabelledImages(Path(folder), items)
 
 
 @dataclass
@@ -228,7 +227,9 @@ def evaluate_artifacts(artifacts: list[str | Path], data: str | Path, *,
         row.update(predictions.accuracy(), unreadable=len(predictions.unreadable),
                    unreadable_files=[str(p) for p in predictions.unreadable[:10]])
         if weights:
-            key = (meta["model"], str(meta["patch_sizes"]), height, width, prep)
+            # same model, input and folder-to-class mapping: the same reference predictions
+            key = (meta["model"], str(meta["patch_sizes"]), height, width, prep,
+                   tuple(labels or ()), num_classes)
             if key not in references:
                 references[key] = _reference_predictions(meta, weights, images, prep, threads)
             reference = references[key]
