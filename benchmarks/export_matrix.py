@@ -25,12 +25,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from mvdeploy.backends import spec
 from mvdeploy.config import load_config, parse_override
 from mvdeploy.data import sample_image_paths
 from mvdeploy.exporter import run_export
-from mvdeploy.manifest import library_versions
+from mvdeploy.manifest import library_versions, read_manifest
 from mvdeploy.models import list_models
-from mvdeploy.quantize import RECIPES
 
 
 def skimage_calibration_folder() -> str:
@@ -88,7 +88,7 @@ def main() -> None:
             for res in args.resolutions.split(","):
                 for precision in args.precisions.split(","):
                     formats = [f for f in args.formats.split(",")
-                               if not precision or precision in RECIPES[f]]
+                               if not precision or precision in spec(f).recipes]
                     rows += export_one(args.out, name, patch, res, precision, formats,
                                        calibration, extra)
     weights = ("the trained digits fixture (mvdeploy/fixtures/mobilevit_xxs_digits), metrics on "
@@ -115,13 +115,13 @@ def export_one(out_root: Path, name: str, patch: str, res: str, precision: str,
                "status": "error" if r.error else r.report.status, "seconds": r.seconds,
                "error": r.error}
         if r.manifest:
-            manifest = json.loads(r.manifest.read_text())
-            artifact = manifest["artifact"]
+            manifest = read_manifest(r.manifest)
+            artifact = manifest.artifact
             row.update(size_mb=round(artifact["size_bytes"] / 1e6, 2),
                        size_ratio=artifact["size_ratio_to_fp32"], precision=artifact["precision"],
-                       max_rank=manifest["validation"]["structure"].get("max_rank"))
-            validation = manifest["validation"]
-            row.update(degenerate=manifest["degenerate"],
+                       max_rank=manifest.validation["structure"].get("max_rank"))
+            validation = manifest.validation
+            row.update(degenerate=manifest.degenerate,
                        reference_spread=round(validation["reference"]["spread"], 3))
             photos = validation["metrics"].get("photos")
             if photos:

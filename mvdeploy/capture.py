@@ -7,9 +7,7 @@ from pathlib import Path
 
 import torch
 
-INPUT_NAME = "pixel_values"  # stable tensor names in every artifact
-OUTPUT_NAME = "logits"
-PROBS_NAME = "probabilities"  # the output when softmax is folded into the artifact
+from mvdeploy.tensor_names import INPUT_NAME, OUTPUT_NAME, PROBS_NAME
 
 
 @dataclass(frozen=True)

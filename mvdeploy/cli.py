@@ -140,14 +140,54 @@ def _export_overrides(**flags) -> dict:
         "model": "model.name", "weights": "model.weights", "patch": "model.patch",
         "resolution": "model.resolution", "fold": "model.fold", "formats": "export.formats",
         "out": "export.out", "batch": "export.batch", "dynamic_batch": "export.dynamic_batch",
-        "channels_last": "tflite.channels_last", "coreml_target":
-        "coreml.minimum_deployment_target", "coreml_precision": "coreml.compute_precision",
         "images": "validate.images", "labelled": "validate.labelled_images",
         "precision": "quantize.precision",
         "calibration": "quantize.calibration_images",
         "calibration_method": "quantize.calibration_method",
     }
-    return {mapping[k]: v for k, v in flags.items() if v is not None}
+    # a format's own flags arrive as FORMAT__KEY (see _format_flags)
+    return {mapping.get(k) or k.replace("__", ".", 1): v for k, v in flags.items()
+            if v is not None}
+
+
+def _format_flags(command):
+    """The options each format declares for `mvdeploy export` (e.g. TFLite's --channels-last)."""
+    from mvdeploy.backends import specs
+
+    for spec in reversed(specs()):
+        for flag in reversed(spec.flags):
+            kwargs = {"help": flag.help}
+            if flag.is_flag:
+                kwargs.update(is_flag=True, default=None)
+            elif flag.choices:
+                kwargs["type"] = click.Choice(list(flag.choices))
+            else:
+                kwargs["metavar"] = "VALUE"
+            command = click.option(*flag.decls, f"{spec.name}__{flag.key}", **kwargs)(command)
+    return command
+
+
+def _export_help() -> dict[str, str]:
+    """Help text that lists what the registry knows, so it never goes stale."""
+    from mvdeploy.backends import specs
+    from mvdeploy.config import default_formats
+
+    chosen = [s for s in specs() if s.selectable]
+    recipes: dict[str, list[str]] = {}
+    for s in chosen:
+        for recipe in s.recipes:
+            recipes.setdefault(recipe, []).append(s.title)
+    return {
+        "formats": f"Comma-separated: {','.join(s.name for s in chosen)} "
+                   f"(default: {','.join(default_formats())}).",
+        "dynamic_batch": "A symbolic batch dimension ("
+                         + ", ".join(s.title for s in chosen if s.dynamic_batch) + " only).",
+        "precision": "; ".join(f"{r} ({', '.join(t)})" for r, t in recipes.items())
+                     + ". Default: fp32 (or the format's own float default).",
+    }
+
+
+_HELP = _export_help()
 
 
 @app.command()
@@ -160,23 +200,14 @@ def _export_overrides(**flags) -> dict:
                    "when absent.")
 @click.option("--patch", "-p", metavar="SPEC", help="A, B, or per-stage sizes: 8,4,2 or 2x4,2,2.")
 @click.option("--resolution", "-r", metavar="HxW", help="HEIGHTxWIDTH or one number (x32).")
-@click.option("--format", "-f", "formats", metavar="LIST",
-              help="Comma-separated: onnx,tflite,coreml (default: all three).")
+@click.option("--format", "-f", "formats", metavar="LIST", help=_HELP["formats"])
 @click.option("--out", "-o", metavar="DIR", help="Output directory.")
 @click.option("--batch", type=int, help="Fixed batch size of the artifacts (default 1).")
-@click.option("--dynamic-batch", is_flag=True, default=None,
-              help="ONNX only: a symbolic batch dimension.")
-@click.option("--channels-last", is_flag=True, default=None,
-              help="TFLite: NHWC input [B, H, W, 3], as Android code usually feeds it.")
-@click.option("--coreml-target", metavar="OS",
-              help="Core ML minimum deployment target (iOS15..iOS18, macOS12..15; default iOS16).")
-@click.option("--coreml-precision", type=click.Choice(["fp16", "fp32"]),
-              help="Core ML compute precision (default fp16).")
+@click.option("--dynamic-batch", is_flag=True, default=None, help=_HELP["dynamic_batch"])
+@_format_flags
 @click.option("--fold", type=click.Choice(["rank4", "permute"]),
               help="Unfold/fold implementation (default rank4, which Core ML needs).")
-@click.option("--precision", metavar="RECIPE",
-              help="fp32, fp16, int8-dynamic, int8-static (ONNX, TFLite); int8-weights, "
-                   "palettize-4/6/8, w8a8 (Core ML). Default: fp32 (Core ML: fp16).")
+@click.option("--precision", metavar="RECIPE", help=_HELP["precision"])
 @click.option("--calibration", metavar="DIR",
               help="Photos to calibrate int8-static / w8a8 on (default: the bundled samples, "
                    "half of them, the other half held out for the fidelity report).")
@@ -202,13 +233,13 @@ def export(config: str | None, sets: tuple[str, ...], force: bool, threads: int 
     """
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from mvdeploy import api
     from mvdeploy.config import load_config, parse_override
-    from mvdeploy.exporter import run_export
     from mvdeploy.native_output import terminal_stream
 
     overrides = _export_overrides(**flags)
     overrides.update(parse_override(s) for s in sets)
-    cfg = load_config(config, overrides)
+    load_config(config, overrides)  # a mistake in the flags is reported before the display
     progress_console = Console(file=terminal_stream(2), stderr=True)
     columns = (SpinnerColumn(finished_text=""), TextColumn("{task.fields[mark]}"),
                TextColumn("{task.description}"), TimeElapsedColumn())
@@ -229,7 +260,8 @@ def export(config: str | None, sets: tuple[str, ...], force: bool, threads: int 
             progress.console.print(f"mvdeploy: warning: {text}", markup=False, highlight=False,
                                    style="yellow")
 
-        result = run_export(cfg, force=force, step=step, threads=threads, warn=warn)
+        result = api.export(config=config, settings=overrides, force=force, threads=threads,
+                            progress=step, warn=warn)
     rows = [_format_row(r) for r in result.formats]
     if as_json:
         print(json.dumps({"out": str(result.out), "program": str(result.program or ""),
@@ -397,16 +429,12 @@ def eval_command(artifacts: tuple[str, ...], data: str, limit: int | None, weigh
 @app.command(name="snippet")
 @click.argument("artifact", type=click.Path())
 def snippet_command(artifact: str) -> None:
-    """App code for an exported artifact: Swift (Core ML + Vision) or Kotlin (LiteRT),
+    """App code for an exported artifact (Swift for Core ML, Kotlin for Android runtimes),
     with the artifact's real tensor names, generated from its manifest."""
     from mvdeploy.snippets import load_manifest, snippet
 
     _, code = snippet(load_manifest(artifact))
     print(code, end="")
-
-
-RUNTIME_ALIASES = {"onnx": "onnxruntime", "ort": "onnxruntime", "tflite": "litert",
-                   "pytorch": "torch", "eager": "torch", "compile": "torch-compile"}
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
@@ -429,6 +457,13 @@ def _ints(values: list[str], flag: str) -> list[int]:
         raise click.BadParameter(f"{flag} takes whole numbers, got {', '.join(values)}") from None
 
 
+def _runtime_help() -> str:
+    from mvdeploy.backends import runtimes
+
+    return (f"torch, torch-compile, {', '.join(runtimes())} (default: the target's runtimes "
+            "except torch-compile, which compiles in every worker).")
+
+
 @app.command()
 @click.option("--suite", metavar="TOML", type=click.Path(dir_okay=False),
               help="A suite file ([suite] matrix, [timing]); flags override it.")
@@ -439,8 +474,7 @@ def _ints(values: list[str], flag: str) -> list[int]:
 @click.option("--resolution", "-r", "resolutions", multiple=True, metavar="LIST",
               help="HEIGHTxWIDTH or one number (default 256).")
 @click.option("--backend", "--runtime", "-b", "runtimes", multiple=True, metavar="LIST",
-              help="torch, torch-compile, onnxruntime, litert, coreml (default: the target's "
-                   "runtimes except torch-compile, which compiles in every worker).")
+              help=_runtime_help())
 @click.option("--precision", "precisions", multiple=True, metavar="LIST",
               help="fp32, fp16, int8-dynamic, int8-static, ... (default fp32).")
 @click.option("--threads", "-t", "threads", multiple=True, metavar="LIST",
@@ -500,51 +534,21 @@ def bench(suite, models, patches, resolutions, runtimes, precisions, threads, ba
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from mvdeploy.bench import session
     from mvdeploy.bench.android import AndroidOptions
-    from mvdeploy.bench.matrix import (
-        QUICK,
-        TARGETS,
-        Timing,
-        build_matrix,
-        load_suite,
-        with_timing,
-    )
-    from mvdeploy.bench.runner import run_matrix
-    from mvdeploy.errors import ConfigError
     from mvdeploy.native_output import terminal_stream
 
-    spec, timing = load_suite(suite) if suite else ({}, Timing())
-    if quick:
-        timing = QUICK
-    timing = with_timing(timing, warmup=warmup, min_runs=min_runs, min_seconds=min_seconds,
-                         repetitions=repetitions, timeout_s=timeout_s)
-    target = target or spec.get("target", "cpu")
-    if target not in TARGETS:
-        raise ConfigError(f"unknown target {target!r} in the suite: cpu, cuda, android, apple")
-    # torch.compile is opt-in: each worker compiles (~45 s cold, ~4 s with a warm cache)
-    runtime_list = [RUNTIME_ALIASES.get(r, r) for r in _split(runtimes)] or \
-        spec.get("runtimes") or [r for r in TARGETS[target] if r != "torch-compile"]
-    default_threads = [min(os.cpu_count() or 1, 4)]
-    matrix = build_matrix(
-        models=_split(models) or spec.get("models", ["mobilevit_xxs"]),
-        patches=_split_patches(patches) or spec.get("patches", ["A", "B"]),
-        resolutions=_split(resolutions) or spec.get("resolutions", ["256"]),
-        runtimes=runtime_list,
-        precisions=_split(precisions) or spec.get("precisions", ["fp32"]),
-        threads=_ints(_split(threads), "--threads") or spec.get("threads", default_threads),
-        batches=_ints(_split(batches), "--batch") or spec.get("batches", [1]),
-        target=target, accelerators=_split(accelerators) or spec.get("accelerators", []),
-        peer=peer if peer is not None else spec.get("peer", False))
-    out_dir = Path(out or "bench_out").expanduser()
-    if (out_dir / "results.json").exists() and not force:
-        raise ConfigError(f"{out_dir / 'results.json'} already exists: pass --force to replace "
-                          "it, or choose another --out")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir} is a file: choose a directory")
-    cache_dir = Path(cache or os.environ.get("MVDEPLOY_CACHE")
-                     or Path.home() / ".cache" / "mvdeploy" / "bench").expanduser()
     command = "mvdeploy bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else \
         "mvdeploy bench"
+    planned = session.plan(
+        suite=suite, models=_split(models), patches=_split_patches(patches),
+        resolutions=_split(resolutions), runtimes=_split(runtimes),
+        precisions=_split(precisions), threads=_ints(_split(threads), "--threads"),
+        batches=_ints(_split(batches), "--batch"), target=target,
+        accelerators=_split(accelerators), peer=peer, weights=weights, out=out, cache=cache,
+        quick=quick, force=force, android=AndroidOptions(benchmark_binary, adb, serial),
+        command=command, warmup=warmup, min_runs=min_runs, min_seconds=min_seconds,
+        repetitions=repetitions, timeout_s=timeout_s)
     progress_console = Console(file=terminal_stream(2), stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
                "{task.total}"), TimeElapsedColumn())
@@ -559,19 +563,16 @@ def bench(suite, models, patches, resolutions, runtimes, precisions, threads, ba
         def advance(done: int, total: int, text: str) -> None:
             progress.update(task, completed=done, total=total, description=text)
 
-        run = run_matrix(matrix, timing, cache=cache_dir, weights=weights,
-                         android_opts=AndroidOptions(benchmark_binary, adb, serial), log=log,
-                         progress=advance)
+        outcome = session.run(planned, log=log, progress=advance)
         progress.update(task, completed=progress.tasks[0].total or 0)
-    data = reports.build_report(run, timing=timing, command=command)
-    written = reports.write_all(data, out_dir)
+    data, written = outcome.report, outcome.written
     if as_json:
         print(json.dumps(data, indent=2, default=str))
     else:
         _print_bench_table(data)
         for path in written:
             console.print(f"wrote {path}", markup=False, highlight=False)
-    if run.interrupted:
+    if outcome.interrupted:
         err_console.print("mvdeploy: interrupted: the results above are what was measured",
                           markup=False, highlight=False)
         raise SystemExit(130)
@@ -643,9 +644,8 @@ def _format_row(r) -> dict:
            "degenerate": bool(r.report and r.report.degenerate),
            "accuracy": r.report.accuracy if r.report else {}}
     if r.artifact:
-        artifact = json.loads(r.manifest.read_text())["artifact"]
-        row["size_mb"] = round(artifact["size_bytes"] / 1e6, 2)
-        row["size_ratio_to_fp32"] = artifact["size_ratio_to_fp32"]
+        row["size_mb"] = round(r.size_bytes / 1e6, 2)
+        row["size_ratio_to_fp32"] = r.size_ratio_to_fp32
     if r.report and "photos" in r.report.metrics:
         m = r.report.metrics["photos"]
         row.update(max_abs=m.max_abs, snr_db=m.snr_db, cosine=m.cosine,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mvdeploy.backends import CheckContext, export_formats, spec, specs
 from mvdeploy.data import Preprocessing
 from mvdeploy.errors import ConfigError, MvdeployError
 from mvdeploy.models import FOLD_IMPLS, format_patch_sizes, get_model_cfg, parse_patch_sizes
@@ -26,11 +27,15 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-EXPORT_FORMATS = ("onnx", "tflite", "coreml")
-COREML_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
-COREML_PRECISIONS = ("fp16", "fp32")
-W8A8_TARGETS = ("iOS17", "iOS18", "macOS14", "macOS15")  # activation quantize ops
-ONNX_OPSETS = range(18, 24)
+
+def default_formats() -> tuple[str, ...]:
+    """What `mvdeploy export` writes when --format is not given."""
+    return tuple(s.name for s in specs() if s.selectable and s.default)
+
+
+def _format_tables() -> dict[str, type]:
+    """Each format's own [table] in export configs: its options dataclass."""
+    return {s.name: s.options for s in specs() if dataclasses.fields(s.options)}
 
 
 @dataclass(frozen=True)
@@ -46,31 +51,11 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class ExportSection:
-    formats: tuple[str, ...] = EXPORT_FORMATS
+    formats: tuple[str, ...] = field(default_factory=default_formats)
     out: str = "mvdeploy_out"
     batch: int = 1
     dynamic_batch: bool = False  # ONNX only
     save_program: bool = True  # also write the torch.export program (.pt2)
-
-
-@dataclass(frozen=True)
-class OnnxSection:
-    opset: int = 18
-    optimize: bool = True  # onnxscript graph optimisation (constant folding, dead code)
-
-
-@dataclass(frozen=True)
-class TfliteSection:
-    channels_last: bool = False  # NHWC input, as Android code usually feeds it
-    softmax_output: bool = False  # output "probabilities" (softmax folded in) instead of logits
-
-
-@dataclass(frozen=True)
-class CoremlSection:
-    minimum_deployment_target: str = "iOS16"
-    compute_precision: str = "fp16"
-    image_input: bool = False  # ImageType: Vision / CVPixelBuffer in, preprocessing folded in
-    classifier: bool = False  # ClassifierConfig: outputs classLabel and classLabel_probs
 
 
 @dataclass(frozen=True)
@@ -110,15 +95,26 @@ class ValidateSection:
 class ExportConfig:
     model: ModelSection = field(default_factory=ModelSection)
     export: ExportSection = field(default_factory=ExportSection)
-    onnx: OnnxSection = field(default_factory=OnnxSection)
-    tflite: TfliteSection = field(default_factory=TfliteSection)
-    coreml: CoremlSection = field(default_factory=CoremlSection)
     quantize: QuantizeSection = field(default_factory=QuantizeSection)
     validate: ValidateSection = field(default_factory=ValidateSection)
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     metadata: MetadataSection = field(default_factory=MetadataSection)
+    # format name -> its options ([onnx], [tflite], ...: each format's module defines them)
+    options: Mapping[str, Any] = field(
+        default_factory=lambda: {name: cls() for name, cls in _format_tables().items()},
+        metadata={"table": False})
     # [preprocessing] keys the user set; the others come from the checkpoint when it says
     preprocessing_set: frozenset[str] = field(default=frozenset(), metadata={"table": False})
+
+    def __getattr__(self, name: str) -> Any:
+        """cfg.<format>: that format's options, e.g. cfg.onnx.opset."""
+        options = self.__dict__.get("options", {})
+        if name in options:
+            return options[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def format_options(self, fmt: str) -> Any:
+        return self.options.get(fmt) or spec(fmt).options()
 
     def with_checkpoint_preprocessing(self, checkpoint: Preprocessing | None) -> ExportConfig:
         """The checkpoint's preprocessing (else the published defaults) under the user's keys."""
@@ -132,14 +128,15 @@ class ExportConfig:
         """The recipe a format gets: quantize.precision, else its float default."""
         if self.quantize.precision:
             return self.quantize.precision
-        return self.coreml.compute_precision if fmt == "coreml" else "fp32"
+        return spec(fmt).default_recipe(self.format_options(fmt))
 
     @property
     def height_width(self) -> tuple[int, int]:
         return parse_resolution(self.model.resolution)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k in _SECTIONS}
+        tables = {k: v for k, v in dataclasses.asdict(self).items() if k in _SECTIONS}
+        return {**tables, **{k: dataclasses.asdict(v) for k, v in self.options.items()}}
 
 
 # ---------------------------------------------------------------- type checking
@@ -221,41 +218,28 @@ def _check(cfg: ExportConfig) -> None:
     if cfg.model.num_classes < 1:
         raise ConfigError("model.num_classes must be at least 1")
     formats = cfg.export.formats
-    bad = [f for f in formats if f not in EXPORT_FORMATS]
+    known = export_formats()
+    bad = [f for f in formats if f not in known]
     if bad or not formats:
         raise ConfigError(f"export.formats: unknown format {', '.join(bad) or '(none)'}; "
-                          f"choose from {', '.join(EXPORT_FORMATS)}")
+                          f"choose from {', '.join(known)}")
     if len(set(formats)) != len(formats):
         raise ConfigError(f"export.formats lists a format twice: {', '.join(formats)}")
     if cfg.export.batch < 1:
         raise ConfigError("export.batch must be at least 1")
-    if cfg.export.dynamic_batch and set(formats) != {"onnx"}:
-        raise ConfigError("export.dynamic_batch is supported for onnx only: export the other "
-                          "formats with a fixed export.batch in a separate run")
-    if cfg.onnx.opset not in ONNX_OPSETS:
-        raise ConfigError(f"onnx.opset must be between {ONNX_OPSETS[0]} and {ONNX_OPSETS[-1]}, "
-                          f"got {cfg.onnx.opset}")
-    if cfg.coreml.minimum_deployment_target not in COREML_TARGETS:
-        raise ConfigError("coreml.minimum_deployment_target must be one of "
-                          f"{', '.join(COREML_TARGETS)} (ML Programs need iOS15 or later), "
-                          f"got {cfg.coreml.minimum_deployment_target!r}")
-    if cfg.coreml.compute_precision not in COREML_PRECISIONS:
-        raise ConfigError(f"coreml.compute_precision must be fp16 or fp32, "
-                          f"got {cfg.coreml.compute_precision!r}")
-    for fmt in formats:
-        check_recipe(fmt, cfg.precision(fmt))
-    if ("coreml" in formats and cfg.precision("coreml") == "w8a8"
-            and cfg.coreml.minimum_deployment_target not in W8A8_TARGETS):
-        raise ConfigError("quantize.precision w8a8 needs coreml.minimum_deployment_target "
-                          "iOS17 or later (activation quantisation ops)")
-    if "coreml" in formats and cfg.coreml.image_input:
-        if cfg.export.batch != 1:
-            raise ConfigError("coreml.image_input takes one image: set export.batch=1 or "
-                              "coreml.image_input=false")
-        if len(set(cfg.preprocessing.std)) != 1:
-            raise ConfigError("coreml.image_input folds preprocessing into one scale: "
-                              "preprocessing.std must be the same for all channels, or set "
-                              "coreml.image_input=false")
+    fixed_batch = [f for f in formats if not spec(f).dynamic_batch]
+    if cfg.export.dynamic_batch and fixed_batch:
+        able = [s.name for s in specs() if s.selectable and s.dynamic_batch]
+        raise ConfigError(f"export.dynamic_batch is supported for {', '.join(able)} only: "
+                          "export the other formats with a fixed export.batch in a separate run")
+    ctx = CheckContext(batch=cfg.export.batch, dynamic_batch=cfg.export.dynamic_batch,
+                       preprocessing=cfg.preprocessing)
+    for fmt in _format_tables():
+        recipe = None
+        if fmt in formats:
+            recipe = cfg.precision(fmt)
+            check_recipe(fmt, recipe)
+        spec(fmt).check(cfg.format_options(fmt), recipe, ctx)
     if cfg.quantize.calibration_method not in CALIBRATION_METHODS:
         raise ConfigError(f"quantize.calibration_method must be one of "
                           f"{', '.join(CALIBRATION_METHODS)}, got "
@@ -275,6 +259,12 @@ def _check(cfg: ExportConfig) -> None:
 
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(ExportConfig)
              if f.metadata.get("table", True)}
+
+
+def _table_class(table: str) -> type | None:
+    if table in _SECTIONS:
+        return typing.get_type_hints(ExportConfig)[table]
+    return _format_tables().get(table)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -307,19 +297,24 @@ def load_config(path: str | Path | None = None,
     for key, value in (overrides or {}).items():
         table, _, name = key.partition(".")
         tables.setdefault(table, {})[name] = value
-    sections = {}
+    sections: dict[str, Any] = {}
+    options = {name: cls() for name, cls in _format_tables().items()}
     for table, values in tables.items():
-        if table not in _SECTIONS:
+        cls = _table_class(table)
+        if cls is None:
             raise ConfigError(f"unknown table [{table}]: known tables are "
-                              + ", ".join(f"[{s}]" for s in _SECTIONS))
+                              + ", ".join(f"[{s}]" for s in [*_SECTIONS, *_format_tables()]))
         if not isinstance(values, dict):
             raise ConfigError(f"'{table}' must be a table ([{table}]), got {values!r}")
         values = dict(values)
         if table == "model":
             _normalise_model_table(values)
-        cls = typing.get_type_hints(ExportConfig)[table]
-        sections[table] = _build_section(cls, values, table)
-    cfg = ExportConfig(**sections,
+        section = _build_section(cls, values, table)
+        if table in _SECTIONS:
+            sections[table] = section
+        else:
+            options[table] = section
+    cfg = ExportConfig(**sections, options=options,
                        preprocessing_set=frozenset(tables.get("preprocessing", {})))
     _check(cfg)
     return cfg

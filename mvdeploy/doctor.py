@@ -22,28 +22,23 @@ class Component:
     role: str
 
 
-COMPONENTS: tuple[Component, ...] = (
+# what mvdeploy needs besides the formats' own packages (those come from the registry)
+OTHER_COMPONENTS: tuple[Component, ...] = (
     Component("torch", "torch", "", "model, torch.export capture, eager reference"),
-    Component("onnx", "onnx", "onnx", "ONNX model format"),
-    Component("onnxscript", "onnxscript", "onnx", "torch.onnx dynamo exporter"),
-    Component("onnxruntime", "onnxruntime", "onnx", "ONNX Runtime"),
-    Component("litert-torch", "litert_torch", "tflite", "PyTorch -> TFLite converter"),
-    Component("ai-edge-litert", "ai_edge_litert.interpreter", "tflite", "LiteRT (TFLite) runtime"),
-    Component("tflite-runtime", "tflite_runtime.interpreter", "tflite",
-              "legacy TFLite runtime (fallback only)"),
-    Component("coremltools", "coremltools", "coreml", "Core ML converter"),
-    Component("scikit-learn", "sklearn", "coreml", "k-means palettisation for Core ML; the "
-              "digits behind the trained fixture (extra: data)"),
     Component("huggingface_hub", "huggingface_hub", "hub", "--weights org/name (Hub ids)"),
+    Component("scikit-learn", "sklearn", "data", "the digits behind the trained fixture"),
 )
 
-# backend -> (packages needed to export, alternatives of which one is needed to run)
-BACKENDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "torch": (("torch",), ("torch",)),
-    "onnx": (("torch", "onnx", "onnxscript"), ("onnxruntime",)),
-    "tflite": (("litert-torch",), ("ai-edge-litert", "tflite-runtime")),
-    "coreml": (("coremltools",), ("coremltools",)),
-}
+
+def components() -> list[Component]:
+    from mvdeploy.backends import packages
+
+    out = {c.package: c for c in OTHER_COMPONENTS}
+    for package, extra in packages():
+        if package.distribution not in out:
+            out[package.distribution] = Component(package.distribution, package.module, extra,
+                                                  package.role)
+    return list(out.values())
 
 
 @dataclass(frozen=True)
@@ -84,25 +79,26 @@ def check_component(component: Component) -> ComponentStatus:
 
 
 def diagnose() -> tuple[list[ComponentStatus], list[BackendStatus]]:
-    components = [check_component(c) for c in COMPONENTS]
-    ok = {c.package for c in components if c.importable}
-    extra_of = {c.package: c.extra for c in COMPONENTS}
+    from mvdeploy.backends import specs
+
+    statuses = [check_component(c) for c in components()]
+    ok = {c.package for c in statuses if c.importable}
     backends = []
-    for name, (export_needs, run_any) in BACKENDS.items():
+    for spec in specs():
+        export_needs = [p.distribution for p in spec.export_needs]
+        run_any = [p.distribution for p in spec.run_needs]
         can_export = all(p in ok for p in export_needs)
         can_run = any(p in ok for p in run_any)
         notes = []
-        missing = [p for p in export_needs if p not in ok]
-        if not can_run:
-            missing += [run_any[0]]
-        extras = sorted({extra_of[p] for p in missing if extra_of[p]})
-        if extras:
-            notes.append(f'pip install "mvdeploy[{",".join(extras)}]"')
-        if name == "coreml" and platform.system() != "Darwin":
+        missing = [p for p in export_needs if p not in ok] + ([] if can_run else run_any[:1])
+        if missing and spec.extra:
+            notes.append(f'pip install "mvdeploy[{spec.extra}]"')
+        reason = spec.cannot_run_here()
+        if reason:
             can_run = False
-            notes.append("predictions need macOS; on Linux artifacts are checked structurally")
-        backends.append(BackendStatus(name, can_export, can_run, "; ".join(notes)))
-    return components, backends
+            notes.append(f"{reason}; artifacts are checked structurally")
+        backends.append(BackendStatus(spec.name, can_export, can_run, "; ".join(notes)))
+    return statuses, backends
 
 
 def as_dict(components: list[ComponentStatus], backends: list[BackendStatus]) -> dict:

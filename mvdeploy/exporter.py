@@ -28,9 +28,8 @@ import numpy as np
 import torch
 
 from mvdeploy import __version__
-from mvdeploy.backends import get_backend
-from mvdeploy.backends.coreml import CLASS_LABEL, CLASS_PROBS
-from mvdeploy.capture import INPUT_NAME, OUTPUT_NAME, PROBS_NAME, capture
+from mvdeploy.backends import Job, Outputs, get_backend, spec
+from mvdeploy.capture import capture, save_program
 from mvdeploy.config import ExportConfig
 from mvdeploy.data import find_images, find_labelled_images, load_images, sample_image_paths
 from mvdeploy.data import normalise as normalise_pixels
@@ -40,7 +39,8 @@ from mvdeploy.manifest import build_manifest, write_json
 from mvdeploy.models import PATCH_PRESETS, create_model, parse_patch_sizes
 from mvdeploy.models.macs import count_macs
 from mvdeploy.native_output import redirect_native_output
-from mvdeploy.quantize import Calibration, evidence_failure, needs_calibration, tolerance_kind
+from mvdeploy.quantize import Calibration, needs_calibration, tolerance_kind
+from mvdeploy.tensor_names import INPUT_NAME
 from mvdeploy.validate import (
     DEGENERATE_WARNING,
     Tolerance,
@@ -51,7 +51,6 @@ from mvdeploy.validate import (
 )
 
 Step = Callable[[str], AbstractContextManager]
-MAX_RANK = {"coreml": 5}  # Core ML and the ANE reject tensors above rank 5
 
 
 def _no_progress(text: str) -> AbstractContextManager:
@@ -67,6 +66,8 @@ class FormatResult:
     error: str | None = None
     log: Path | None = None
     seconds: float = 0.0
+    size_bytes: int = 0
+    size_ratio_to_fp32: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -130,36 +131,19 @@ def _preprocessing(cfg: ExportConfig, nhwc: bool) -> dict:
             "crop": [height, width]}
 
 
-@dataclass(frozen=True)
-class Outputs:
-    """An artifact's output names; `scores` is the numeric one, holding `kind`."""
-
-    names: list[str]
-    scores: str
-    kind: str  # "logits" or "probabilities" (softmax folded in)
-
-
-def artifact_outputs(cfg: ExportConfig, fmt: str) -> Outputs:
-    if fmt == "tflite" and cfg.tflite.softmax_output:
-        return Outputs([PROBS_NAME], PROBS_NAME, "probabilities")
-    if fmt == "coreml" and cfg.coreml.classifier:  # coremltools names a classifier's outputs
-        return Outputs([CLASS_LABEL, CLASS_PROBS], CLASS_PROBS, "probabilities")
-    return Outputs([OUTPUT_NAME], OUTPUT_NAME, "logits")
-
-
 def _app_metadata(cfg: ExportConfig, model_info: dict, labels: list[str] | None,
                   nhwc: bool, outputs: Outputs) -> dict:
     """What an app needs to feed the artifact and read its output, embedded in the file."""
     return {"mvdeploy": __version__, "model": model_info["name"],
             "patch_sizes": model_info["patch_sizes"], "resolution": model_info["resolution"],
-            "input": INPUT_NAME, "output": outputs.scores, "outputs": outputs.names,
+            "input": INPUT_NAME, "output": outputs.scores, "outputs": list(outputs.names),
             "output_kind": outputs.kind, "num_classes": model_info["num_classes"],
             "labels": labels, "preprocessing": _preprocessing(cfg, nhwc),
             **asdict(cfg.metadata)}
 
 
-def _tolerance(cfg: ExportConfig, precision: str) -> Tolerance:
-    kind = tolerance_kind(precision)
+def _tolerance(cfg: ExportConfig, fmt: str, precision: str) -> Tolerance:
+    kind = tolerance_kind(fmt, precision)
     if kind == "fp16":
         return Tolerance(min_snr_db=cfg.validate.fp16_min_snr_db)
     if kind == "quantized":
@@ -296,7 +280,7 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progr
             program_path = out / f"{stem}.pt2"
             tmp = out / f".{stem}.partial.pt2"
             try:
-                get_backend("torch").export(captured, cfg, tmp)
+                save_program(captured, tmp)
                 os.replace(tmp, program_path)
             finally:
                 tmp.unlink(missing_ok=True)
@@ -315,29 +299,33 @@ def _export_format(fmt: str, cfg: ExportConfig, captured, final: Path, stem: str
                    step: Step, threads: int | None, calibration: Calibration | None,
                    calibration_info: dict | None) -> FormatResult:
     """Convert, validate and write one format into `final` (out/<fmt>), atomically."""
-    backend = get_backend(fmt)
+    backend, format_spec = get_backend(fmt), spec(fmt)
+    options = cfg.format_options(fmt)
     result = FormatResult(fmt)
     start = time.perf_counter()
     out = final.parent
     log = out / f".{fmt}-convert.log"
     height, width = cfg.height_width
     batch = None if cfg.export.dynamic_batch else cfg.export.batch
-    nhwc = fmt == "tflite" and cfg.tflite.channels_last
+    nhwc = format_spec.input_layout(options) == "NHWC"
     input_shape = [batch, height, width, 3] if nhwc else [batch, 3, height, width]
     precision = cfg.precision(fmt)
     uses_calibration = needs_calibration(fmt, precision)
-    outputs = artifact_outputs(cfg, fmt)
+    outputs: Outputs = format_spec.outputs(options)
     expected = reference.logits
     if outputs.kind == "probabilities":
         expected = {k: softmax(v) for k, v in expected.items()}
     try:
         with _atomic_dir(final) as tmp:
-            artifact = tmp / f"{stem}{backend.SUFFIX}"
+            artifact = tmp / f"{stem}{format_spec.suffix}"
+            job = Job(captured=captured, path=artifact, options=options, recipe=precision,
+                      quantize=cfg.quantize, calibration=calibration if uses_calibration else None,
+                      preprocessing=cfg.preprocessing, metadata=cfg.metadata,
+                      model=cfg.model.name, patch=cfg.model.patch, resolution=(height, width))
             label = f"Converting to {fmt}" + (f" ({precision})" if precision != "fp32" else "")
             with step(label), redirect_native_output(log):
-                export_info = backend.export(captured, cfg, artifact,
-                                             calibration=calibration if uses_calibration else None)
-            if hasattr(backend, "embed_metadata"):  # before validation: check the final file
+                export_info = backend.convert(job)
+            if format_spec.metadata:  # before validation: check the final file
                 backend.embed_metadata(artifact,
                                        _app_metadata(cfg, model_info, labels, nhwc, outputs))
             with step(f"Validating {fmt} against PyTorch"), redirect_native_output(log):
@@ -346,12 +334,8 @@ def _export_format(fmt: str, cfg: ExportConfig, captured, final: Path, stem: str
                                   outputs=tuple(outputs.names),
                                   precision=precision, input_shape=input_shape,
                                   output_shape=[batch, model_info["num_classes"]],
-                                  batch=batch, max_rank=MAX_RANK.get(fmt), threads=threads,
-                                  tolerance=_tolerance(cfg, precision))
-            missing = evidence_failure(fmt, precision, report.structure)
-            if missing:
-                report.failures.append(missing)
-                report.status = "failed"
+                                  batch=batch, max_rank=format_spec.max_rank, threads=threads,
+                                  tolerance=_tolerance(cfg, fmt, precision))
             validation = report.to_dict()
             validation["inputs"] = {"photos": reference.photo_names,
                                     "unreadable_photos": reference.unreadable_photos,
@@ -362,10 +346,12 @@ def _export_format(fmt: str, cfg: ExportConfig, captured, final: Path, stem: str
                 fmt=fmt, artifact=artifact, model_info=model_info, config=cfg.to_dict(),
                 preprocessing=_preprocessing(cfg, nhwc), labels=labels, export_info=export_info,
                 validation=validation, precision=precision)
-            write_json(tmp / "manifest.json", manifest)
+            write_json(tmp / "manifest.json", manifest.to_dict())
         result.artifact = final / artifact.name
         result.manifest = final / "manifest.json"
         result.report = report
+        result.size_bytes = manifest.size_bytes
+        result.size_ratio_to_fp32 = manifest.artifact["size_ratio_to_fp32"]
         log.unlink(missing_ok=True)
         (out / f"{fmt}-error.log").unlink(missing_ok=True)  # from an earlier failed run
     except Exception as exc:

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 import os
 import platform
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from mvdeploy import __version__
+from mvdeploy.errors import ArtifactError
 
 SCHEMA_VERSION = 1
-LIBRARIES = ("torch", "numpy", "onnx", "onnxscript", "onnxruntime", "litert-torch",
-             "ai-edge-litert", "coremltools")
+CORE_LIBRARIES = ("torch", "numpy")
 
 
 def digest(path: Path) -> tuple[int, str]:
@@ -34,8 +36,10 @@ def digest(path: Path) -> tuple[int, str]:
 
 
 def library_versions() -> dict[str, str | None]:
+    from mvdeploy.backends import packages
+
     versions: dict[str, str | None] = {}
-    for name in LIBRARIES:
+    for name in dict.fromkeys([*CORE_LIBRARIES, *(p.distribution for p, _ in packages())]):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -43,43 +47,95 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
+@dataclass(frozen=True)
+class Manifest:
+    """manifest.json as mvdeploy writes it. Read only through read_manifest / manifest_beside,
+    which check it; `artifact` holds file, size_bytes, sha256, precision, inputs, outputs and
+    what the format's converter reported."""
+
+    mvdeploy_manifest: int
+    created: str
+    format: str
+    artifact: dict[str, Any]
+    model: dict[str, Any]
+    preprocessing: dict[str, Any]
+    labels: list[str] | None
+    validated: bool
+    degenerate: bool  # the reference gave (nearly) one output for all inputs
+    validation: dict[str, Any]
+    tool: dict[str, Any]
+    config: dict[str, Any]
+
+    @property
+    def file(self) -> str:
+        return self.artifact["file"]
+
+    @property
+    def precision(self) -> str:
+        return self.artifact["precision"]
+
+    @property
+    def size_bytes(self) -> int:
+        return self.artifact["size_bytes"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "manifest") -> Manifest:
+        names = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{source} is not an mvdeploy manifest (not a JSON object)")
+        missing = [n for n in names if n not in data]
+        if missing or not isinstance(data["artifact"], dict) or "file" not in data["artifact"]:
+            raise ArtifactError(f"{source} is not an mvdeploy manifest: it lacks "
+                                f"{', '.join(missing) or 'artifact.file'}")
+        return cls(**{n: data[n] for n in names})
+
+
+def read_manifest(path: Path) -> Manifest:
+    """The one reader of manifest.json files; a bad one is one line (ArtifactError)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"cannot read {path}: {exc}") from None
+    return Manifest.from_dict(data, str(path))
+
+
 def build_manifest(*, fmt: str, artifact: Path, model_info: dict, config: dict,
                    preprocessing: dict, labels: list[str] | None, export_info: dict,
-                   validation: dict, precision: str) -> dict[str, Any]:
+                   validation: dict, precision: str) -> Manifest:
     size, sha = digest(artifact)
     structure = validation.get("structure", {})
-    return {
-        "mvdeploy_manifest": SCHEMA_VERSION,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "format": fmt,
-        "artifact": {"file": artifact.name, "size_bytes": size, "sha256": sha,
+    return Manifest(
+        mvdeploy_manifest=SCHEMA_VERSION,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        format=fmt,
+        artifact={"file": artifact.name, "size_bytes": size, "sha256": sha,
                      "precision": precision,
                      # against float32 weights: 4 bytes per parameter
                      "size_ratio_to_fp32": round(size / (4 * model_info["params"]), 3),
                      "inputs": structure.get("inputs", []),
                      "outputs": structure.get("outputs", []), **export_info},
-        "model": model_info,
-        "preprocessing": preprocessing,
-        "labels": labels,
-        "validated": validation["status"] == "passed",
-        # the reference gave (nearly) one output for all inputs: the metrics prove little
-        "degenerate": bool(validation.get("degenerate")),
-        "validation": validation,
-        "tool": {"mvdeploy": __version__, "python": platform.python_version(),
-                 "platform": platform.platform(), "libraries": library_versions()},
-        "config": config,
-    }
+        model=model_info,
+        preprocessing=preprocessing,
+        labels=labels,
+        validated=validation["status"] == "passed",
+        degenerate=bool(validation.get("degenerate")),
+        validation=validation,
+        tool={"mvdeploy": __version__, "python": platform.python_version(),
+              "platform": platform.platform(), "libraries": library_versions()},
+        config=config,
+    )
 
 
-def manifest_beside(artifact: Path) -> dict | None:
+def manifest_beside(artifact: Path) -> Manifest | None:
     """The manifest.json next to `artifact` when it describes that very file, else None."""
     try:
-        manifest = json.loads((artifact.parent / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        manifest = read_manifest(artifact.parent / "manifest.json")
+    except ArtifactError:
         return None
-    if not isinstance(manifest, dict) or manifest.get("artifact", {}).get("file") != artifact.name:
-        return None
-    return manifest
+    return manifest if manifest.file == artifact.name else None
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mvdeploy.backends import BackendUnavailable, Runner, get_backend
-from mvdeploy.capture import INPUT_NAME, OUTPUT_NAME
+from mvdeploy.backends import BackendUnavailable, Runner, get_backend, spec
 from mvdeploy.evaluate import LabelledReference
+from mvdeploy.tensor_names import INPUT_NAME, OUTPUT_NAME
 
 SNR_CAP_DB = 300.0  # identical outputs: report this instead of infinity (JSON has no inf)
 # Reference outputs whose spread across inputs (RMS distance from their mean over RMS size) is
@@ -180,8 +180,8 @@ def validate(fmt: str, artifact: Path, *, inputs: dict[str, np.ndarray],
              tolerance: Tolerance, threads: int | None = None,
              labelled: LabelledReference | None = None,
              outputs: tuple[str, ...] = (OUTPUT_NAME,)) -> ValidationReport:
-    """Structure first, then numbers on every input set (photos, random) where it can run,
-    then accuracy on a labelled folder (streamed) when one is given."""
+    """Structure and the recipe's evidence first, then numbers on every input set (photos,
+    random) where it can run, then accuracy on a labelled folder (streamed) when one is given."""
     backend = get_backend(fmt)
     report = ValidationReport(backend=fmt, precision=precision, status="passed",
                               tolerance=tolerance, structure=backend.describe(artifact),
@@ -189,6 +189,9 @@ def validate(fmt: str, artifact: Path, *, inputs: dict[str, np.ndarray],
     report.failures += check_structure(report.structure, input_shape=input_shape,
                                        output_shape=output_shape, max_rank=max_rank,
                                        output_names=outputs)
+    missing = spec(fmt).evidence_failure(precision, report.structure)
+    if missing:
+        report.failures.append(missing)
     try:
         runner = backend.load(artifact, threads=threads)
     except BackendUnavailable as exc:

@@ -232,8 +232,11 @@ def test_snippets_name_the_real_tensors(shipped, stem, fmt, capsys):
 def test_snippet_needs_a_manifest_and_a_supported_format(tmp_path, capsys):
     assert run(["snippet", str(tmp_path / "model.tflite")]) == 2
     assert "no readable manifest.json" in capsys.readouterr().err
-    (tmp_path / "manifest.json").write_text(json.dumps(
-        {"format": "onnx", "artifact": {"file": "model.onnx"}}))
+    manifest = {"mvdeploy_manifest": 1, "created": "", "format": "onnx",
+                "artifact": {"file": "model.onnx"}, "model": {}, "preprocessing": {},
+                "labels": None, "validated": True, "degenerate": False, "validation": {},
+                "tool": {}, "config": {}}
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "format": "onnx"}))
     assert run(["snippet", str(tmp_path / "model.onnx")]) == 2
     assert "not onnx" in capsys.readouterr().err
 
@@ -262,7 +265,7 @@ def test_image_input_folds_preprocessing_into_scale_and_bias(order):
     cfg = load_config(overrides={"preprocessing.channel_order": order,
                                  "preprocessing.mean": list(prep.mean),
                                  "preprocessing.std": list(prep.std)})
-    image_type = _image_input(ct, cfg, (1, 3, 8, 8))
+    image_type = _image_input(ct, cfg.preprocessing, (1, 3, 8, 8))
     assert image_type.color_layout == getattr(ct.colorlayout, order)
     pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 3)).astype(np.uint8)
     in_layout = pixels if order == "RGB" else pixels[..., ::-1]

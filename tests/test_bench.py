@@ -404,9 +404,10 @@ def test_bench_end_to_end_on_cpu(bench_cache, tmp_path, capfd):
                 str(tmp_path / "again"), "--cache", str(bench_cache)]) == 0
     assert {p: p.stat().st_mtime_ns for p in bench_cache.rglob("manifest.json")} == manifests
     capfd.readouterr()
-    run(["bench", "--compare", str(out / "results.json"),
-         str(tmp_path / "again" / "results.json"), "--json"])
-    assert len(json.loads(capfd.readouterr().out)) == 2
+    code = run(["bench", "--compare", str(out / "results.json"),
+                str(tmp_path / "again" / "results.json"), "--json"])
+    rows = json.loads(capfd.readouterr().out)
+    assert len(rows) == 2 and code == int(any(r["verdict"] == "regression" for r in rows))
 
 
 @pytest.mark.slow

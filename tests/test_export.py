@@ -27,7 +27,6 @@ from mvdeploy.inspect import inspect_artifact
 from mvdeploy.models import create_model
 from mvdeploy.models.weights import save_checkpoint
 
-pytestmark = pytest.mark.slow
 FORMATS = ("onnx", "tflite", "coreml")
 
 
@@ -48,6 +47,7 @@ def xxs_export(tmp_path_factory):
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("patch", ["A", "B"])
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_every_format_exports_and_validates(xxs_export, patch, fmt):
@@ -80,6 +80,7 @@ def test_every_format_exports_and_validates(xxs_export, patch, fmt):
         assert manifest["degenerate"] is False  # seeded weights tell the photos apart
 
 
+@pytest.mark.slow
 def test_layout_and_no_leftovers(xxs_export):
     result = xxs_export["B"]
     stem = "mobilevit_xxs_B_96x64"
@@ -89,6 +90,7 @@ def test_layout_and_no_leftovers(xxs_export):
     assert not (result.out / "onnx" / f"{stem}.onnx.data").exists()  # one self-contained file
 
 
+@pytest.mark.slow
 def test_saved_program_reproduces_pytorch(xxs_export):
     result = xxs_export["A"]
     program = torch.export.load(str(result.program)).module()
@@ -127,6 +129,7 @@ PLAIN_RUNTIMES = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_artifacts_load_in_plain_runtimes_without_mvdeploy(xxs_export, tmp_path):
     result = xxs_export["B"]
     paths = {r.format: r.artifact for r in result.formats}
@@ -153,6 +156,7 @@ def test_artifacts_load_in_plain_runtimes_without_mvdeploy(xxs_export, tmp_path)
         assert meta["preprocessing"]["scale"] == pytest.approx(1 / 255)
 
 
+@pytest.mark.slow
 def test_labels_travel_with_onnx_and_tflite(hf_checkpoint, tmp_path):
     _, directory = hf_checkpoint("mobilevit_xxs")
     cfg = load_config(overrides={"model.weights": str(directory), "model.resolution": "64",
@@ -169,6 +173,7 @@ def test_labels_travel_with_onnx_and_tflite(hf_checkpoint, tmp_path):
         assert json.loads(r.manifest.read_text())["labels"] == labels
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_inspect_every_format(xxs_export, fmt, capsys):
     r = next(r for r in xxs_export["B"].formats if r.format == fmt)
@@ -199,6 +204,7 @@ def test_inspect_rejects_corrupt_or_foreign_files(tmp_path, capsys, name):
 
 @pytest.mark.parametrize(("name", "patch", "resolution"),
                          [("mobilevit_xs", "B", "256"), ("mobilevit_s", "A", "320x256")])
+@pytest.mark.slow
 def test_larger_variants_export(name, patch, resolution, tmp_path):
     cfg = load_config(overrides={"model.name": name, "model.patch": patch,
                                  "model.resolution": resolution, "export.out": str(tmp_path),
@@ -212,6 +218,7 @@ def test_larger_variants_export(name, patch, resolution, tmp_path):
 # ---------------------------------------------------------------- the command line
 
 
+@pytest.mark.slow
 def test_cli_export_and_force(tmp_path, capsys):
     argv = ["export", "-m", "mobilevit_xxs", "-p", "2x4,2,2", "-r", "64", "-f", "onnx",
             "-o", str(tmp_path), "--json"]
@@ -228,6 +235,7 @@ def test_cli_export_and_force(tmp_path, capsys):
     assert artifact.stat().st_mtime_ns != before
 
 
+@pytest.mark.slow
 def test_failed_validation_keeps_artifact_and_exits_1(tmp_path, capsys):
     argv = ["export", "-m", "mobilevit_xxs", "-r", "64", "-f", "onnx", "-o", str(tmp_path),
             "--set", "validate.fp32_max_rel=1e-15"]
@@ -270,7 +278,7 @@ def test_bad_flags_are_one_line_exit_2(tmp_path, capsys, argv, match):
     assert run(["export", "-o", str(tmp_path / "out"), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert match in err and "\n" not in err
-    assert not list((tmp_path / "out").glob("*/*")) if (tmp_path / "out").exists() else True
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
 
 
 def test_empty_image_folder_is_an_error(tmp_path, capsys):
@@ -280,6 +288,7 @@ def test_empty_image_folder_is_an_error(tmp_path, capsys):
     assert "no images" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_no_half_written_artifact(tmp_path):
     """Interrupt during the TFLite conversion: exit 130, no tflite/ and no partial folders."""
     proc = subprocess.Popen(
@@ -305,6 +314,7 @@ def test_artifact_stem_names_custom_patches():
     assert os.sep not in artifact_stem(cfg)
 
 
+@pytest.mark.slow
 def test_coreml_precision_and_target(tmp_path):
     cfg = load_config(overrides={"model.resolution": "64", "export.formats": "coreml",
                                  "export.out": str(tmp_path), "coreml.compute_precision": "fp32",
@@ -317,6 +327,7 @@ def test_coreml_precision_and_target(tmp_path):
     assert manifest["validation"]["tolerance"] == {"max_rel": 1e-4, "min_snr_db": None}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_predict_matches_pytorch_top1(xxs_export, fmt, capsys):
     result = xxs_export["A"]

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mvdeploy.backends import spec
 from mvdeploy.cli import run
 from mvdeploy.config import load_config
 from mvdeploy.data import sample_image_paths
 from mvdeploy.errors import ConfigError
 from mvdeploy.exporter import _split_images, run_export
-from mvdeploy.quantize import RECIPES
 from mvdeploy.validate import compare
 
 BUNDLED = {p.stem for p in sample_image_paths()}
@@ -44,7 +44,7 @@ def calibration_dir(tmp_path_factory) -> Path:
                                               ("coreml", "int8-static"), ("onnx", "int4")])
 def test_unsupported_recipe_lists_what_the_format_can_do(fmt, recipe):
     with pytest.raises(ConfigError, match=f"{fmt} cannot do precision '{recipe}': choose one of "
-                                          + ", ".join(RECIPES[fmt])):
+                                          + ", ".join(spec(fmt).recipes)):
         load_config(overrides={"export.formats": fmt, "quantize.precision": recipe})
 
 

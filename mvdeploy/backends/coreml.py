@@ -8,18 +8,119 @@ from __future__ import annotations
 
 import platform
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mvdeploy import __version__
-from mvdeploy.backends import BackendUnavailable, Runner, decode_record, require, tensor_info
-from mvdeploy.capture import INPUT_NAME, OUTPUT_NAME, Captured, WithSoftmax
-from mvdeploy.quantize import Calibration, pt2e_quantize
+from mvdeploy.backends import (
+    BackendUnavailable,
+    CheckContext,
+    Flag,
+    FormatSpec,
+    Job,
+    Outputs,
+    Package,
+    Recipe,
+    Runtime,
+    Session,
+    decode_record,
+    require,
+    tensor_info,
+)
+from mvdeploy.errors import ArtifactError, ConfigError
+from mvdeploy.snippets import crop_text
+from mvdeploy.tensor_names import INPUT_NAME, OUTPUT_NAME
 
-SUFFIX = ".mlpackage"
-MAX_RANK = 5
+TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
+W8A8_TARGETS = ("iOS17", "iOS18", "macOS14", "macOS15")  # activation quantize ops
 _PRECISIONS = {"fp16": "FLOAT16", "fp32": "FLOAT32"}
+CLASS_LABEL = "classLabel"  # coremltools' names for a classifier's outputs
+CLASS_PROBS = "classLabel_probs"
+
+
+@dataclass(frozen=True)
+class CoremlOptions:
+    minimum_deployment_target: str = "iOS16"
+    compute_precision: str = "fp16"
+    image_input: bool = False  # ImageType: Vision / CVPixelBuffer in, preprocessing folded in
+    classifier: bool = False  # ClassifierConfig: outputs classLabel and classLabel_probs
+
+
+def _check(options: CoremlOptions, recipe: str | None, ctx: CheckContext) -> None:
+    if options.minimum_deployment_target not in TARGETS:
+        raise ConfigError("coreml.minimum_deployment_target must be one of "
+                          f"{', '.join(TARGETS)} (ML Programs need iOS15 or later), "
+                          f"got {options.minimum_deployment_target!r}")
+    if options.compute_precision not in _PRECISIONS:
+        raise ConfigError(f"coreml.compute_precision must be fp16 or fp32, "
+                          f"got {options.compute_precision!r}")
+    if recipe is None:  # not exported in this run: nothing else matters
+        return
+    if recipe == "w8a8" and options.minimum_deployment_target not in W8A8_TARGETS:
+        raise ConfigError("quantize.precision w8a8 needs coreml.minimum_deployment_target "
+                          "iOS17 or later (activation quantisation ops)")
+    if options.image_input:
+        if ctx.batch != 1:
+            raise ConfigError("coreml.image_input takes one image: set export.batch=1 or "
+                              "coreml.image_input=false")
+        if len(set(ctx.preprocessing.std)) != 1:
+            raise ConfigError("coreml.image_input folds preprocessing into one scale: "
+                              "preprocessing.std must be the same for all channels, or set "
+                              "coreml.image_input=false")
+
+
+def _ops(s: dict) -> dict:
+    return s.get("ops", {})
+
+
+def _palettized(bits: int) -> Recipe:
+    return Recipe(f"{bits}-bit k-means weight palettisation, fp16 compute",
+                  evidence="palettised weights (lookup tables)",
+                  shows=lambda s: _ops(s).get("constexpr_lut_to_dense", 0) > 0)
+
+
+def _cannot_run_here() -> str | None:
+    if platform.system() != "Darwin":
+        return f"Core ML predictions need macOS (this is {platform.system()})"
+    return None
+
+
+SPEC = FormatSpec(
+    name="coreml", title="Core ML", suffix=".mlpackage", extra="coreml",
+    export_needs=(Package("coremltools", "coremltools", "Core ML converter"),
+                  Package("scikit-learn", "sklearn", "k-means palettisation for Core ML")),
+    run_needs=(Package("coremltools", "coremltools", "Core ML converter"),),
+    recipes={
+        "fp32": Recipe("float32 compute", tolerance="fp32"),
+        "fp16": Recipe("float16 compute", tolerance="fp16", evidence="fp16 compute (cast ops)",
+                       shows=lambda s: _ops(s).get("cast", 0) > 0),
+        "int8-weights": Recipe(
+            "int8 linear weight quantisation, fp16 compute", evidence="int8 weight constants",
+            shows=lambda s: _ops(s).get("constexpr_affine_dequantize", 0)
+            + _ops(s).get("constexpr_blockwise_shift_scale", 0) > 0),
+        "palettize-4": _palettized(4),
+        "palettize-6": _palettized(6),
+        "palettize-8": _palettized(8),
+        "w8a8": Recipe("int8 weights and activations, calibrated in PyTorch (PT2E) before "
+                       "conversion; needs iOS17+", calibrated=True,
+                       evidence="activation quantize ops and int8 weights",
+                       shows=lambda s: _ops(s).get("quantize", 0) > 0),
+    },
+    options=CoremlOptions, default_recipe=lambda o: o.compute_precision, check=_check,
+    outputs=lambda o: Outputs((CLASS_LABEL, CLASS_PROBS), CLASS_PROBS, "probabilities")
+    if o.classifier else Outputs(),
+    max_rank=5,  # Core ML and the ANE reject tensors above rank 5
+    metadata=True,
+    runtimes=(Runtime("coreml", ("apple",)),),
+    flags=(Flag(("--coreml-target",), "minimum_deployment_target",
+                help="Core ML minimum deployment target (iOS15..iOS18, macOS12..15; "
+                     "default iOS16)."),
+           Flag(("--coreml-precision",), "compute_precision", choices=tuple(_PRECISIONS),
+                help="Core ML compute precision (default fp16).")),
+    snippet_language="swift", cannot_run_here=_cannot_run_here,
+)
 
 
 def _ct():
@@ -30,23 +131,18 @@ def check_installed() -> None:
     _ct()
 
 
-CLASS_LABEL = "classLabel"  # coremltools' names for a classifier's outputs
-CLASS_PROBS = "classLabel_probs"
-
-
 def class_labels(labels, num_classes: int) -> list[str]:
     """The classifier's labels: the checkpoint's, or class indices as text."""
     return list(labels) if labels else [str(i) for i in range(num_classes)]
 
 
-def _image_input(ct, cfg, shape: tuple):
+def _image_input(ct, prep, shape: tuple):
     """ImageType with the preprocessing folded in: x = pixel * scale + bias, per channel.
 
     mvdeploy's preprocessing is x = (pixel * scale - mean) / std (mean/std in RGB order), so
     Core ML's single scale is scale / std (config checking requires one std) and its bias, given
     in the colour layout's channel order, is -mean / std.
     """
-    prep = cfg.preprocessing
     std = prep.std[0]
     mean = prep.mean if prep.channel_order == "RGB" else prep.mean[::-1]
     return ct.ImageType(name=INPUT_NAME, shape=shape, scale=prep.scale / std,
@@ -54,68 +150,72 @@ def _image_input(ct, cfg, shape: tuple):
                         color_layout=getattr(ct.colorlayout, prep.channel_order))
 
 
-def export(captured: Captured, cfg, path: Path, *, calibration: Calibration | None = None) -> dict:
+def convert(job: Job) -> dict:
     import torch
 
+    from mvdeploy.capture import WithSoftmax
+    from mvdeploy.quantize import pt2e_quantize
+
     ct = _ct()
-    recipe = cfg.precision("coreml")
+    recipe, options, captured = job.recipe, job.options, job.captured
     program, module = captured.program, captured.module
     if recipe == "w8a8":
         # coremltools' activation calibration needs macOS, so quantise in PyTorch (PT2E) first.
         # Per-tensor weights: its converter reads quantize_per_tensor but not per_channel.
-        module, _ = pt2e_quantize(module, calibration, per_channel=False, input_name=INPUT_NAME)
-    if cfg.coreml.classifier:
+        module, _ = pt2e_quantize(module, job.calibration, per_channel=False,
+                                  input_name=INPUT_NAME)
+    if options.classifier:
         module = WithSoftmax(module)  # the classifier's dictionary holds probabilities
-    if recipe == "w8a8" or cfg.coreml.classifier:
+    if recipe == "w8a8" or options.classifier:
         program = torch.export.export(module, (), {INPUT_NAME: captured.example})
     shape = tuple(captured.example.shape)
     labels = class_labels(captured.labels, captured.num_classes)
-    compute = recipe if recipe in ("fp16", "fp32") else cfg.coreml.compute_precision
+    compute = recipe if recipe in _PRECISIONS else options.compute_precision
     model = ct.convert(
         program.run_decompositions({}),  # coremltools reads the ATen dialect
-        inputs=[_image_input(ct, cfg, shape) if cfg.coreml.image_input
+        inputs=[_image_input(ct, job.preprocessing, shape) if options.image_input
                 else ct.TensorType(name=INPUT_NAME, shape=shape, dtype=np.float32)],
-        outputs=None if cfg.coreml.classifier else [ct.TensorType(name=OUTPUT_NAME,
+        outputs=None if options.classifier else [ct.TensorType(name=OUTPUT_NAME,
                                                                   dtype=np.float32)],
         classifier_config=ct.ClassifierConfig(labels, predicted_feature_name=CLASS_LABEL)
-        if cfg.coreml.classifier else None,
+        if options.classifier else None,
         convert_to="mlprogram",
-        minimum_deployment_target=getattr(ct.target, cfg.coreml.minimum_deployment_target),
+        minimum_deployment_target=getattr(ct.target, options.minimum_deployment_target),
         compute_precision=getattr(ct.precision, _PRECISIONS[compute]),
     )
     model = _compress(ct, model, recipe)
-    _describe_for_xcode(model, cfg, recipe)
-    model.save(str(path))
-    return {"minimum_deployment_target": cfg.coreml.minimum_deployment_target,
+    _describe_for_xcode(model, job)
+    model.save(str(job.path))
+    return {"minimum_deployment_target": options.minimum_deployment_target,
             "compute_precision": compute, "recipe": recipe, "coremltools": ct.__version__,
-            "image_input": cfg.coreml.image_input, "classifier": cfg.coreml.classifier}
+            "image_input": options.image_input, "classifier": options.classifier}
 
 
-def _describe_for_xcode(model, cfg, recipe: str) -> None:
+def _describe_for_xcode(model, job: Job) -> None:
     """Author, licence, version and descriptions: what Xcode's model page shows."""
-    prep, meta = cfg.preprocessing, cfg.metadata
-    height, width = cfg.height_width
+    prep, meta, options, recipe = job.preprocessing, job.metadata, job.options, job.recipe
+    height, width = job.resolution
     model.author = meta.author or f"mvdeploy {__version__}"
     model.license = meta.license
     model.version = meta.version
     model.short_description = meta.description or (
-        f"{cfg.model.name} (MobileViT v1), patch {cfg.model.patch}, {height}x{width}, {recipe}")
+        f"{job.model} (MobileViT v1), patch {job.patch}, {height}x{width}, {recipe}")
     crop = (f"resize the shorter side to {prep.shorter_side(height, width)}, "
             f"centre-crop {height}x{width}")
     model.input_description[INPUT_NAME] = (
         f"{prep.channel_order} image {height}x{width} ({crop}); scale and bias are built in"
-        if cfg.coreml.image_input else
+        if options.image_input else
         f"Preprocessed image [1, 3, {height}, {width}]: {crop}, scale {prep.scale:.6g}, "
         f"{prep.channel_order} channel order (see the mvdeploy metadata)")
-    if cfg.coreml.classifier:
+    if options.classifier:
         model.output_description[CLASS_LABEL] = "Most likely class"
         model.output_description[CLASS_PROBS] = "Probability of each class"
     else:
         model.output_description[OUTPUT_NAME] = "Class logits (apply softmax for probabilities)"
     model.user_defined_metadata.update({
-        "mvdeploy.model": cfg.model.name,
-        "mvdeploy.patch": cfg.model.patch,
-        "mvdeploy.resolution": cfg.model.resolution,
+        "mvdeploy.model": job.model,
+        "mvdeploy.patch": job.patch,
+        "mvdeploy.resolution": f"{height}x{width}",
         "mvdeploy.channel_order": prep.channel_order,
         "mvdeploy.scale": repr(prep.scale),
         "mvdeploy.precision": recipe,
@@ -149,37 +249,36 @@ def embed_metadata(path: Path, metadata: dict) -> None:
     tmp.rename(path)
 
 
-def can_run() -> bool:
-    return platform.system() == "Darwin"
-
-
-def load(path: Path, *, threads: int | None = None) -> Runner:
+def load(path: Path, *, threads: int | None = None, accelerator: str = "ALL") -> Session:
     """NCHW float32 batch -> logits, or probabilities for a classifier; image inputs are fed
-    as the photo the tensor came from (preprocessing undone, rounded to 8-bit pixels)."""
-    if not can_run():
-        raise BackendUnavailable(f"Core ML predictions need macOS (this is {platform.system()})")
+    as the photo the tensor came from (preprocessing undone, rounded to 8-bit pixels).
+    `accelerator` is a Core ML compute unit (ALL, CPU_ONLY, CPU_AND_GPU, CPU_AND_NE)."""
+    reason = _cannot_run_here()
+    if reason:
+        raise BackendUnavailable(reason)
     ct = _ct()
-    model = ct.models.MLModel(str(path))
+    model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, accelerator))
     spec = model.get_spec()
     record = decode_record(dict(spec.description.metadata.userDefined)).get("mvdeploy", {})
     image = spec.description.input[0].type.WhichOneof("Type") == "imageType"
-    classifier = bool(spec.description.predictedProbabilitiesName)
+    probs_name = spec.description.predictedProbabilitiesName
     labels = class_labels(record.get("labels"), record.get("num_classes", 0))
+    one_by_one = image or bool(probs_name)  # a picture or a dictionary per prediction
 
-    def run_one(x: np.ndarray) -> np.ndarray:
-        feed = _to_image(x[0], record["preprocessing"]) if image else x
-        out = model.predict({INPUT_NAME: feed})
-        if classifier:
-            probs = out[spec.description.predictedProbabilitiesName]
-            return np.array([[probs[label] for label in labels]], dtype=np.float32)
-        return np.asarray(out[OUTPUT_NAME], dtype=np.float32)
+    def prepare(x: np.ndarray) -> list[dict]:
+        if not one_by_one:
+            return [{INPUT_NAME: x}]
+        return [{INPUT_NAME: _to_image(x[i], record["preprocessing"]) if image else x[i:i + 1]}
+                for i in range(len(x))]
 
-    def run(x: np.ndarray) -> np.ndarray:
-        if not (image or classifier):
-            return run_one(x)
-        return np.concatenate([run_one(x[i:i + 1]) for i in range(len(x))])
+    def scores(outs: list[dict]) -> np.ndarray:
+        if probs_name:
+            return np.array([[out[probs_name][label] for label in labels] for out in outs],
+                            dtype=np.float32)
+        return np.concatenate([np.asarray(out[OUTPUT_NAME], dtype=np.float32) for out in outs])
 
-    return run
+    return Session(prepare=prepare, infer=lambda feeds: [model.predict(f) for f in feeds],
+                   scores=scores)
 
 
 def _to_image(x: np.ndarray, prep: dict):
@@ -245,3 +344,48 @@ def describe(path: Path) -> dict:
                                    "short_description": meta.shortDescription,
                                    **dict(meta.userDefined)}),
     }
+
+
+def snippet(manifest: dict) -> str:
+    """Swift for iOS: Vision with the artifact's real tensor names."""
+    art, prep = manifest["artifact"], manifest["preprocessing"]
+    (image,) = art["inputs"]
+    names = [o["name"] for o in art["outputs"]]
+    if image["dtype"] != "image" or len(names) != 2:
+        raise ArtifactError("the Swift snippet uses Vision, which needs an image input and a "
+                            "classifier: export with --set coreml.image_input=true --set "
+                            "coreml.classifier=true (the *_ios.toml configs do)")
+    label, probs = names
+    cls = Path(art["file"]).stem  # Xcode names the generated class after the file
+    height, width = prep["crop"]
+    short = prep["resize_shorter_side"]
+    return f"""\
+// {art['file']}: add it to the Xcode target,
+// and Xcode generates the class `{cls}`.
+// Input "{image['name']}": {image['color_layout']} image {width}x{height}, preprocessing built in.
+// Outputs "{label}" (String) and "{probs}" ([String: Double]).
+import CoreML
+import Vision
+
+func classify(_ photo: CGImage) throws -> (label: String, confidence: Float)? {{
+    let model = try {cls}(configuration: MLModelConfiguration())
+    let request = VNCoreMLRequest(model: try VNCoreMLModel(for: model.model))
+    // As the model was trained: {crop_text(prep)}.
+    let scale = {short}.0 / Double(min(photo.width, photo.height))
+    let cropWidth = {width}.0 / scale / Double(photo.width)
+    let cropHeight = {height}.0 / scale / Double(photo.height)
+    request.regionOfInterest = CGRect(x: (1 - cropWidth) / 2, y: (1 - cropHeight) / 2,
+                                      width: cropWidth, height: cropHeight)
+    request.imageCropAndScaleOption = .scaleFill
+    try VNImageRequestHandler(cgImage: photo).perform([request])
+    guard let top = (request.results as? [VNClassificationObservation])?.first else {{ return nil }}
+    return (top.identifier, top.confidence)
+}}
+
+// Without Vision, from a {width}x{height} CVPixelBuffer that is already resized and cropped:
+func classify(_ pixelBuffer: CVPixelBuffer) throws -> (String, Double) {{
+    let model = try {cls}(configuration: MLModelConfiguration())
+    let output = try model.prediction({image['name']}: pixelBuffer)
+    return (output.{label}, output.{probs}[output.{label}] ?? 0)
+}}
+"""

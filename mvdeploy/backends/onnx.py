@@ -3,56 +3,123 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mvdeploy.backends import Runner, decode_record, require
-from mvdeploy.capture import INPUT_NAME, OUTPUT_NAME, Captured
-from mvdeploy.quantize import Calibration
+from mvdeploy.backends import (
+    BackendUnavailable,
+    CheckContext,
+    FormatSpec,
+    Job,
+    Package,
+    Recipe,
+    Runtime,
+    Session,
+    decode_record,
+    float_recipes,
+    require,
+)
+from mvdeploy.errors import ConfigError
+from mvdeploy.tensor_names import INPUT_NAME, OUTPUT_NAME
 
-SUFFIX = ".onnx"
 _TWO_GB = 2**31
+OPSETS = range(18, 24)
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "tensorrt": "TensorrtExecutionProvider"}  # bench accelerator -> ORT provider
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    opset: int = 18
+    optimize: bool = True  # onnxscript graph optimisation (constant folding, dead code)
+
+
+def _check(options: OnnxOptions, recipe: str | None, ctx: CheckContext) -> None:
+    if options.opset not in OPSETS:
+        raise ConfigError(f"onnx.opset must be between {OPSETS[0]} and {OPSETS[-1]}, "
+                          f"got {options.opset}")
+
+
+def _types(s: dict) -> dict:
+    return s.get("tensor_types", {})
+
+
+def unavailable(accelerator: str) -> str | None:
+    """Why onnxruntime here cannot use this bench accelerator (None: it can)."""
+    ort = require("onnxruntime", "onnxruntime", "onnx", "Running ONNX models")
+    wanted, have = PROVIDERS[accelerator], ort.get_available_providers()
+    if wanted not in have:
+        return (f"onnxruntime here has no {wanted} (it has {', '.join(have)}): install "
+                "onnxruntime-gpu on a CUDA machine")
+    return None
+
+
+SPEC = FormatSpec(
+    name="onnx", title="ONNX", suffix=".onnx", extra="onnx",
+    export_needs=(Package("torch", "torch", "model, torch.export capture, eager reference"),
+                  Package("onnx", "onnx", "ONNX model format"),
+                  Package("onnxscript", "onnxscript", "torch.onnx dynamo exporter")),
+    run_needs=(Package("onnxruntime", "onnxruntime", "ONNX Runtime"),),
+    recipes={
+        **float_recipes("float16 weights and activations, float32 model I/O"),
+        "int8-dynamic": Recipe(
+            "int8 weights, activations quantised at run time (ORT quantize_dynamic)",
+            evidence="int8 weights",
+            shows=lambda s: _types(s).get("int8", 0) + _types(s).get("uint8", 0) > 0),
+        "int8-static": Recipe(
+            "int8 QDQ, per-channel weights, calibrated activations (ORT quantize_static); "
+            "softmax/LayerNorm/attention matmuls kept float", calibrated=True,
+            evidence="QuantizeLinear/DequantizeLinear and int8 weights",
+            shows=lambda s: s.get("ops", {}).get("QuantizeLinear", 0) > 0
+            and _types(s).get("int8", 0) > 0),
+    },
+    options=OnnxOptions, check=_check, dynamic_batch=True, metadata=True,
+    runtimes=(Runtime("onnxruntime", ("cpu", "cuda"), aliases=("ort",)),),
+    peer=True, accelerator_unavailable=unavailable,
+)
 
 
 def check_installed() -> None:
-    for module, package in (("onnx", "onnx"), ("onnxscript", "onnxscript"),
-                            ("onnxruntime", "onnxruntime")):
-        require(module, package, "onnx", "ONNX export")
+    for package in (*SPEC.export_needs, *SPEC.run_needs):
+        require(package.module, package.distribution, SPEC.extra, "ONNX export")
 
 
-def export(captured: Captured, cfg, path: Path, *, calibration: Calibration | None = None) -> dict:
+def convert(job: Job) -> dict:
     import torch
 
     onnx = require("onnx", "onnx", "onnx", "ONNX export")
     require("onnxscript", "onnxscript", "onnx", "ONNX export")
+    captured, path, recipe, options = job.captured, job.path, job.recipe, job.options
     program = torch.onnx.export(
         captured.program, (), kwargs={INPUT_NAME: captured.example}, dynamo=True,
         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-        opset_version=cfg.onnx.opset, optimize=cfg.onnx.optimize, verbose=False,
+        opset_version=options.opset, optimize=options.optimize, verbose=False,
     )
     size = sum(t.nbytes for t in captured.program.state_dict.values())
     # one self-contained file unless protobuf's 2 GB limit forces external data
-    recipe = cfg.precision("onnx")
     float_path = path if recipe == "fp32" else path.with_name(f".fp32-{path.name}")
     program.save(str(float_path), external_data=size >= _TWO_GB)
     if captured.dynamic_batch:
         _name_batch_axis(onnx, float_path)
-    info = {"opset": cfg.onnx.opset, "optimized": cfg.onnx.optimize,
+    info = {"opset": options.opset, "optimized": options.optimize,
             "dynamic_batch": captured.dynamic_batch, "onnx": onnx.__version__,
             "recipe": recipe}
     if recipe != "fp32":
-        info.update(_quantize(float_path, path, recipe, cfg, captured, calibration))
+        info.update(_quantize(float_path, path, job))
         info["fp32_size_bytes"] = float_path.stat().st_size
         float_path.unlink()
     onnx.checker.check_model(str(path))
     return info
 
 
-def _quantize(src: Path, dst: Path, recipe: str, cfg, captured: Captured,
-              calibration: Calibration | None) -> dict:
+def _quantize(src: Path, dst: Path, job: Job) -> dict:
     """ORT's own tools: float16 conversion, dynamic and static (QDQ) int8 quantisation."""
     import onnx
+
+    recipe, quantize, captured, calibration = (job.recipe, job.quantize, job.captured,
+                                               job.calibration)
 
     if recipe == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -77,10 +144,10 @@ def _quantize(src: Path, dst: Path, recipe: str, cfg, captured: Captured,
     try:
         if recipe == "int8-dynamic":
             quantize_dynamic(str(prepared), str(dst), weight_type=QuantType.QInt8,
-                             per_channel=cfg.quantize.per_channel)
+                             per_channel=quantize.per_channel)
             return {"weight_type": "int8"}
         model = onnx.load(str(prepared))
-        excluded = _float_nodes(model, cfg.quantize.keep_float)
+        excluded = _float_nodes(model, quantize.keep_float)
         batch = None if captured.dynamic_batch else captured.example.shape[0]
 
         class Reader(CalibrationDataReader):
@@ -95,15 +162,15 @@ def _quantize(src: Path, dst: Path, recipe: str, cfg, captured: Captured,
                 return None if chunk is None else {INPUT_NAME: chunk}
 
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                  "percentile": CalibrationMethod.Percentile}[cfg.quantize.calibration_method]
+                  "percentile": CalibrationMethod.Percentile}[quantize.calibration_method]
         quantize_static(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=cfg.quantize.per_channel, activation_type=QuantType.QUInt8,
+                        per_channel=quantize.per_channel, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=method,
                         nodes_to_exclude=excluded)
         return {"format": "QDQ", "weight_type": "int8", "activation_type": "uint8",
-                "calibration_method": cfg.quantize.calibration_method,
-                "per_channel": cfg.quantize.per_channel,
-                "kept_float": list(cfg.quantize.keep_float), "float_nodes": len(excluded)}
+                "calibration_method": quantize.calibration_method,
+                "per_channel": quantize.per_channel,
+                "kept_float": list(quantize.keep_float), "float_nodes": len(excluded)}
     finally:
         prepared.unlink(missing_ok=True)
 
@@ -150,19 +217,31 @@ def _name_batch_axis(onnx, path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def load(path: Path, *, threads: int | None = None) -> Runner:
+def load(path: Path, *, threads: int | None = None, accelerator: str = "cpu") -> Session:
     ort = require("onnxruntime", "onnxruntime", "onnx", "Running ONNX models")
+    reason = unavailable(accelerator)
+    if reason:
+        raise BackendUnavailable(reason)
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session = ort.InferenceSession(str(path), options, providers=[PROVIDERS[accelerator]])
+    name = session.get_inputs()[0].name
+    batch = session.get_inputs()[0].shape[0]
+    return Session(prepare=lambda x: {name: np.ascontiguousarray(x, dtype=np.float32)},
+                   infer=lambda feed: session.run(None, feed),
+                   scores=lambda out: out[0],
+                   batch=batch if isinstance(batch, int) else None)
 
-    def run(x: np.ndarray) -> np.ndarray:
-        return session.run(None, {input_name: x.astype(np.float32, copy=False)})[0]
 
-    return run
+def plain_export(module, example, path: Path) -> None:
+    """What a user gets by hand: torch.onnx.export with dynamo, nothing else."""
+    import torch
+
+    torch.onnx.export(module, (example,), str(path), dynamo=True,
+                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
 
 
 def describe(path: Path) -> dict:

@@ -8,27 +8,80 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from mvdeploy.backends import Runner, require, tensor_info
-from mvdeploy.capture import INPUT_NAME, Captured, WithSoftmax
+from mvdeploy.backends import (
+    Flag,
+    FormatSpec,
+    Job,
+    Outputs,
+    Package,
+    Recipe,
+    Runtime,
+    Session,
+    float_recipes,
+    require,
+    tensor_info,
+)
 from mvdeploy.errors import MissingDependencyError
-from mvdeploy.quantize import Calibration, pt2e_quantize
+from mvdeploy.snippets import crop_text
+from mvdeploy.tensor_names import INPUT_NAME, PROBS_NAME
 
-SUFFIX = ".tflite"
 SIGNATURE = "serving_default"
+LITERT_GRADLE = "com.google.ai.edge.litert:litert:1.0.1"  # 1.x ships org.tensorflow.lite
 
 
-def _channels_last(program: torch.nn.Module) -> torch.nn.Module:
+@dataclass(frozen=True)
+class TfliteOptions:
+    channels_last: bool = False  # NHWC input, as Android code usually feeds it
+    softmax_output: bool = False  # output "probabilities" (softmax folded in) instead of logits
+
+
+def _types(s: dict) -> dict:
+    return s.get("tensor_types", {})
+
+
+SPEC = FormatSpec(
+    name="tflite", title="TFLite (LiteRT)", suffix=".tflite", extra="tflite",
+    export_needs=(Package("litert-torch", "litert_torch", "PyTorch -> TFLite converter"),),
+    run_needs=(Package("ai-edge-litert", "ai_edge_litert.interpreter", "LiteRT (TFLite) runtime"),
+               Package("tflite-runtime", "tflite_runtime.interpreter",
+                       "legacy TFLite runtime (fallback only)")),
+    recipes={
+        **float_recipes("float16 weights (LiteRT fp16 recipe)"),
+        "int8-dynamic": Recipe(
+            "int8 weights, dynamic-range activations (LiteRT dynamic recipe)",
+            evidence="int8 weights", shows=lambda s: _types(s).get("int8", 0) > 0),
+        "int8-static": Recipe(
+            "full integer, per-channel weights, calibrated activations (PT2E with "
+            "litert-torch's quantizer); int8 model input and output", calibrated=True,
+            evidence="an int8 input and int8 tensors",
+            shows=lambda s: _types(s).get("int8", 0) > 0
+            and any(i["dtype"] == "int8" for i in s.get("inputs", []))),
+    },
+    options=TfliteOptions,
+    outputs=lambda o: Outputs((PROBS_NAME,), PROBS_NAME, "probabilities") if o.softmax_output
+    else Outputs(),
+    input_layout=lambda o: "NHWC" if o.channels_last else "NCHW",
+    metadata=True,
+    runtimes=(Runtime("litert", ("cpu", "android")),),
+    flags=(Flag(("--channels-last",), "channels_last", is_flag=True,
+                help="TFLite: NHWC input [B, H, W, 3], as Android code usually feeds it."),),
+    snippet_language="kotlin", peer=True,
+)
+
+
+def _channels_last(program):
     """Take NHWC input [B, H, W, 3] and permute it for the captured NCHW graph.
 
     litert_torch.to_channel_last_io does the same but only for positional inputs, and the
     signature names its inputs after keyword arguments. (The attribute must not be called
     `graph`: that name collides with GraphModule.graph when litert-torch re-exports.)
     """
+    import torch
 
     class ChannelsLast(torch.nn.Module):
         def __init__(self) -> None:
@@ -41,31 +94,35 @@ def _channels_last(program: torch.nn.Module) -> torch.nn.Module:
     return ChannelsLast()  # no .eval(): exported graphs refuse train(); they are inference-only
 
 
-def export(captured: Captured, cfg, path: Path, *, calibration: Calibration | None = None) -> dict:
+def convert(job: Job) -> dict:
     litert_torch = require("litert_torch", "litert-torch", "tflite", "TFLite export")
     from litert_torch.generative.quantize import quant_recipes
     from litert_torch.quantize.quant_config import QuantConfig
 
-    recipe = cfg.precision("tflite")
-    module, example = captured.module, captured.example
+    from mvdeploy.capture import WithSoftmax
+    from mvdeploy.quantize import pt2e_quantize
+
+    recipe, options = job.recipe, job.options
+    module, example = job.captured.module, job.captured.example
     quant_config = {
         "fp32": lambda: None,
         "fp16": quant_recipes.full_fp16_recipe,
         "int8-dynamic": quant_recipes.full_dynamic_recipe,
     }.get(recipe, lambda: None)()
     if recipe == "int8-static":
-        module, quantizer = pt2e_quantize(module, calibration, per_channel=cfg.quantize.per_channel,
+        module, quantizer = pt2e_quantize(module, job.calibration,
+                                          per_channel=job.quantize.per_channel,
                                           input_name=INPUT_NAME)
         quant_config = QuantConfig(pt2e_quantizer=quantizer)
-    if cfg.tflite.softmax_output:
+    if options.softmax_output:
         module = WithSoftmax(module)
-    if cfg.tflite.channels_last:
+    if options.channels_last:
         module, example = _channels_last(module), example.permute(0, 2, 3, 1).contiguous()
     edge_model = litert_torch.convert(module, sample_kwargs={INPUT_NAME: example},
                                       quant_config=quant_config)
-    edge_model.export(str(path))
+    edge_model.export(str(job.path))
     return {"signature": SIGNATURE, "recipe": recipe,
-            "input_layout": "NHWC" if cfg.tflite.channels_last else "NCHW"}
+            "input_layout": "NHWC" if options.channels_last else "NCHW"}
 
 
 METADATA_NAME = "mvdeploy"  # Model.metadata entry holding JSON (labels, preprocessing, ...)
@@ -152,28 +209,41 @@ def _interpreter_class():
     return Interpreter
 
 
-def load(path: Path, *, threads: int | None = None) -> Runner:
+def load(path: Path, *, threads: int | None = None, accelerator: str = "cpu") -> Session:
     interpreter = _interpreter_class()(model_path=str(path), num_threads=threads or None)
-    runner = interpreter.get_signature_runner(SIGNATURE)
-    details = runner.get_input_details()[INPUT_NAME]
+    # mvdeploy names its signature; a plain conversion (the peer baseline) has only one
+    signatures = interpreter.get_signature_list()
+    runner = interpreter.get_signature_runner(SIGNATURE if SIGNATURE in signatures else None)
+    (input_name, details), = runner.get_input_details().items()
     nhwc = int(details["shape"][1]) != 3  # NCHW has its 3 channels at axis 1
     scale, zero_point = details.get("quantization", (0.0, 0))
     dtype = details["dtype"]
     (output_name, out_details), = runner.get_output_details().items()  # logits or probabilities
     out_scale, out_zero = out_details.get("quantization", (0.0, 0))
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def prepare(x: np.ndarray) -> dict:
         if nhwc:
             x = x.transpose(0, 2, 3, 1)
         if scale:  # integer input: quantise with the tensor's own parameters
             x = np.clip(np.round(x / scale + zero_point), np.iinfo(dtype).min,
                         np.iinfo(dtype).max)
-        out = runner(**{INPUT_NAME: np.ascontiguousarray(x, dtype=dtype)})[output_name]
+        return {input_name: np.ascontiguousarray(x, dtype=dtype)}
+
+    def scores(out: dict) -> np.ndarray:
+        out = out[output_name]
         if out_scale:
             out = (out.astype(np.float32) - out_zero) * out_scale
         return out.astype(np.float32, copy=False)
 
-    return run
+    return Session(prepare=prepare, infer=lambda feed: runner(**feed), scores=scores,
+                   batch=int(details["shape"][0]))
+
+
+def plain_export(module, example, path: Path) -> None:
+    """What a user gets by hand: litert_torch.convert, nothing else."""
+    import litert_torch
+
+    litert_torch.convert(module, (example,)).export(str(path))
 
 
 def describe(path: Path) -> dict:
@@ -203,3 +273,83 @@ def describe(path: Path) -> dict:
         "tensor_types": dict(Counter(np.dtype(t["dtype"]).name
                                      for t in interpreter.get_tensor_details())),
     }
+
+
+def _channel_expr(channel: str, prep: dict) -> str:
+    """Kotlin expression for one channel of an ARGB pixel `p`, normalised as in training."""
+    shift = {"R": 16, "G": 8, "B": 0}[channel]
+    index = "RGB".index(channel)  # mean / std are given in RGB order
+    value = f"(p shr {shift} and 0xFF)" if shift else "(p and 0xFF)"
+    expr = f"{value} * {prep['scale']:.8g}f"
+    mean, std = prep["mean"][index], prep["std"][index]
+    if mean:
+        expr = f"({expr} - {mean:.8g}f)"
+    if std != 1:
+        expr = f"{expr} / {std:.8g}f"
+    return expr
+
+
+def snippet(manifest: dict) -> str:
+    """Kotlin for Android: LiteRT's Interpreter with the artifact's real tensor names."""
+    art, prep = manifest["artifact"], manifest["preprocessing"]
+    (inp,) = art["inputs"]
+    (out,) = art["outputs"]
+    signature = art.get("signature", "serving_default")
+    height, width = prep["crop"]
+    short = prep["resize_shorter_side"]
+    classes = out["shape"][-1]
+    nhwc = prep["input_layout"] == "NHWC"
+    index = "(i * 3 + c)" if nhwc else f"(c * {height * width} + i)"
+    channels = "\n".join(  # `when` as an expression needs an else branch
+        f"                {'else' if c == 2 else c} -> {_channel_expr(name, prep)}"
+        for c, name in enumerate(prep["channel_order"]))
+    labels = manifest.get("labels")
+    result = "labels[best]" if labels else "\"class $best\""
+    labels_line = ("    val labels = context.assets.open(\"labels.txt\")"
+                   ".bufferedReader().readLines()\n" if labels else "")
+    softmax = "" if out["name"] == PROBS_NAME else (
+        "    // the model outputs logits: apply softmax for probabilities\n")
+    return f"""\
+// {art['file']} in src/main/assets{' with labels.txt' if labels else ''}.
+// Gradle: implementation("{LITERT_GRADLE}")
+// Signature "{signature}": input "{inp['name']}" {inp['dtype']} {inp['shape']} \
+({prep['input_layout']}, {prep['channel_order']}),
+// output "{out['name']}" {out['dtype']} {out['shape']}.
+import android.content.Context
+import android.graphics.Bitmap
+import org.tensorflow.lite.Interpreter
+import java.io.FileInputStream
+import java.nio.ByteBuffer
+import java.nio.ByteOrder
+import java.nio.channels.FileChannel
+
+fun classify(context: Context, photo: Bitmap): Pair<String, Float> {{
+    val model = context.assets.openFd("{art['file']}").use {{ fd ->
+        FileInputStream(fd.fileDescriptor).channel.map(
+            FileChannel.MapMode.READ_ONLY, fd.startOffset, fd.declaredLength)
+    }}
+{labels_line}    val interpreter = Interpreter(model, Interpreter.Options().setNumThreads(2))
+    // As the model was trained: {crop_text(prep)}.
+    val shorter = minOf(photo.width, photo.height)
+    val resized = Bitmap.createScaledBitmap(photo, maxOf({width}, {short} * photo.width / shorter),
+        maxOf({height}, {short} * photo.height / shorter), true)
+    val crop = Bitmap.createBitmap(resized, (resized.width - {width}) / 2,
+        (resized.height - {height}) / 2, {width}, {height})
+    val pixels = IntArray({width} * {height})
+    crop.getPixels(pixels, 0, {width}, 0, 0, {width}, {height})
+    val input = ByteBuffer.allocateDirect(4 * 3 * {width} * {height}).order(ByteOrder.nativeOrder())
+    for ((i, p) in pixels.withIndex()) {{
+        for (c in 0 until 3) {{
+            input.putFloat(4 * {index}, when (c) {{
+{channels}
+            }})
+        }}
+    }}
+    val scores = Array(1) {{ FloatArray({classes}) }}
+    interpreter.runSignature(mapOf("{inp['name']}" to input), mapOf("{out['name']}" to scores),
+        "{signature}")
+    interpreter.close()
+{softmax}    val best = scores[0].indices.maxBy {{ scores[0][it] }}
+    return {result} to scores[0][best]
+}}
+"""

@@ -1,41 +1,62 @@
-"""PyTorch: the captured torch.export program saved as .pt2 (the reference other tools can load)."""
+"""PyTorch: the captured torch.export program saved as .pt2 (the reference other tools can load).
+
+Not an export.formats choice: `export.save_program` writes it beside the other formats.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
+from mvdeploy.backends import FormatSpec, Job, Package, Recipe, Session, tensor_info
+from mvdeploy.tensor_names import INPUT_NAME, OUTPUT_NAME
 
-from mvdeploy.backends import Runner, tensor_info
-from mvdeploy.capture import INPUT_NAME, OUTPUT_NAME, Captured, save_program
 
-SUFFIX = ".pt2"
+@dataclass(frozen=True)
+class TorchOptions:
+    """The .pt2 has no options of its own."""
+
+
+SPEC = FormatSpec(
+    name="torch", title="PyTorch (torch.export)", suffix=".pt2", extra="",
+    export_needs=(Package("torch", "torch", "model, torch.export capture, eager reference"),),
+    run_needs=(Package("torch", "torch", "model, torch.export capture, eager reference"),),
+    recipes={"fp32": Recipe("float32 (the captured program)", tolerance="fp32")},
+    options=TorchOptions, dynamic_batch=True, selectable=False,
+)
 
 
 def check_installed() -> None:
     """torch is a core dependency."""
 
 
-def export(captured: Captured, cfg, path: Path, *, calibration=None) -> dict:
-    save_program(captured, path)
+def convert(job: Job) -> dict:
+    import torch
+
+    from mvdeploy.capture import save_program
+
+    save_program(job.captured, job.path)
     return {"torch": torch.__version__}
 
 
-def load(path: Path, *, threads: int | None = None) -> Runner:
+def load(path: Path, *, threads: int | None = None, accelerator: str = "cpu") -> Session:
+    import torch
+
     if threads:
         torch.set_num_threads(threads)
     module = torch.export.load(str(path)).module()
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def infer(x):
         with torch.no_grad():
-            return module(**{INPUT_NAME: torch.from_numpy(x)})[OUTPUT_NAME].numpy()
+            return module(**{INPUT_NAME: x})[OUTPUT_NAME]
 
-    return run
+    return Session(prepare=torch.from_numpy, infer=infer, scores=lambda out: out.numpy())
 
 
 def describe(path: Path) -> dict:
+    import torch
+
     program = torch.export.load(str(path))
     nodes = [n for n in program.graph.nodes if n.op == "call_function"]
     inputs = [n for n in program.graph.nodes
@@ -51,3 +72,6 @@ def describe(path: Path) -> dict:
         "ops": dict(Counter(str(n.target) for n in nodes).most_common()),
         "max_rank": max(ranks, default=0),
     }
+
+
+

@@ -8,17 +8,17 @@ weights, and the fidelity columns measure something.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+from mvdeploy.backends import spec
 from mvdeploy.bench.matrix import BenchConfig
 from mvdeploy.config import load_config
 from mvdeploy.exporter import run_export
-from mvdeploy.manifest import digest
+from mvdeploy.manifest import Manifest, digest, read_manifest
 from mvdeploy.models import create_model
 from mvdeploy.models.macs import count_macs
 from mvdeploy.models.weights import resolve_weights, save_checkpoint
@@ -51,12 +51,12 @@ def model_gmacs(cfg: BenchConfig) -> float:
     return count_macs(model, *cfg.resolution).gmacs
 
 
-def _fidelity(manifest: dict) -> dict:
-    validation = manifest["validation"]
+def _fidelity(manifest: Manifest) -> dict:
+    validation = manifest.validation
     photos = validation.get("metrics", {}).get("photos") or {}
     return {"status": validation["status"], "snr_db": photos.get("snr_db"),
             "top1_agreement": photos.get("top1_agreement"),
-            "degenerate": manifest.get("degenerate", False)}
+            "degenerate": manifest.degenerate}
 
 
 def _export_group(cfgs: list[BenchConfig], weights: Path, folder: Path,
@@ -86,10 +86,9 @@ def _export_group(cfgs: list[BenchConfig], weights: Path, folder: Path,
         if fmt in errors:
             out[fmt] = Prepared(error=f"export failed: {errors[fmt]}")
             continue
-        manifest = json.loads((folder / fmt / "manifest.json").read_text())
-        out[fmt] = Prepared(artifact=folder / fmt / manifest["artifact"]["file"],
-                            size_mb=manifest["artifact"]["size_bytes"] / 1e6,
-                            fidelity=_fidelity(manifest))
+        manifest = read_manifest(folder / fmt / "manifest.json")
+        out[fmt] = Prepared(artifact=folder / fmt / manifest.file,
+                            size_mb=manifest.size_bytes / 1e6, fidelity=_fidelity(manifest))
     return out
 
 
@@ -103,8 +102,7 @@ def _export_peer(cfg: BenchConfig, weights: Path, folder: Path,
     from mvdeploy.bench.peer import export_peer
 
     h, w = cfg.resolution
-    suffix = ".onnx" if cfg.format == "onnx" else ".tflite"
-    name = f"{cfg.model}_transformers_{h}x{w}{suffix}"
+    name = f"{cfg.model}_transformers_{h}x{w}{spec(cfg.format).suffix}"
     if not (folder / name).exists():
         log(f"exporting the transformers peer of {cfg.model} {h}x{w} to {cfg.format} (plain)")
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +138,7 @@ def prepare_all(configs: list[BenchConfig], cache: Path, weights: str | None,
             folder = cache / "peer" / cfg.artifact_key(digests[cfg.model])
             prepared[cfg.key] = _export_peer(cfg, weight_paths[cfg.model], folder, log)
         else:
-            group = replace_format(cfg).artifact_key(digests[cfg.model])
+            group = export_group_key(cfg, digests[cfg.model])
             groups.setdefault(group, []).append(cfg)
     for group, cfgs in groups.items():
         try:
@@ -155,6 +153,8 @@ def prepare_all(configs: list[BenchConfig], cache: Path, weights: str | None,
     return prepared
 
 
-def replace_format(cfg: BenchConfig) -> BenchConfig:
-    """The group identity: formats of one model/patch/resolution/precision export together."""
-    return replace(cfg, runtime="onnxruntime", threads=1, target="cpu", accelerator="cpu")
+def export_group_key(cfg: BenchConfig, weights_digest: str) -> str:
+    """The formats of one model/patch/resolution/precision/batch export together, into one
+    cache folder: its key is the configuration's artifact key without the format."""
+    return replace(cfg, runtime="torch", threads=1, target="cpu",
+                   accelerator="cpu").artifact_key(weights_digest)

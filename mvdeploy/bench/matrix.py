@@ -15,27 +15,21 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from mvdeploy.backends import all_recipes, spec
+from mvdeploy.backends import runtimes as registry_runtimes
 from mvdeploy.errors import ConfigError
 from mvdeploy.models import PATCH_PRESETS, format_patch_sizes, get_model_cfg, parse_patch_sizes
 from mvdeploy.models.mobilevit import parse_resolution
-from mvdeploy.quantize import RECIPES
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-# runtime -> the export format it runs (None: the PyTorch model itself)
-RUNTIMES: dict[str, str | None] = {
-    "torch": None, "torch-compile": None, "onnxruntime": "onnx", "litert": "tflite",
-    "coreml": "coreml",
-}
-TARGETS: dict[str, tuple[str, ...]] = {  # target -> runtimes it can time
-    "cpu": ("torch", "torch-compile", "onnxruntime", "litert"),
-    "cuda": ("torch", "torch-compile", "onnxruntime"),
-    "android": ("litert",),
-    "apple": ("coreml",),
-}
+# the PyTorch model itself, eager or compiled: runtimes that time no exported artifact
+EAGER_RUNTIMES: dict[str, tuple[str, ...]] = {"torch": ("cpu", "cuda"),
+                                              "torch-compile": ("cpu", "cuda")}
+OPT_IN_RUNTIMES = ("torch-compile",)  # compiles in every worker: only when asked for
 ACCELERATORS: dict[str, tuple[str, ...]] = {  # target -> accelerator choices (first: default)
     "cpu": ("cpu",),
     "cuda": ("cuda", "tensorrt"),  # tensorrt: onnxruntime's TensorRT provider
@@ -43,6 +37,24 @@ ACCELERATORS: dict[str, tuple[str, ...]] = {  # target -> accelerator choices (f
     "apple": ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"),  # Core ML compute units
 }
 IMPLS = ("mvdeploy", "transformers")  # transformers: the peer baseline, exported plainly
+
+
+def runtime_formats() -> dict[str, str | None]:
+    """Runtime -> the export format it runs (None: the PyTorch model itself)."""
+    return {**dict.fromkeys(EAGER_RUNTIMES), **{r: s.name for r, s in registry_runtimes().items()}}
+
+
+def target_runtimes(target: str) -> tuple[str, ...]:
+    """The runtimes that can time on `target` (the formats' own say where they run)."""
+    eager = [r for r, targets in EAGER_RUNTIMES.items() if target in targets]
+    exported = [r.name for s in registry_runtimes().values() for r in s.runtimes
+                if target in r.targets]
+    return tuple(dict.fromkeys([*eager, *exported]))
+
+
+def peer_runtimes() -> tuple[str, ...]:
+    """Where the transformers peer exists: eager PyTorch and formats with a plain export."""
+    return ("torch", *(r for r, s in registry_runtimes().items() if s.peer))
 
 
 @dataclass(frozen=True)
@@ -66,7 +78,7 @@ class BenchConfig:
 
     @property
     def format(self) -> str | None:
-        return RUNTIMES[self.runtime]
+        return runtime_formats()[self.runtime]
 
     @property
     def key(self) -> str:
@@ -129,9 +141,9 @@ class Matrix:
 
 def _supported(cfg: BenchConfig) -> str | None:
     """Why a combination cannot run, or None."""
-    if cfg.runtime not in TARGETS[cfg.target]:
+    if cfg.runtime not in target_runtimes(cfg.target):
         return (f"{cfg.runtime} does not run on target {cfg.target} (it runs "
-                f"{', '.join(TARGETS[cfg.target])})")
+                f"{', '.join(target_runtimes(cfg.target))})")
     if cfg.accelerator not in ACCELERATORS[cfg.target]:
         return f"accelerator {cfg.accelerator} is not one of {cfg.target}'s"
     fmt = cfg.format
@@ -139,13 +151,14 @@ def _supported(cfg: BenchConfig) -> str | None:
         allowed = ("fp32", "fp16") if cfg.target == "cuda" else ("fp32",)
         if cfg.precision not in allowed:
             return f"{cfg.runtime} on {cfg.target} times {' and '.join(allowed)} only"
-    elif cfg.precision not in RECIPES[fmt]:
+    elif cfg.precision not in spec(fmt).recipes:
         return f"{fmt} has no {cfg.precision} recipe"
     if cfg.impl == "transformers":
         if parse_patch_sizes(cfg.patch) != PATCH_PRESETS["A"]:
             return "transformers' MobileViT has one patch size for all stages (preset A only)"
-        if cfg.precision != "fp32" or cfg.runtime in ("torch-compile", "coreml"):
-            return "the peer baseline is plain fp32 export: torch, onnxruntime and litert"
+        if cfg.precision != "fp32" or cfg.runtime not in peer_runtimes():
+            return ("the peer baseline is plain fp32 export: "
+                    f"{', '.join(peer_runtimes())}")
     if cfg.target == "android" and cfg.batch != 1:
         return "benchmark_model times batch 1"
     return None
@@ -163,14 +176,16 @@ def build_matrix(*, models: Sequence[str], patches: Sequence[str], resolutions: 
                  batches: Sequence[int] = (1,), target: str = "cpu",
                  accelerators: Sequence[str] = (), peer: bool = False) -> Matrix:
     """Every combination, checked; unsupported ones go to `skipped` with their reason."""
-    if target not in TARGETS:
-        raise ConfigError(f"unknown target {target!r}: choose one of {', '.join(TARGETS)}")
+    if target not in ACCELERATORS:
+        raise ConfigError(f"unknown target {target!r}: choose one of {', '.join(ACCELERATORS)}")
     for name in models:
         get_model_cfg(name)
+    known_runtimes = runtime_formats()
     for runtime in runtimes:
-        if runtime not in RUNTIMES:
-            raise ConfigError(f"unknown runtime {runtime!r}: choose from {', '.join(RUNTIMES)}")
-    known = {p for recipes in RECIPES.values() for p in recipes}
+        if runtime not in known_runtimes:
+            raise ConfigError(f"unknown runtime {runtime!r}: choose from "
+                              f"{', '.join(known_runtimes)}")
+    known = set(all_recipes())
     for precision in precisions:
         if precision not in known:
             raise ConfigError(f"unknown precision {precision!r}: choose from "

@@ -1,6 +1,6 @@
 """The peer baseline: the same weights in `transformers`' MobileViTForImageClassification,
-exported the plain way (torch.onnx.export with dynamo, litert_torch.convert), no mvdeploy
-graph changes. It shows what mvdeploy's model and export path cost or save."""
+exported the plain way (each format's `plain_export`: the converter's one documented call),
+no mvdeploy graph changes. It shows what mvdeploy's model and export path cost or save."""
 
 from __future__ import annotations
 
@@ -42,13 +42,8 @@ def transformers_model(name: str, weights: str) -> torch.nn.Module:
 
 def export_peer(name: str, weights: str, fmt: str, example: torch.Tensor, path: Path) -> None:
     """Export the transformers model the way its users would, without mvdeploy's pipeline."""
-    model = transformers_model(name, weights)
-    if fmt == "onnx":
-        torch.onnx.export(model, (example,), str(path), dynamo=True,
-                          input_names=["pixel_values"], output_names=["logits"])
-    elif fmt == "tflite":
-        import litert_torch
+    from mvdeploy.backends import get_backend, spec
 
-        litert_torch.convert(model, (example,)).export(str(path))
-    else:
-        raise ValueError(f"the peer baseline exports onnx and tflite, not {fmt}")
+    if not spec(fmt).peer:
+        raise ValueError(f"the peer baseline has no plain export to {fmt}")
+    get_backend(fmt).plain_export(transformers_model(name, weights), example, path)

@@ -24,7 +24,8 @@ CSV_COLUMNS = [
     "key", "model", "preset", "patch", "resolution", "runtime", "precision", "threads", "batch",
     "target", "accelerator", "impl", "status", "p50_ms", "p90_ms", "p99_ms", "min_ms",
     "mean_ms", "std_ms", "cv", "noisy", "runs", "rounds", "drift", "load_ms", "first_ms",
-    "peak_rss_mb", "size_mb", "gmacs", "gflops", "peak_fraction", "snr_db", "error",
+    "peak_rss_mb", "torch_imported", "size_mb", "gmacs", "gflops", "peak_fraction", "snr_db",
+    "error",
 ]
 REQUIRED_RESULT_KEYS = {"key", "model", "patch", "preset", "resolution", "runtime", "precision",
                         "threads", "batch", "target", "accelerator", "impl", "status", "error"}

@@ -126,6 +126,7 @@ def _summarise(cfg: BenchConfig, rounds: list[dict], prepared: Prepared, gmacs: 
         load_ms=float(np.median([r["load_ms"] for r in rounds])),
         first_ms=float(np.median([r["first_ms"] for r in rounds])),
         peak_rss_mb=max((r.get("peak_rss_mb") or 0) for r in rounds) or None,
+        torch_imported=any(r.get("torch_imported") for r in rounds),
         throughput_ips=1e3 * cfg.batch / p50 if p50 else None,
         gflops=gflops, peak_gflops=peak_gflops,
         peak_fraction=gflops / peak_gflops if gflops and peak_gflops else None)

@@ -7,12 +7,9 @@ import importlib.util
 import platform
 import shutil
 
+from mvdeploy.backends import spec
 from mvdeploy.bench.android import AndroidOptions, unavailable_reason
 from mvdeploy.bench.matrix import BenchConfig
-
-_MODULES = {"onnxruntime": ("onnxruntime", "pip install -e '.[onnx]'"),
-            "litert": ("ai_edge_litert", "pip install -e '.[tflite]'"),
-            "coreml": ("coremltools", "pip install -e '.[coreml]'")}
 
 
 @functools.cache
@@ -26,34 +23,41 @@ def _cuda_reason() -> str | None:
     return None
 
 
-@functools.cache
-def _ort_providers() -> tuple[str, ...]:
-    import onnxruntime as ort
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent is missing
+        return False
 
-    return tuple(ort.get_available_providers())
+
+def _format_reason(cfg: BenchConfig) -> str | None:
+    """The format's runtime: installed, able to run on this OS, with this accelerator."""
+    fmt = spec(cfg.format)
+    if not any(_installed(p.module) for p in fmt.run_needs):
+        return (f"{fmt.run_needs[0].distribution} is not installed: "
+                f"pip install -e '.[{fmt.extra}]'")
+    if cfg.target in ("cpu", "cuda"):
+        return fmt.accelerator_unavailable(cfg.accelerator)
+    if cfg.target == "apple":
+        return fmt.cannot_run_here()
+    return None
 
 
 def unavailable(cfg: BenchConfig, android: AndroidOptions | None = None) -> str | None:
     """Why `cfg` cannot run on this machine (None: it can)."""
-    if cfg.runtime in _MODULES:
-        module, fix = _MODULES[cfg.runtime]
-        if importlib.util.find_spec(module) is None:
-            return f"{module} is not installed: {fix}"
+    if cfg.format is not None:
+        reason = _format_reason(cfg)
+        if reason:
+            return reason
     if cfg.impl == "transformers" and importlib.util.find_spec("transformers") is None:
         return "the peer baseline needs transformers: pip install -e '.[dev]'"
     if cfg.runtime == "torch-compile" and cfg.target == "cpu" and not (
             shutil.which("c++") or shutil.which("g++")):
         return "torch.compile on CPU needs a C++ compiler (c++ / g++ on PATH)"
     if cfg.target == "cuda":
-        if cfg.runtime == "onnxruntime":
-            wanted = {"cuda": "CUDAExecutionProvider",
-                      "tensorrt": "TensorrtExecutionProvider"}[cfg.accelerator]
-            if wanted not in _ort_providers():
-                return (f"onnxruntime here has no {wanted} (it has {', '.join(_ort_providers())}"
-                        "): install onnxruntime-gpu on a CUDA machine")
         return _cuda_reason()
     if cfg.target == "apple" and platform.system() != "Darwin":
-        return f"Core ML predictions need macOS (this is {platform.system()})"
+        return f"predictions on the apple target need macOS (this is {platform.system()})"
     if cfg.target == "android":
         return unavailable_reason(android or AndroidOptions())
     return None

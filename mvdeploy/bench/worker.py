@@ -1,9 +1,11 @@
 """Time one configuration in this process: `python -m mvdeploy.bench.worker SPEC.json`.
 
 The runner starts one of these per configuration and round, so a crash or a leak stays here.
-Only the runtime under test is imported (no torch for onnxruntime / LiteRT), so load time and
-peak RSS are the runtime's. Inputs are real photos, preprocessed by the runner and converted to
-the runtime's layout and dtype before timing starts: the timed call is inference alone.
+Exported artifacts are loaded through their format's runtime (`load` in the format's module),
+which imports no torch, so load time and peak RSS are the runtime's; the one exception is a
+runtime whose Python bindings need torch (ExecuTorch's), and there torch is imported before the
+load timer starts. Inputs are real photos, preprocessed by the runner and converted to the
+runtime's layout and dtype before timing starts: the timed call is inference alone.
 The result (or the error) is written as JSON to spec["result"].
 """
 
@@ -19,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from mvdeploy.backends import BackendUnavailable
 
 MAX_RUNS = 100_000  # a safety stop for min_seconds on very fast configurations
 
@@ -39,49 +43,14 @@ def _pin(threads: int) -> list[int] | None:
     return cpus
 
 
-def _onnxruntime(spec: dict) -> tuple[Infer, Callable]:
-    import onnxruntime as ort
+def _exported(spec: dict) -> tuple[Infer, Callable]:
+    """An exported artifact, through its format's own runtime."""
+    from mvdeploy.backends import get_backend, runtimes
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = spec["threads"]
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    wanted = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-              "tensorrt": "TensorrtExecutionProvider"}[spec["accelerator"]]
-    if wanted not in ort.get_available_providers():
-        raise Unavailable(f"onnxruntime here has no {wanted} (it has "
-                          f"{', '.join(ort.get_available_providers())})")
-    session = ort.InferenceSession(spec["artifact"], options, providers=[wanted])
-    name = session.get_inputs()[0].name
-
-    def prepare(x: np.ndarray) -> dict:
-        return {name: np.ascontiguousarray(x, dtype=np.float32)}
-
-    return (lambda feed: session.run(None, feed)), prepare
-
-
-def _litert(spec: dict) -> tuple[Infer, Callable]:
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # the legacy runtime, only as a fallback
-        from tflite_runtime.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=spec["artifact"], num_threads=spec["threads"])
-    runner = interpreter.get_signature_runner()
-    (name, details), = runner.get_input_details().items()
-    nhwc = int(details["shape"][-1]) == 3
-    scale, zero = details.get("quantization", (0.0, 0))
-    dtype = details["dtype"]
-
-    def prepare(x: np.ndarray) -> dict:
-        if nhwc:
-            x = x.transpose(0, 2, 3, 1)
-        if scale:  # integer input: quantise with the tensor's own parameters, outside timing
-            info = np.iinfo(dtype)
-            x = np.clip(np.round(x / scale + zero), info.min, info.max)
-        return {name: np.ascontiguousarray(x, dtype=dtype)}
-
-    return (lambda feed: runner(**feed)), prepare
+    fmt = runtimes()[spec["runtime"]]
+    session = get_backend(fmt.name).load(Path(spec["artifact"]), threads=spec["threads"],
+                                         accelerator=spec["accelerator"])
+    return session.infer, session.prepare
 
 
 def _torch(spec: dict) -> tuple[Infer, Callable]:
@@ -117,29 +86,18 @@ def _torch(spec: dict) -> tuple[Infer, Callable]:
     return infer, prepare
 
 
-def _coreml(spec: dict) -> tuple[Infer, Callable]:
-    if sys.platform != "darwin":
-        raise Unavailable("Core ML predictions need macOS")
-    import coremltools as ct
-
-    from mvdeploy.backends.coreml import _to_image
-
-    model = ct.models.MLModel(spec["artifact"],
-                              compute_units=getattr(ct.ComputeUnit, spec["accelerator"]))
-    description = model.get_spec().description
-    image = description.input[0].type.WhichOneof("Type") == "imageType"
-    name = description.input[0].name
-    prep = json.loads(dict(description.metadata.userDefined).get("mvdeploy", "{}")).get(
-        "preprocessing")
-
-    def prepare(x: np.ndarray) -> dict:
-        return {name: _to_image(x[0], prep) if image else x}
-
-    return model.predict, prepare
+def _loader(runtime: str) -> Callable[[dict], tuple[Infer, Callable]]:
+    return _torch if runtime in ("torch", "torch-compile") else _exported
 
 
-LOADERS = {"onnxruntime": _onnxruntime, "litert": _litert, "torch": _torch,
-           "torch-compile": _torch, "coreml": _coreml}
+def _preload(runtime: str) -> None:
+    """Import what a runtime's Python bindings need but the runtime itself does not (torch for
+    ExecuTorch's pybindings), so the timed load is the runtime's own."""
+    from mvdeploy.backends import runtimes
+
+    fmt = runtimes().get(runtime)
+    if fmt is not None and any(r.imports_torch for r in fmt.runtimes if r.name == runtime):
+        import torch  # noqa: F401
 
 
 def _peak_rss_mb() -> float:
@@ -162,8 +120,9 @@ def measure(spec: dict) -> dict:
     batch = spec["batch"]
     raw = [np.take(images, range(i, i + batch), axis=0, mode="wrap")
            for i in range(0, len(images), batch)]
+    _preload(spec["runtime"])
     start = time.perf_counter()
-    infer, prepare = LOADERS[spec["runtime"]](spec)
+    infer, prepare = _loader(spec["runtime"])(spec)
     load_ms = (time.perf_counter() - start) * 1e3
     feeds = [prepare(x) for x in raw]
     start = time.perf_counter()
@@ -180,14 +139,15 @@ def measure(spec: dict) -> dict:
         infer(feed)
         samples.append((time.perf_counter_ns() - t0) / 1e6)
     return {"status": "ok", "load_ms": load_ms, "first_ms": first_ms, "samples_ms": samples,
-            "peak_rss_mb": _peak_rss_mb(), "cpus": cpus}
+            "peak_rss_mb": _peak_rss_mb(), "cpus": cpus,
+            "torch_imported": "torch" in sys.modules}  # RSS and load include torch when true
 
 
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[0]).read_text())
     try:
         result = measure(spec)
-    except Unavailable as exc:
+    except (Unavailable, BackendUnavailable) as exc:
         result = {"status": "unavailable", "error": str(exc)}
     except Exception as exc:  # reported per configuration; the run goes on
         first = str(exc).strip().splitlines()

@@ -1,0 +1,105 @@
+"""A bench run from options: suite file and flags merged and checked, then measured and
+written. `mvdeploy bench` and `mvdeploy.benchmark()` both come through here."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mvdeploy.backends import runtime_aliases
+from mvdeploy.bench.android import AndroidOptions
+from mvdeploy.bench.matrix import (
+    ACCELERATORS,
+    OPT_IN_RUNTIMES,
+    QUICK,
+    Matrix,
+    Timing,
+    build_matrix,
+    load_suite,
+    target_runtimes,
+    with_timing,
+)
+from mvdeploy.errors import ConfigError
+
+EAGER_ALIASES = {"pytorch": "torch", "eager": "torch", "compile": "torch-compile"}
+
+
+def canonical_runtime(name: str) -> str:
+    """What people type (onnx, ort, tflite, eager, ...) -> the runtime's name."""
+    return {**EAGER_ALIASES, **runtime_aliases()}.get(name, name)
+
+
+@dataclass
+class Plan:
+    matrix: Matrix
+    timing: Timing
+    out: Path
+    cache: Path
+    weights: str | None = None
+    android: AndroidOptions = field(default_factory=AndroidOptions)
+    command: str = "mvdeploy bench"
+
+
+def plan(*, suite: str | None = None, models: Sequence[str] = (), patches: Sequence[str] = (),
+         resolutions: Sequence[str] = (), runtimes: Sequence[str] = (),
+         precisions: Sequence[str] = (), threads: Sequence[int] = (),
+         batches: Sequence[int] = (), target: str | None = None,
+         accelerators: Sequence[str] = (), peer: bool | None = None,
+         weights: str | None = None, out: str | Path | None = None,
+         cache: str | Path | None = None, quick: bool = False, force: bool = False,
+         android: AndroidOptions | None = None, command: str = "mvdeploy bench",
+         **timing: Any) -> Plan:
+    """Flags override the suite file, which overrides the defaults; everything is checked
+    before anything is exported. `timing` takes warmup, min_runs, min_seconds, repetitions,
+    timeout_s."""
+    spec, suite_timing = load_suite(suite) if suite else ({}, Timing())
+    base = QUICK if quick else suite_timing
+    merged_timing = with_timing(base, **timing)
+    target = target or spec.get("target", "cpu")
+    if target not in ACCELERATORS:
+        raise ConfigError(f"unknown target {target!r}: choose one of {', '.join(ACCELERATORS)}")
+    # opt-in runtimes (torch.compile: ~45 s cold per worker) only run when asked for
+    runtime_list = ([canonical_runtime(r) for r in runtimes] or spec.get("runtimes")
+                    or [r for r in target_runtimes(target) if r not in OPT_IN_RUNTIMES])
+    matrix = build_matrix(
+        models=list(models) or spec.get("models", ["mobilevit_xxs"]),
+        patches=list(patches) or spec.get("patches", ["A", "B"]),
+        resolutions=list(resolutions) or spec.get("resolutions", ["256"]),
+        runtimes=runtime_list,
+        precisions=list(precisions) or spec.get("precisions", ["fp32"]),
+        threads=list(threads) or spec.get("threads", [min(os.cpu_count() or 1, 4)]),
+        batches=list(batches) or spec.get("batches", [1]),
+        target=target, accelerators=list(accelerators) or spec.get("accelerators", []),
+        peer=peer if peer is not None else spec.get("peer", False))
+    out_dir = Path(out or "bench_out").expanduser()
+    if (out_dir / "results.json").exists() and not force:
+        raise ConfigError(f"{out_dir / 'results.json'} already exists: pass --force to replace "
+                          "it, or choose another --out")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file: choose a directory")
+    cache_dir = Path(cache or os.environ.get("MVDEPLOY_CACHE")
+                     or Path.home() / ".cache" / "mvdeploy" / "bench").expanduser()
+    return Plan(matrix, merged_timing, out_dir, cache_dir, weights,
+                android or AndroidOptions(), command)
+
+
+@dataclass
+class Outcome:
+    report: dict
+    written: list[Path]
+    interrupted: bool
+
+
+def run(plan: Plan, *, log: Callable[[str], None] = lambda text: None,
+        progress: Callable[[int, int, str], None] = lambda done, total, text: None) -> Outcome:
+    """Measure every configuration, then write results.json/.csv/.md and plots to plan.out."""
+    from mvdeploy.bench import report as reports
+    from mvdeploy.bench.runner import run_matrix
+
+    measured = run_matrix(plan.matrix, plan.timing, cache=plan.cache, weights=plan.weights,
+                          android_opts=plan.android, log=log, progress=progress)
+    data = reports.build_report(measured, timing=plan.timing, command=plan.command)
+    return Outcome(data, reports.write_all(data, plan.out), measured.interrupted)

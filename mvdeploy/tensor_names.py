@@ -1,0 +1,5 @@
+"""The tensor names every artifact uses, so app code can call a model by name."""
+
+INPUT_NAME = "pixel_values"
+OUTPUT_NAME = "logits"
+PROBS_NAME = "probabilities"  # the output when softmax is folded into the artifact

@@ -1,0 +1,90 @@
+"""ExecuTorch, the fifth format: a real XNNPACK-lowered .pte, run by ExecuTorch's runtime on the
+bundled photos with input-sensitive weights, inspected, predicted, timed and given an Android
+snippet."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mvdeploy.cli import run
+from mvdeploy.data import load_images, sample_image_paths
+from mvdeploy.models import create_model
+
+pytestmark = pytest.mark.slow
+pytest.importorskip("executorch")
+
+
+@pytest.fixture(scope="session")
+def pte(tmp_path_factory, hf_checkpoint):
+    """XXS, patch B, 64x64, from an input-sensitive Hugging Face checkpoint with labels."""
+    root = tmp_path_factory.mktemp("executorch")
+    _, weights = hf_checkpoint("mobilevit_xxs")
+    out = root / "out"
+    argv = ["export", "-f", "executorch", "-p", "B", "-r", "64", "-w", str(weights),
+            "-o", str(out), "--json"]
+    assert run(argv) == 0
+    return out / "executorch" / "mobilevit_xxs_B_64x64.pte", weights
+
+
+def test_export_validates_against_pytorch_on_photos(pte):
+    path, _ = pte
+    manifest = json.loads((path.parent / "manifest.json").read_text())
+    validation = manifest["validation"]
+    assert manifest["validated"] and not manifest["degenerate"]
+    assert validation["reference"]["top1_classes"] >= 2  # outputs depend on the input
+    for metrics in validation["metrics"].values():
+        assert metrics["max_rel"] <= 1e-4
+    assert manifest["artifact"]["delegate"] == "XnnpackBackend"
+    labels = (path.parent / "labels.txt").read_text().split()
+    assert labels == [f"class_{i}" for i in range(1000)] == manifest["labels"]
+
+
+def test_inspect_shows_what_xnnpack_took(pte, capfd):
+    path, _ = pte
+    assert run(["inspect", str(path), "--json"]) == 0
+    info = json.loads(capfd.readouterr().out)
+    assert info["format"] == "executorch" and info["methods"] == ["forward"]
+    assert info["inputs"] == [{"name": "pixel_values", "shape": [1, 3, 64, 64],
+                               "dtype": "float32"}]
+    assert info["ops"]["delegate:XnnpackBackend"] == info["delegated_calls"] > 0
+    # the heavy ops (convolutions, linears, matmuls) all went to XNNPACK
+    portable = [op for op in info["ops"] if not op.startswith("delegate:")]
+    assert not [op for op in portable if any(k in op for k in ("conv", "linear", "mm"))]
+
+
+def test_predict_matches_pytorch(pte, capfd):
+    path, weights = pte
+    photos = sample_image_paths()[:3]
+    assert run(["predict", str(path), *map(str, photos), "--json"]) == 0
+    got = [r["top"][0]["label"] for r in json.loads(capfd.readouterr().out)]
+    model = create_model("mobilevit_xxs", patch_sizes="B", weights=str(weights)).eval()
+    images, _, _ = load_images(photos, 64, 64)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images)).argmax(1).tolist()
+    assert got == [f"class_{i}" for i in expected]
+
+
+def test_android_snippet_names_the_file_and_shape(pte, capfd):
+    path, _ = pte
+    assert run(["snippet", str(path)]) == 0
+    code = capfd.readouterr().out
+    assert f'"{path.name}"' in code and "Module.load(" in code
+    assert "longArrayOf(1, 3, 64, 64)" in code and "org.pytorch.executorch.EValue" in code
+
+
+def test_bench_times_the_executorch_runtime(tmp_path, capfd):
+    argv = ["bench", "-m", "mobilevit_xxs", "-r", "64", "-p", "A", "--quick", "-t", "1",
+            "-b", "executorch,onnxruntime,litert", "--out", str(tmp_path / "o"),
+            "--cache", str(tmp_path / "cache"), "--json"]
+    assert run(argv) == 0
+    rows = {r["runtime"]: r for r in json.loads(capfd.readouterr().out)["results"]}
+    assert all(r["status"] == "ok" for r in rows.values()), rows
+    assert rows["executorch"]["fidelity"]["status"] == "passed"
+    assert np.isfinite(rows["executorch"]["latency_ms"]["p50"])
+    # ExecuTorch's Python bindings take torch tensors; the other runtimes load without torch
+    assert rows["executorch"]["torch_imported"]
+    assert not rows["onnxruntime"]["torch_imported"] and not rows["litert"]["torch_imported"]
