@@ -25,7 +25,8 @@ err_console = Console(stderr=True)
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="mvdeploy")
 def app() -> None:
-    """Export, validate and benchmark MobileViT for Core ML, ONNX and TFLite (LiteRT)."""
+    """Export, validate and benchmark MobileViT for Core ML, ONNX, TFLite (LiteRT) and
+    ExecuTorch."""
 
 
 @app.command()
@@ -176,7 +177,7 @@ def _export_help() -> dict[str, str]:
     recipes: dict[str, list[str]] = {}
     for s in chosen:
         for recipe in s.recipes:
-            recipes.setdefault(recipe, []).append(s.title)
+            recipes.setdefault(recipe, []).append(s.name)
     return {
         "formats": f"Comma-separated: {','.join(s.name for s in chosen)} "
                    f"(default: {','.join(default_formats())}).",
@@ -225,7 +226,7 @@ _HELP = _export_help()
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def export(config: str | None, sets: tuple[str, ...], force: bool, threads: int | None,
            as_json: bool, **flags) -> None:
-    """Export MobileViT to Core ML, ONNX and TFLite, each validated against PyTorch.
+    """Export MobileViT to each format asked for, each validated against PyTorch.
 
     \b
     mvdeploy export --model mobilevit_xxs --patch B --resolution 320x256 --out out/

@@ -29,7 +29,7 @@ import torch
 
 from mvdeploy import __version__
 from mvdeploy.backends import Job, Outputs, get_backend, spec
-from mvdeploy.capture import capture, save_program
+from mvdeploy.capture import Captured, capture, save_program
 from mvdeploy.config import ExportConfig
 from mvdeploy.data import find_images, find_labelled_images, load_images, sample_image_paths
 from mvdeploy.data import normalise as normalise_pixels
@@ -229,6 +229,21 @@ def _reference(cfg: ExportConfig, model: torch.nn.Module, paths: list[Path]) -> 
     return _Reference(inputs, logits, [p.name for p in used], skipped, labelled)
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What every format of one export shares: built once, passed forward."""
+
+    cfg: ExportConfig  # with the checkpoint's preprocessing resolved
+    out: Path
+    stem: str
+    captured: Captured
+    reference: _Reference
+    calibration: Calibration | None
+    calibration_info: dict | None
+    model_info: dict
+    labels: list[str] | None
+
+
 def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progress,
                threads: int | None = None,
                warn: Callable[[str], None] = lambda text: None) -> ExportResult:
@@ -285,25 +300,21 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progr
             finally:
                 tmp.unlink(missing_ok=True)
 
-    results = [
-        _export_format(fmt, cfg, captured, out / fmt, stem, reference, model_info,
-                       labels=model.class_labels, step=step, threads=threads,
-                       calibration=calibration, calibration_info=calibration_info)
-        for fmt in cfg.export.formats
-    ]
+    run = _Run(cfg, out, stem, captured, reference, calibration, calibration_info, model_info,
+               model.class_labels)
+    results = [_export_format(run, fmt, step=step, threads=threads)
+               for fmt in cfg.export.formats]
     return ExportResult(out=out, program=program_path, formats=results)
 
 
-def _export_format(fmt: str, cfg: ExportConfig, captured, final: Path, stem: str,
-                   reference: _Reference, model_info: dict, *, labels: list[str] | None,
-                   step: Step, threads: int | None, calibration: Calibration | None,
-                   calibration_info: dict | None) -> FormatResult:
-    """Convert, validate and write one format into `final` (out/<fmt>), atomically."""
+def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> FormatResult:
+    """Convert, validate and write one format into out/<fmt>, atomically."""
+    cfg, reference, model_info, labels = run.cfg, run.reference, run.model_info, run.labels
+    final, stem, out = run.out / fmt, run.stem, run.out
     backend, format_spec = get_backend(fmt), spec(fmt)
     options = cfg.format_options(fmt)
     result = FormatResult(fmt)
     start = time.perf_counter()
-    out = final.parent
     log = out / f".{fmt}-convert.log"
     height, width = cfg.height_width
     batch = None if cfg.export.dynamic_batch else cfg.export.batch
@@ -318,8 +329,9 @@ def _export_format(fmt: str, cfg: ExportConfig, captured, final: Path, stem: str
     try:
         with _atomic_dir(final) as tmp:
             artifact = tmp / f"{stem}{format_spec.suffix}"
-            job = Job(captured=captured, path=artifact, options=options, recipe=precision,
-                      quantize=cfg.quantize, calibration=calibration if uses_calibration else None,
+            job = Job(captured=run.captured, path=artifact, options=options, recipe=precision,
+                      quantize=cfg.quantize,
+                      calibration=run.calibration if uses_calibration else None,
                       preprocessing=cfg.preprocessing, metadata=cfg.metadata,
                       model=cfg.model.name, patch=cfg.model.patch, resolution=(height, width))
             label = f"Converting to {fmt}" + (f" ({precision})" if precision != "fp32" else "")
@@ -341,7 +353,7 @@ def _export_format(fmt: str, cfg: ExportConfig, captured, final: Path, stem: str
                                     "unreadable_photos": reference.unreadable_photos,
                                     "random": cfg.validate.random_inputs}
             if uses_calibration:
-                export_info["calibration"] = calibration_info
+                export_info["calibration"] = run.calibration_info
             manifest = build_manifest(
                 fmt=fmt, artifact=artifact, model_info=model_info, config=cfg.to_dict(),
                 preprocessing=_preprocessing(cfg, nhwc), labels=labels, export_info=export_info,

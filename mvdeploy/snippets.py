@@ -1,5 +1,5 @@
-"""App code for an exported artifact, written by the artifact's format (Swift for Core ML,
-Kotlin for LiteRT, ...).
+"""App code for an exported artifact, written by the artifact's format (`snippet` in its
+backend module, in the language its SPEC names).
 
 Generated from the artifact's manifest (file name, tensor names, shapes, preprocessing), so
 the names in the code are the names in the file; the tests compile nothing but check exactly
@@ -34,7 +34,7 @@ def snippet(manifest: Manifest) -> tuple[str, str]:
     if spec is None:
         raise ArtifactError(
             "snippets exist for " + ", ".join(f"{s.title} ({s.snippet_language})" for s in offered)
-            + f", not {fmt}; README shows ONNX Runtime in Python")
+            + f", not {fmt}; README shows how to run it from Python")
     return spec.snippet_language, get_backend(fmt).snippet(manifest.to_dict())
 
 

@@ -11,7 +11,7 @@ from mvdeploy.errors import ConfigError
 def test_bad_arguments_raise_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="unknown format caffe"):
         mvdeploy.export(formats=["caffe"], out=tmp_path / "out")
-    with pytest.raises(ConfigError, match="unknown key 'onnx.opsett'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'onnx\.opsett'"):
         mvdeploy.export(settings={"onnx.opsett": 20}, out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

@@ -390,6 +390,8 @@ def test_bench_end_to_end_on_cpu(bench_cache, tmp_path, capfd):
         assert lat["runs"] >= QUICK.min_runs and lat["min"] <= lat["p50"] <= lat["p90"]
         assert r["load_ms"] > 0 and r["first_ms"] > 0 and r["peak_rss_mb"] > 10
         assert r["peak_fraction"] > 0 and r["gflops"] > 0 and r["size_mb"] > 1
+        # the worker loads exported artifacts through runtimes that import no torch
+        assert r["torch_imported"] == (r["runtime"] == "torch")
     fidelity = [r["fidelity"] for r in rows if r["impl"] == "mvdeploy" and r["runtime"] != "torch"]
     assert all(f["status"] == "passed" and f["snr_db"] > 100 for f in fidelity)
     assert report["peaks"]["1"]["gflops"] > 0

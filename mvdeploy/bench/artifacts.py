@@ -74,8 +74,7 @@ def _export_group(cfgs: list[BenchConfig], weights: Path, folder: Path,
             "model.name": first.model, "model.patch": first.patch, "model.resolution": f"{h}x{w}",
             "model.weights": str(weights), "export.formats": missing, "export.out": str(folder),
             "export.batch": first.batch, "export.save_program": False,
-            "quantize.precision": first.precision if first.precision != "fp32" else "",
-            "coreml.compute_precision": "fp32" if first.precision == "fp32" else "fp16",
+            "quantize.precision": first.precision,  # every format has its own fp32 recipe
             "validate.max_images": 4, "validate.random_inputs": 0})
         result = run_export(cfg, force=True)
         errors = {r.format: r.error for r in result.formats if r.error}
