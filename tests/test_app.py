@@ -225,6 +225,7 @@ def test_snippets_name_the_real_tensors(shipped, stem, fmt, capsys):
         assert f"IntArray({width} * {height})" in code
     # README shows exactly this code, so the docs cannot drift from the exporter
     assert _snippet_block(code, language) in README, f"README's {language} snippet is stale"
+    capsys.readouterr()  # whatever the fixture printed
     assert run(["snippet", str(artifact)]) == 0
     assert capsys.readouterr().out == code
 
@@ -300,4 +301,28 @@ def test_readme_snippets_are_valid_shapes():
     blocks = re.findall(r"```(swift|kotlin)\n(.*?)```", README, flags=re.S)
     assert {lang for lang, _ in blocks} == {"swift", "kotlin"}
     for _, code in blocks:
-        assert re.match(r"// mobilevit_xxs_B_256x256\.(mlpackage|tflite)", code)
+        assert re.match(r"// mobilevit_xxs_B_256x256\.(mlpackage|tflite|pte)", code)
+
+
+def test_readme_executorch_snippet_is_what_mvdeploy_writes():
+    """The README's ExecuTorch block comes from the generator, for the XXS B 256 artifact of the
+    benchmark (seeded weights: no labels; the published preprocessing)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from mvdeploy.backends import get_backend
+    from mvdeploy.exporter import _preprocessing
+
+    try:
+        executorch = version("executorch")
+    except PackageNotFoundError:
+        pytest.skip("the executorch extra is not installed")
+    cfg = load_config(overrides={"model.patch": "B"})
+    manifest = {"artifact": {"file": "mobilevit_xxs_B_256x256.pte", "executorch": executorch,
+                             "inputs": [{"name": "pixel_values", "shape": [1, 3, 256, 256],
+                                         "dtype": "float32"}],
+                             "outputs": [{"name": "logits", "shape": [1, 1000],
+                                          "dtype": "float32"}]},
+                "preprocessing": _preprocessing(cfg, nhwc=False), "labels": None}
+    code = get_backend("executorch").snippet(manifest)
+    assert _snippet_block(code, "kotlin") in README, "README's ExecuTorch snippet is stale"
+    assert "Module.load(file.absolutePath)" in code and "longArrayOf(1, 3, 256, 256)" in code

@@ -29,7 +29,7 @@ from mvdeploy.backends import (
     require,
     tensor_info,
 )
-from mvdeploy.snippets import crop_text
+from mvdeploy.snippets import crop_text, kotlin_channel_expr
 from mvdeploy.tensor_names import INPUT_NAME, OUTPUT_NAME
 
 METHOD = "forward"
@@ -151,14 +151,9 @@ def snippet(manifest: dict) -> str:
     height, width = prep["crop"]
     short = prep["resize_shorter_side"]
     plane = height * width
-    mean = [f"{m:.8g}f" for m in prep["mean"]]
-    std = [f"{s:.8g}f" for s in prep["std"]]
     order = prep["channel_order"]
-    shifts = {"R": 16, "G": 8, "B": 0}
-    channels = "\n".join(
-        f"        input[{c} * {plane} + i] = ((p shr {shifts[name]} and 0xFF) * "
-        f"{prep['scale']:.8g}f - {mean['RGB'.index(name)]}) / {std['RGB'.index(name)]}"
-        for c, name in enumerate(order))
+    channels = "\n".join(f"        input[{c * plane} + i] = {kotlin_channel_expr(name, prep)}"
+                         for c, name in enumerate(order))
     labels = manifest.get("labels")
     result = "labels[best]" if labels else "\"class $best\""
     labels_line = ("    val labels = context.assets.open(\"labels.txt\")"

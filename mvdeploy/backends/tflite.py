@@ -27,7 +27,7 @@ from mvdeploy.backends import (
     tensor_info,
 )
 from mvdeploy.errors import MissingDependencyError
-from mvdeploy.snippets import crop_text
+from mvdeploy.snippets import crop_text, kotlin_channel_expr
 from mvdeploy.tensor_names import INPUT_NAME, PROBS_NAME
 
 SIGNATURE = "serving_default"
@@ -275,20 +275,6 @@ def describe(path: Path) -> dict:
     }
 
 
-def _channel_expr(channel: str, prep: dict) -> str:
-    """Kotlin expression for one channel of an ARGB pixel `p`, normalised as in training."""
-    shift = {"R": 16, "G": 8, "B": 0}[channel]
-    index = "RGB".index(channel)  # mean / std are given in RGB order
-    value = f"(p shr {shift} and 0xFF)" if shift else "(p and 0xFF)"
-    expr = f"{value} * {prep['scale']:.8g}f"
-    mean, std = prep["mean"][index], prep["std"][index]
-    if mean:
-        expr = f"({expr} - {mean:.8g}f)"
-    if std != 1:
-        expr = f"{expr} / {std:.8g}f"
-    return expr
-
-
 def snippet(manifest: dict) -> str:
     """Kotlin for Android: LiteRT's Interpreter with the artifact's real tensor names."""
     art, prep = manifest["artifact"], manifest["preprocessing"]
@@ -301,7 +287,7 @@ def snippet(manifest: dict) -> str:
     nhwc = prep["input_layout"] == "NHWC"
     index = "(i * 3 + c)" if nhwc else f"(c * {height * width} + i)"
     channels = "\n".join(  # `when` as an expression needs an else branch
-        f"                {'else' if c == 2 else c} -> {_channel_expr(name, prep)}"
+        f"                {'else' if c == 2 else c} -> {kotlin_channel_expr(name, prep)}"
         for c, name in enumerate(prep["channel_order"]))
     labels = manifest.get("labels")
     result = "labels[best]" if labels else "\"class $best\""
