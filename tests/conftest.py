@@ -44,3 +44,22 @@ def hf_checkpoint(tmp_path_factory):
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def hf_xxs_export(hf_checkpoint, tmp_path_factory):
+    """XXS, patch B, 64x64 from the input-sensitive Hugging Face checkpoint (1000 labels), to
+    ONNX, TFLite and (with its extra) ExecuTorch: one export that several test modules read."""
+    import importlib.util
+
+    from mvdeploy.config import load_config
+    from mvdeploy.exporter import run_export
+
+    _, directory = hf_checkpoint("mobilevit_xxs")
+    formats = ["onnx", "tflite"]
+    if importlib.util.find_spec("executorch") is not None:
+        formats.append("executorch")
+    cfg = load_config(overrides={"model.weights": str(directory), "model.patch": "B",
+                                 "model.resolution": "64", "export.formats": formats,
+                                 "export.out": str(tmp_path_factory.mktemp("hf_xxs_export"))})
+    return run_export(cfg)

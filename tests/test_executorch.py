@@ -19,15 +19,12 @@ pytest.importorskip("executorch")
 
 
 @pytest.fixture(scope="session")
-def pte(tmp_path_factory, hf_checkpoint):
-    """XXS, patch B, 64x64, from an input-sensitive Hugging Face checkpoint with labels."""
-    root = tmp_path_factory.mktemp("executorch")
-    _, weights = hf_checkpoint("mobilevit_xxs")
-    out = root / "out"
-    argv = ["export", "-f", "executorch", "-p", "B", "-r", "64", "-w", str(weights),
-            "-o", str(out), "--json"]
-    assert run(argv) == 0
-    return out / "executorch" / "mobilevit_xxs_B_64x64.pte", weights
+def pte(hf_xxs_export, hf_checkpoint):
+    """XXS, patch B, 64x64, from an input-sensitive Hugging Face checkpoint with labels (the
+    session's shared export), and the checkpoint it came from."""
+    (result,) = [r for r in hf_xxs_export.formats if r.format == "executorch"]
+    assert result.ok, result.error or result.report.failures
+    return result.artifact, hf_checkpoint("mobilevit_xxs")[1]
 
 
 def test_export_validates_against_pytorch_on_photos(pte):

@@ -92,12 +92,18 @@ def _loader(runtime: str) -> Callable[[dict], tuple[Infer, Callable]]:
 
 def _preload(runtime: str) -> None:
     """Import what a runtime's Python bindings need but the runtime itself does not (torch for
-    ExecuTorch's pybindings), so the timed load is the runtime's own."""
+    ExecuTorch's pybindings), so the timed load is the runtime's own; for every other exported
+    format, make torch unimportable, so a library that would import it optionally (coremltools
+    does at import) runs without it, as on a device."""
     from mvdeploy.backends import runtimes
 
     fmt = runtimes().get(runtime)
-    if fmt is not None and any(r.imports_torch for r in fmt.runtimes if r.name == runtime):
+    if fmt is None:  # eager or compiled PyTorch
+        return
+    if any(r.imports_torch for r in fmt.runtimes if r.name == runtime):
         import torch  # noqa: F401
+    else:
+        sys.modules.setdefault("torch", None)  # type: ignore[assignment]
 
 
 def _peak_rss_mb() -> float:
@@ -140,7 +146,7 @@ def measure(spec: dict) -> dict:
         samples.append((time.perf_counter_ns() - t0) / 1e6)
     return {"status": "ok", "load_ms": load_ms, "first_ms": first_ms, "samples_ms": samples,
             "peak_rss_mb": _peak_rss_mb(), "cpus": cpus,
-            "torch_imported": "torch" in sys.modules}  # RSS and load include torch when true
+            "torch_imported": sys.modules.get("torch") is not None}  # then RSS includes torch
 
 
 def main(argv: list[str]) -> int:
