@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mvdeploy import __version__
+from mvdeploy.bench.row import BenchRow
 from mvdeploy.errors import ConfigError
 from mvdeploy.manifest import library_versions, write_json
 
@@ -131,10 +132,16 @@ def check_schema(data: Any) -> list[str]:
     problems = [f"missing {k}" for k in ("environment", "results", "timing", "peaks")
                 if k not in data]
     for i, row in enumerate(data.get("results", [])):
-        missing = REQUIRED_RESULT_KEYS - set(row)
+        missing = REQUIRED_RESULT_KEYS - set(row) if isinstance(row, dict) else {"everything"}
         if missing:
             problems.append(f"results[{i}] lacks {', '.join(sorted(missing))}")
-        elif row["status"] == "ok":
+            continue
+        try:
+            BenchRow.from_dict(row)
+        except (KeyError, TypeError, ValueError) as exc:
+            problems.append(f"results[{i}] is not a result row: {exc}")
+            continue
+        if row["status"] == "ok":
             latency = row.get("latency_ms") or {}
             if not latency.get("p50") and not latency.get("mean"):
                 problems.append(f"results[{i}] is ok but has no latency")

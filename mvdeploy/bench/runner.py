@@ -24,6 +24,7 @@ import numpy as np
 from mvdeploy.bench import android, targets
 from mvdeploy.bench.artifacts import Prepared, model_gmacs, prepare_all
 from mvdeploy.bench.matrix import BenchConfig, Matrix, Timing
+from mvdeploy.bench.row import BenchRow
 from mvdeploy.bench.stats import drift, summarise
 from mvdeploy.data import load_images, sample_image_paths
 
@@ -102,15 +103,13 @@ def _time_once(cfg: BenchConfig, prepared: Prepared, weights: Path | None, input
 
 
 def _summarise(cfg: BenchConfig, rounds: list[dict], prepared: Prepared, gmacs: float,
-               peak: dict | None) -> dict:
-    row = {**cfg.to_dict(), "status": "ok", "error": None, "artifact": str(prepared.artifact),
-           "size_mb": prepared.size_mb,
+               peak: dict | None) -> BenchRow:
+    row = {"artifact": str(prepared.artifact), "size_mb": prepared.size_mb,
            "fidelity": prepared.fidelity, "gmacs": gmacs, "rounds": len(rounds)}
     bad = [r for r in rounds if r.get("status") != "ok"]
     if bad or not rounds:
         first = bad[0] if bad else {"status": "failed", "error": "not measured"}
-        row.update(status=first["status"], error=first.get("error"))
-        return row
+        return BenchRow(cfg, first["status"], first.get("error"), **row)
     if "samples_ms" in rounds[0]:
         samples = [s for r in rounds for s in r["samples_ms"]]
         latency = summarise(samples).to_dict()
@@ -121,7 +120,8 @@ def _summarise(cfg: BenchConfig, rounds: list[dict], prepared: Prepared, gmacs: 
     p50 = latency["p50"] or latency["mean"]
     gflops = 2 * gmacs * cfg.batch / (p50 / 1e3) if p50 else None
     peak_gflops = (peak or {}).get("gflops")
-    row.update(
+    return BenchRow(
+        cfg, "ok", None, **row,
         latency_ms=latency, round_p50_ms=round_p50, drift=drift(round_p50),
         load_ms=float(np.median([r["load_ms"] for r in rounds])),
         first_ms=float(np.median([r["first_ms"] for r in rounds])),
@@ -130,7 +130,6 @@ def _summarise(cfg: BenchConfig, rounds: list[dict], prepared: Prepared, gmacs: 
         throughput_ips=1e3 * cfg.batch / p50 if p50 else None,
         gflops=gflops, peak_gflops=peak_gflops,
         peak_fraction=gflops / peak_gflops if gflops and peak_gflops else None)
-    return row
 
 
 def _inputs(work: Path, resolution: tuple[int, int]) -> Path:
@@ -178,17 +177,15 @@ def run_matrix(matrix: Matrix, timing: Timing, *, cache: Path, weights: str | No
             run.interrupted = True
     for cfg in matrix.configs:
         if reasons[cfg.key]:
-            run.results.append({**cfg.to_dict(), "status": "unavailable",
-                                "error": reasons[cfg.key]})
+            row = BenchRow(cfg, "unavailable", reasons[cfg.key])
         elif prepared[cfg.key].error:
-            run.results.append({**cfg.to_dict(), "status": "failed",
-                                "error": prepared[cfg.key].error})
+            row = BenchRow(cfg, "failed", prepared[cfg.key].error)
         elif rounds.get(cfg.key) or not run.interrupted:
-            run.results.append(_summarise(cfg, rounds[cfg.key], prepared[cfg.key],
-                                          gmacs[(cfg.model, cfg.patch, cfg.resolution)],
-                                          run.peaks.get(cfg.threads)))
+            row = _summarise(cfg, rounds[cfg.key], prepared[cfg.key],
+                             gmacs[(cfg.model, cfg.patch, cfg.resolution)],
+                             run.peaks.get(cfg.threads))
         else:
-            run.results.append({**cfg.to_dict(), "status": "interrupted",
-                                "error": "not measured before Ctrl-C"})
+            row = BenchRow(cfg, "interrupted", "not measured before Ctrl-C")
+        run.results.append(row.to_dict())
     run.seconds = time.perf_counter() - began
     return run
