@@ -43,6 +43,7 @@ def app() -> None:
 def models(patch: tuple[str, ...], resolution: str, weights: str | None, as_json: bool) -> None:
     """List the MobileViT variants with parameters and MACs per patch configuration."""
     from mvdeploy.models import (
+        check_attention_memory,
         create_model,
         format_patch_sizes,
         interpolated_stages,
@@ -54,6 +55,8 @@ def models(patch: tuple[str, ...], resolution: str, weights: str | None, as_json
 
     height, width = parse_resolution(resolution)
     presets = [parse_patch_sizes(p) for p in (patch or ("A", "B"))]
+    for sizes in presets:
+        check_attention_memory(height, width, sizes)
     checkpoint = None
     if weights:
         from mvdeploy.models.weights import load_pretrained
@@ -251,7 +254,7 @@ def export(config: str | None, sets: tuple[str, ...], force: bool, threads: int 
             try:
                 yield
                 if stop.is_set():  # a Ctrl-C that a library swallowed: honour it here
-                    raise KeyboardInterrupt
+                    raise stop.exception
             except BaseException:
                 progress.update(task, completed=1, mark="[red]✗[/]")
                 raise
@@ -273,6 +276,10 @@ def export(config: str | None, sets: tuple[str, ...], force: bool, threads: int 
         raise SystemExit(1)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: unwinds like Ctrl-C, so no half-written folder stays behind."""
+
+
 @contextlib.contextmanager
 def _interrupt_flag():
     """Remember Ctrl-C even when the KeyboardInterrupt it raises is swallowed.
@@ -281,16 +288,20 @@ def _interrupt_flag():
     converters run many; the flag lets each progress step re-raise before anything is kept.
     """
     flag = threading.Event()
+    flag.exception = KeyboardInterrupt  # what to raise again: Terminated after SIGTERM
 
     def handler(signum, frame):
+        flag.exception = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         flag.set()
-        raise KeyboardInterrupt
+        raise flag.exception
 
-    previous = signal.signal(signal.SIGINT, handler)
+    # SIGTERM (a timeout, a CI cancel, `docker stop`) cleans up exactly like Ctrl-C
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @app.command(name="inspect")
@@ -389,7 +400,7 @@ def eval_command(artifacts: tuple[str, ...], data: str, limit: int | None, weigh
 
         def advance(artifact: str, done: int, total: int) -> None:
             if stop.is_set():
-                raise KeyboardInterrupt
+                raise stop.exception
             if artifact not in tasks:
                 tasks[artifact] = progress.add_task(os.path.basename(artifact), total=total)
             progress.update(tasks[artifact], completed=done)
@@ -558,7 +569,7 @@ def bench(suite, models, patches, resolutions, runtimes, precisions, threads, ba
 
         def log(text: str) -> None:
             if stop.is_set():
-                raise KeyboardInterrupt
+                raise stop.exception
             progress.console.print(text, markup=False, highlight=False)
 
         def advance(done: int, total: int, text: str) -> None:
@@ -574,9 +585,10 @@ def bench(suite, models, patches, resolutions, runtimes, precisions, threads, ba
         for path in written:
             console.print(f"wrote {path}", markup=False, highlight=False)
     if outcome.interrupted:
-        err_console.print("mvdeploy: interrupted: the results above are what was measured",
+        how = "terminated (SIGTERM)" if stop.exception is Terminated else "interrupted"
+        err_console.print(f"mvdeploy: {how}: the results above are what was measured",
                           markup=False, highlight=False)
-        raise SystemExit(130)
+        raise SystemExit(143 if stop.exception is Terminated else 130)
     if any(r["status"] == "failed" for r in data["results"]):
         raise SystemExit(1)
 
@@ -706,7 +718,11 @@ def run(argv: list[str] | None = None) -> int:
         err_console.print(f"mvdeploy: error: {exc}", markup=False, highlight=False,
                           soft_wrap=True)
         return 2
-    except (KeyboardInterrupt, click.Abort):
+    except (KeyboardInterrupt, click.Abort) as exc:  # click turns Ctrl-C into Abort
+        if isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated):
+            err_console.print("mvdeploy: terminated (SIGTERM): nothing half-written was kept",
+                              markup=False, highlight=False)
+            return 143
         err_console.print("mvdeploy: interrupted", markup=False, highlight=False)
         return 130
     except SystemExit as exc:  # commands signal "ran, but something failed" with exit 1

@@ -18,7 +18,13 @@ from typing import Any
 from mvdeploy.backends import CheckContext, export_formats, spec, specs
 from mvdeploy.data import Preprocessing
 from mvdeploy.errors import ConfigError, MvdeployError
-from mvdeploy.models import FOLD_IMPLS, format_patch_sizes, get_model_cfg, parse_patch_sizes
+from mvdeploy.models import (
+    FOLD_IMPLS,
+    check_attention_memory,
+    format_patch_sizes,
+    get_model_cfg,
+    parse_patch_sizes,
+)
 from mvdeploy.models.mobilevit import parse_resolution
 from mvdeploy.quantize import CALIBRATION_METHODS, KEEP_FLOAT_CHOICES, check_recipe
 
@@ -210,8 +216,9 @@ def _check(cfg: ExportConfig) -> None:
             raise ConfigError(f"{key}: {exc}") from None
 
     wrap("model.name", get_model_cfg, cfg.model.name)
-    wrap("model.patch", parse_patch_sizes, cfg.model.patch)
-    wrap("model.resolution", parse_resolution, cfg.model.resolution)
+    patches = wrap("model.patch", parse_patch_sizes, cfg.model.patch)
+    height, width = wrap("model.resolution", parse_resolution, cfg.model.resolution)
+    wrap("model.resolution", check_attention_memory, height, width, patches)
     if cfg.model.fold not in FOLD_IMPLS:
         raise ConfigError(f"model.fold must be one of {', '.join(FOLD_IMPLS)}, "
                           f"got {cfg.model.fold!r}")

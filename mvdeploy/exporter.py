@@ -106,13 +106,22 @@ def _check_targets(out: Path, stem: str, cfg: ExportConfig, force: bool) -> None
                           "replace, or choose another --out")
 
 
+def _refuse_if_taken(final: Path, force: bool) -> None:
+    if not force and final.exists() and not (final.is_dir() and not any(final.iterdir())):
+        raise ConfigError(f"{final} was written by another export while this one ran: kept it; "
+                          "pass --force to replace, or choose another --out")
+
+
 @contextlib.contextmanager
-def _atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a hidden sibling folder; on success it replaces `final`, on failure it vanishes."""
+def _atomic_dir(final: Path, force: bool) -> Iterator[Path]:
+    """Yield a hidden sibling folder; on success it replaces `final`, on failure it vanishes.
+    Without `force`, a `final` that appeared meanwhile (another export into the same --out) is
+    kept and this result is refused."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should not be
     try:
         yield tmp
+        _refuse_if_taken(final, force)
         old = None
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
@@ -242,6 +251,7 @@ class _Run:
     calibration_info: dict | None
     model_info: dict
     labels: list[str] | None
+    force: bool  # replace what is in --out
 
 
 def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progress,
@@ -293,15 +303,18 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progr
     if cfg.export.save_program:
         with step(f"Saving the program to {out / (stem + '.pt2')}"):
             program_path = out / f"{stem}.pt2"
-            tmp = out / f".{stem}.partial.pt2"
+            handle, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".partial.pt2", dir=out)
+            os.close(handle)
+            tmp = Path(name)  # unique: two exports into one --out never share it
             try:
                 save_program(captured, tmp)
+                _refuse_if_taken(program_path, force)
                 os.replace(tmp, program_path)
             finally:
                 tmp.unlink(missing_ok=True)
 
     run = _Run(cfg, out, stem, captured, reference, calibration, calibration_info, model_info,
-               model.class_labels)
+               model.class_labels, force)
     results = [_export_format(run, fmt, step=step, threads=threads)
                for fmt in cfg.export.formats]
     return ExportResult(out=out, program=program_path, formats=results)
@@ -315,7 +328,7 @@ def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> F
     options = cfg.format_options(fmt)
     result = FormatResult(fmt)
     start = time.perf_counter()
-    log = out / f".{fmt}-convert.log"
+    log = out / f".{fmt}-convert-{os.getpid()}.log"
     height, width = cfg.height_width
     batch = None if cfg.export.dynamic_batch else cfg.export.batch
     nhwc = format_spec.input_layout(options) == "NHWC"
@@ -327,7 +340,7 @@ def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> F
     if outputs.kind == "probabilities":
         expected = {k: softmax(v) for k, v in expected.items()}
     try:
-        with _atomic_dir(final) as tmp:
+        with _atomic_dir(final, run.force) as tmp:
             artifact = tmp / f"{stem}{format_spec.suffix}"
             job = Job(captured=run.captured, path=artifact, options=options, recipe=precision,
                       quantize=cfg.quantize,

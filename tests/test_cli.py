@@ -107,3 +107,26 @@ def test_installed_console_script():
     bad = subprocess.run([exe, "models", "-r", "100"], capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "Traceback" not in bad.stderr
+
+
+def test_resolutions_whose_attention_cannot_fit_are_refused(tmp_path, capfd):
+    """4096² with patch 2 would need 256 GiB for one attention matrix: refused up front, in one
+    line, by every command that takes a resolution (it used to run 80 s and die)."""
+    from mvdeploy.errors import ConfigError
+    from mvdeploy.models.patches import (
+        attention_bytes,
+        check_attention_memory,
+        parse_patch_sizes,
+    )
+
+    a, b = parse_patch_sizes("A"), parse_patch_sizes("B")
+    assert attention_bytes(256, 256, a) == 4 * 4 * (16 * 16) ** 2 * 4  # stage 1: 16x16 patches
+    check_attention_memory(2048, 2048, b)  # 1 GiB: allowed
+    with pytest.raises(ConfigError, match="5 GiB"):
+        check_attention_memory(1536, 1536, a)
+    for argv in (["models", "-r", "4096"], ["export", "-r", "4096", "-o", str(tmp_path / "o")],
+                 ["bench", "-r", "4096", "--quick", "-o", str(tmp_path / "b")]):
+        assert run(argv) == 2
+        err = capfd.readouterr().err.strip()
+        assert "256 GiB for one attention matrix" in err and "\n" not in err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "b").exists()

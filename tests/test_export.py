@@ -22,6 +22,7 @@ import torch
 from mvdeploy.cli import run
 from mvdeploy.config import load_config
 from mvdeploy.data import load_images, sample_image_paths
+from mvdeploy.errors import ConfigError
 from mvdeploy.exporter import artifact_stem, run_export
 from mvdeploy.inspect import inspect_artifact
 from mvdeploy.models import create_model
@@ -304,6 +305,45 @@ def test_ctrl_c_leaves_no_half_written_artifact(tmp_path):
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".") or
                  p.name == "tflite"]
     assert leftovers == []
+
+
+@pytest.mark.slow
+def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
+    """A timeout, CI cancel or `docker stop` sends SIGTERM: one line, exit 143, nothing left."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mvdeploy.cli", "export", "-r", "64", "-f", "onnx",
+         "-o", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(tmp_path.glob(".onnx.partial-*")):
+        time.sleep(0.1)
+    assert list(tmp_path.glob(".onnx.partial-*")), "conversion never started"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    err = proc.stderr.read().decode().strip().splitlines()
+    assert err[-1].startswith("mvdeploy: terminated") and "Traceback" not in "".join(err)
+    assert [p.name for p in tmp_path.iterdir() if p.suffix != ".pt2"] == []
+
+
+@pytest.mark.slow
+def test_another_export_into_the_same_out_is_kept_not_replaced(tmp_path):
+    """Two exports into one --out: what the other wrote while this one ran is kept, and this
+    one says so (exit 2) instead of silently replacing it."""
+    import contextlib
+
+    cfg = load_config(overrides={"model.resolution": "64", "export.formats": "onnx",
+                                 "export.out": str(tmp_path), "export.save_program": False})
+
+    @contextlib.contextmanager
+    def step(text):
+        yield
+        if text.startswith("Converting to onnx"):  # the other export finishes first
+            (tmp_path / "onnx").mkdir()
+            (tmp_path / "onnx" / "theirs.onnx").write_text("the other export's artifact")
+
+    with pytest.raises(ConfigError, match="written by another export while this one ran"):
+        run_export(cfg, step=step)
+    assert [p.name for p in (tmp_path / "onnx").iterdir()] == ["theirs.onnx"]
+    assert [p.name for p in tmp_path.iterdir()] == ["onnx"]  # no partial folder, no log
 
 
 def test_artifact_stem_names_custom_patches():

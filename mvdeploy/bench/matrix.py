@@ -18,7 +18,13 @@ from typing import Any
 from mvdeploy.backends import all_recipes, spec
 from mvdeploy.backends import runtimes as registry_runtimes
 from mvdeploy.errors import ConfigError
-from mvdeploy.models import PATCH_PRESETS, format_patch_sizes, get_model_cfg, parse_patch_sizes
+from mvdeploy.models import (
+    PATCH_PRESETS,
+    check_attention_memory,
+    format_patch_sizes,
+    get_model_cfg,
+    parse_patch_sizes,
+)
 from mvdeploy.models.mobilevit import parse_resolution
 
 try:
@@ -203,6 +209,8 @@ def build_matrix(*, models: Sequence[str], patches: Sequence[str], resolutions: 
         list(dict.fromkeys(v)) for v in (models, runtimes, precisions, threads, batches))
     sizes = list(dict.fromkeys(parse_resolution(r) for r in resolutions))
     canonical = list(dict.fromkeys(_canonical_patch(p) for p in patches))
+    for (height, width), patch in itertools.product(sizes, canonical):
+        check_attention_memory(height, width, parse_patch_sizes(patch))
     matrix = Matrix([])
     impls = ["mvdeploy", "transformers"] if peer else ["mvdeploy"]
     for combo in itertools.product(models, canonical, sizes, runtimes, precisions, threads,

@@ -15,12 +15,13 @@ from mvdeploy.models.mobilevit import (
 from mvdeploy.models.patches import (
     PATCH_PRESETS,
     PatchSizes,
+    check_attention_memory,
     format_patch_sizes,
     parse_patch_sizes,
 )
 
 __all__ = [
     "FOLD_IMPLS", "INITS", "MODEL_CFGS", "PATCH_PRESETS", "MobileViT", "MobileViTCfg", "PatchSizes",
-    "check_resolution", "create_model", "format_patch_sizes", "get_model_cfg",
-    "interpolated_stages", "list_models", "parse_patch_sizes", "parse_resolution",
+    "check_attention_memory", "check_resolution", "create_model", "format_patch_sizes",
+    "get_model_cfg", "interpolated_stages", "list_models", "parse_patch_sizes", "parse_resolution",
 ]

@@ -63,3 +63,29 @@ def format_patch_sizes(patch_sizes: PatchSizes) -> str:
         if preset == patch_sizes:
             return f"{name} ({text})"
     return text
+
+
+STAGE_STRIDES = (8, 16, 32)
+MAX_ATTENTION_BYTES = 4 * 2**30  # one image's largest attention matrix, float32
+
+
+def attention_bytes(height: int, width: int, patch_sizes: PatchSizes, heads: int = 4) -> int:
+    """The largest attention matrix one image needs: per stage, (ph * pw) patch positions x
+    heads x N² float32 scores, N = patches per position. It grows with the fourth power of the
+    side, so a large resolution with small patches exhausts memory long before anything else."""
+    sizes = []
+    for stride, (ph, pw) in zip(STAGE_STRIDES, patch_sizes, strict=True):
+        h, w = -(-height // stride), -(-width // stride)
+        tokens = -(-h // ph) * -(-w // pw)
+        sizes.append(ph * pw * heads * tokens**2 * 4)
+    return max(sizes)
+
+
+def check_attention_memory(height: int, width: int, patch_sizes: PatchSizes) -> None:
+    need = attention_bytes(height, width, patch_sizes)
+    if need > MAX_ATTENTION_BYTES:
+        raise ConfigError(
+            f"{height}x{width} with patch sizes {format_patch_sizes(patch_sizes)} needs "
+            f"{need / 2**30:.0f} GiB for one attention matrix (limit "
+            f"{MAX_ATTENTION_BYTES / 2**30:.0f} GiB): use a smaller resolution or larger "
+            "patches (e.g. --patch B)")
