@@ -626,7 +626,7 @@ def _bench_label(row: dict) -> str:
 
 
 def _bench_compare(old: str, new: str, *, threshold: float, as_json: bool) -> None:
-    from mvdeploy.bench.report import compare, load_report
+    from mvdeploy.bench.report import FAILING_VERDICTS, compare, load_report
 
     if threshold <= 0:
         raise click.BadParameter("--threshold must be above 0")
@@ -638,13 +638,16 @@ def _bench_compare(old: str, new: str, *, threshold: float, as_json: bool) -> No
         for col in ("configuration", "old", "new", "new/old", "verdict"):
             table.add_column(col)
         for r in rows:
-            colour = {"regression": "red", "improvement": "green"}.get(r["verdict"], "white")
-            table.add_row(Text(r["key"]), f"{r['old_p50_ms']:.2f}", f"{r['new_p50_ms']:.2f}",
-                          f"{r['ratio']:.3f}", f"[{colour}]{r['verdict']}[/]")
+            colour = {"regression": "red", "failed": "red", "improvement": "green"}.get(
+                r["verdict"], "yellow" if r["verdict"] != "same" else "white")
+            new_p50 = "-" if r["new_p50_ms"] is None else f"{r['new_p50_ms']:.2f}"
+            ratio = "-" if r["ratio"] is None else f"{r['ratio']:.3f}"
+            table.add_row(Text(r["key"]), f"{r['old_p50_ms']:.2f}", new_p50, ratio,
+                          f"[{colour}]{r['verdict']}[/]")
         console.print(table)
         if not rows:
-            console.print("no configuration was measured in both files", markup=False)
-    if any(r["verdict"] == "regression" for r in rows):
+            console.print("the old file has no measured configuration", markup=False)
+    if any(r["verdict"] in FAILING_VERDICTS for r in rows):
         raise SystemExit(1)
 
 

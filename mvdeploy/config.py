@@ -234,6 +234,8 @@ def _check(cfg: ExportConfig) -> None:
         raise ConfigError(f"export.formats lists a format twice: {', '.join(formats)}")
     if cfg.export.batch < 1:
         raise ConfigError("export.batch must be at least 1")
+    if not cfg.export.out.strip():
+        raise ConfigError("export.out is empty: give the folder the artifacts go to (--out)")
     fixed_batch = [f for f in formats if not spec(f).dynamic_batch]
     if cfg.export.dynamic_batch and fixed_batch:
         able = [s.name for s in specs() if s.selectable and s.dynamic_batch]

@@ -95,8 +95,17 @@ def artifact_stem(cfg: ExportConfig) -> str:
 
 
 def _check_targets(out: Path, stem: str, cfg: ExportConfig, force: bool) -> None:
+    """Before any work: --out must be a folder this process can write in, and free."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output path {out} is a file: choose a directory with --out")
+    existing = next(p for p in [out, *out.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is a file, so no folder can be made there")
+    try:  # a real probe: permissions, read-only mounts and special filesystems alike
+        os.rmdir(tempfile.mkdtemp(prefix=".mvdeploy-probe-", dir=existing))
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write in {existing} ({exc.strerror}): "
+                          "choose another --out") from None
     targets = [out / f for f in cfg.export.formats]
     if cfg.export.save_program:
         targets.append(out / f"{stem}.pt2")
@@ -262,6 +271,8 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progr
     `warn` receives one line for each thing the user should know before trusting the result
     (random weights, a reference model whose output does not depend on its input).
     """
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
     out = Path(cfg.export.out).expanduser()
     stem = artifact_stem(cfg)
     _check_targets(out, stem, cfg, force)

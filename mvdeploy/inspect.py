@@ -38,6 +38,8 @@ def inspect_artifact(path: str | Path) -> dict:
         first = str(exc).strip().splitlines()
         raise ArtifactError(f"cannot read {path} as {fmt}: "
                             f"{(first[0] if first else type(exc).__name__)[:160]}") from None
+    if not desc.get("inputs"):
+        raise ArtifactError(f"{path} has no inputs: it is empty or truncated, or not a model")
     manifest = manifest_beside(path)
     size, sha = digest(path)
     return {"format": fmt, "file": str(path), "size_bytes": size, "sha256": sha,

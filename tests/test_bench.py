@@ -209,11 +209,29 @@ def test_compare_flags_regressions(tmp_path, capfd):
     assert all(r["verdict"] == "same" for r in json.loads(capfd.readouterr().out))
 
 
+def test_compare_reports_failed_missing_and_noisy_configurations():
+    old = _report([_row("A", "onnxruntime", 10.0), _row("B", "onnxruntime", 10.0),
+                   _row("A", "litert", 10.0)])
+    noisy = _row("A", "litert", 20.0)
+    noisy["latency_ms"]["noisy"] = True
+    new = _report([_row("A", "onnxruntime", 10.0, status="failed"), noisy])
+    verdicts = {r["key"].split("|")[1] + r["key"].split("|")[3]: r["verdict"]
+                for r in compare(old, new, 0.10)}
+    assert verdicts == {"2,2,2onnxruntime": "failed", "8,4,2onnxruntime": "missing",
+                        "2,2,2litert": "noisy regression"}
+
+
 def test_compare_rejects_foreign_files_in_one_line(tmp_path, capfd):
     (tmp_path / "x.json").write_text("{not json")
     assert run(["bench", "--compare", str(tmp_path / "x.json"), str(tmp_path / "x.json")]) == 2
     err = capfd.readouterr().err.strip()
     assert "not a benchmark JSON" in err and "\n" not in err
+    report = _report([_row("A", "onnxruntime", 10.0)])
+    report["results"][0]["latency_ms"]["p50"] = "10 ms"  # a string where a number belongs
+    (tmp_path / "y.json").write_text(json.dumps(report))
+    assert run(["bench", "--compare", str(tmp_path / "y.json"), str(tmp_path / "y.json")]) == 2
+    err = capfd.readouterr().err.strip()
+    assert "latency that is not a number" in err and "\n" not in err
 
 
 # ---------------------------------------------------------------- subprocesses
@@ -363,12 +381,19 @@ def test_apple_target_needs_macos(tmp_path, capfd):
 
 
 def test_bad_bench_flags_are_one_line_exit_2(tmp_path, capfd):
+    (tmp_path / "threads.toml").write_text('[suite]\nthreads = "two"\n')
+    (tmp_path / "weights.txt").write_text("not a checkpoint")
     for argv, match in [(["--threads", "two"], "whole numbers"),
                         (["--backend", "tensorflow"], "unknown runtime"),
-                        (["--suite", str(tmp_path / "none.toml")], "does not exist")]:
+                        (["--suite", str(tmp_path / "none.toml")], "does not exist"),
+                        (["--suite", str(tmp_path / "threads.toml")],
+                         "[suite] threads: expected int"),
+                        (["--weights", str(tmp_path / "weights.txt")], "cannot read checkpoint")]:
         assert run(["bench", *argv, "--out", str(tmp_path)]) == 2
         err = capfd.readouterr().err.strip()
         assert match in err and "\n" not in err and "Traceback" not in err
+    assert run(["bench", "--quick", "--out", ""]) == 2
+    assert "--out is empty" in capfd.readouterr().err
 
 
 # ---------------------------------------------------------------- real runs on this machine
@@ -409,7 +434,9 @@ def test_bench_end_to_end_on_cpu(bench_cache, tmp_path, capfd):
     code = run(["bench", "--compare", str(out / "results.json"),
                 str(tmp_path / "again" / "results.json"), "--json"])
     rows = json.loads(capfd.readouterr().out)
-    assert len(rows) == 2 and code == int(any(r["verdict"] == "regression" for r in rows))
+    measured = [r for r in rows if r["verdict"] != "missing"]  # the second run timed 2 of 9
+    assert len(rows) == 9 and len(measured) == 2
+    assert code == int(any(r["verdict"] in ("regression", "failed") for r in rows))
 
 
 @pytest.mark.slow

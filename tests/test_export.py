@@ -188,12 +188,14 @@ def test_inspect_every_format(xxs_export, fmt, capsys):
 
 
 @pytest.mark.parametrize("name", ["bad.onnx", "bad.tflite", "bad.mlpackage", "bad.pt2",
-                                  "model.bin", "missing.onnx"])
+                                  "bad.pte", "model.bin", "missing.onnx", "empty.onnx"])
 def test_inspect_rejects_corrupt_or_foreign_files(tmp_path, capsys, name):
     path = tmp_path / name
     if name == "bad.mlpackage":
         path.mkdir()
         (path / "Manifest.json").write_text("{}")
+    elif name == "empty.onnx":  # parses as an ONNX model with nothing in it
+        path.write_bytes(b"")
     elif name != "missing.onnx":
         path.write_bytes(b"\x08\x01garbage" * 50)
     assert run(["inspect", str(path)]) == 2
@@ -272,12 +274,27 @@ def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, text
     (["--set", "model.patch"], "--set expects table.key=value"),
     (["--weights", "/nonexistent.pt", "-f", "onnx"], "does not exist"),
     (["--images", "/nonexistent", "-f", "onnx"], "does not exist"),
+    (["--threads", "0", "-f", "onnx"], "--threads must be at least 1"),
 ])
 def test_bad_flags_are_one_line_exit_2(tmp_path, capsys, argv, match):
     assert run(["export", "-o", str(tmp_path / "out"), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert match in err and "\n" not in err
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize(("out", "match"), [
+    ("", "export.out is empty"),
+    ("{tmp}/file/sub", "is a file, so no folder can be made there"),
+    ("/proc/mvdeploy-out", "cannot write in /proc"),
+])
+def test_unusable_out_is_refused_before_any_work(tmp_path, capsys, out, match):
+    (tmp_path / "file").write_text("a regular file")
+    start = time.monotonic()
+    assert run(["export", "-f", "onnx", "-o", out.format(tmp=tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and "\n" not in err
+    assert time.monotonic() - start < 5  # the model was never built
 
 
 def test_empty_image_folder_is_an_error(tmp_path, capsys):

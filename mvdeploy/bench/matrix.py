@@ -229,6 +229,12 @@ def build_matrix(*, models: Sequence[str], patches: Sequence[str], resolutions: 
     return matrix
 
 
+# [suite] key -> the types its values may have (lists of them, except the scalars)
+_SUITE_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "models": (str,), "patches": (str, int, list), "resolutions": (str, int, list),
+    "runtimes": (str,), "precisions": (str,), "threads": (int,), "batches": (int,),
+    "target": (str,), "accelerators": (str,), "peer": (bool,)}
+_SCALARS = ("name", "target", "peer")
 SUITE_KEYS = {"name", "models", "patches", "resolutions", "runtimes", "precisions", "threads",
               "batches", "target", "accelerators", "peer"}
 TIMING_KEYS = {"warmup", "min_runs", "min_seconds", "repetitions", "timeout_s"}
@@ -250,6 +256,20 @@ def load_suite(path: str | Path) -> tuple[dict[str, Any], Timing]:
         raise ConfigError(f"{path}: unknown table or key {', '.join(sorted(bad))}; [suite] "
                           f"takes {', '.join(sorted(SUITE_KEYS))}; [timing] takes "
                           f"{', '.join(sorted(TIMING_KEYS))}")
+    for key, kinds in _SUITE_TYPES.items():  # TOML types, checked: one line, not a crash
+        if key not in suite:
+            continue
+        value = suite[key]
+        if key not in _SCALARS and not isinstance(value, list):
+            value = [value]  # one value where a list may stand
+        items = [value] if key in _SCALARS else value
+        if not all(isinstance(v, kinds) and (bool in kinds or not isinstance(v, bool))
+                   for v in items):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise ConfigError(f"{path} [suite] {key}: expected {names}"
+                              f"{'' if key in _SCALARS else ' (or a list of them)'}, "
+                              f"got {suite[key]!r}")
+        suite[key] = value
     for key in ("resolutions", "patches"):  # numbers are fine in TOML: 256, or [2, 2, 2]
         if key in suite:
             suite[key] = [",".join(map(str, v)) if isinstance(v, list) else str(v)

@@ -143,8 +143,12 @@ def check_schema(data: Any) -> list[str]:
             continue
         if row["status"] == "ok":
             latency = row.get("latency_ms") or {}
-            if not latency.get("p50") and not latency.get("mean"):
+            figures = [latency.get(k) for k in ("p50", "mean") if latency.get(k) is not None]
+            if not figures:
                 problems.append(f"results[{i}] is ok but has no latency")
+            elif not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                         for v in figures):
+                problems.append(f"results[{i}] has a latency that is not a number: {figures}")
         elif not row["error"]:
             problems.append(f"results[{i}] is {row['status']} without a reason")
     return problems
@@ -331,19 +335,32 @@ def write_all(report: dict, folder: Path) -> list[Path]:
     return [folder / "results.json", folder / "results.csv", md, *plot(report, folder)]
 
 
+FAILING_VERDICTS = ("regression", "failed")  # what makes `bench --compare` exit 1
+
+
 def compare(old: dict, new: dict, threshold: float = 0.10) -> list[dict]:
-    """new / old p50 per configuration both measured; verdict by `threshold` (0.10 = 10 %)."""
-    old_rows = {r["key"]: r for r in old["results"] if r["status"] == "ok"}
+    """new / old p50 for every configuration the old run measured; verdict by `threshold`
+    (0.10 = 10 %). A configuration that failed in the new run is "failed", one it did not
+    measure "missing"; a change where either side was flagged noisy is said to be noisy and
+    does not count as a regression."""
+    new_rows = {r["key"]: r for r in new["results"]}
     out = []
-    for r in new["results"]:
-        before = old_rows.get(r["key"])
-        if r["status"] != "ok" or before is None:
-            continue
+    for before in (r for r in old["results"] if r["status"] == "ok"):
+        key, r = before["key"], new_rows.get(before["key"])
         a = before["latency_ms"]["p50"] or before["latency_ms"]["mean"]
+        row = {"key": key, "old_p50_ms": a, "new_p50_ms": None, "ratio": None, "noisy": False}
+        if r is None:
+            out.append({**row, "verdict": "missing"})
+            continue
+        if r["status"] != "ok":
+            out.append({**row, "verdict": "failed", "error": r.get("error")})
+            continue
         b = r["latency_ms"]["p50"] or r["latency_ms"]["mean"]
+        noisy = bool(before["latency_ms"].get("noisy") or r["latency_ms"].get("noisy"))
         ratio = b / a
         verdict = ("regression" if ratio > 1 + threshold else
                    "improvement" if ratio < 1 - threshold else "same")
-        out.append({"key": r["key"], "old_p50_ms": a, "new_p50_ms": b, "ratio": ratio,
-                    "verdict": verdict})
+        if noisy and verdict != "same":
+            verdict = f"noisy {verdict}"
+        out.append({**row, "new_p50_ms": b, "ratio": ratio, "noisy": noisy, "verdict": verdict})
     return out

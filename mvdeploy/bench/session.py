@@ -74,6 +74,12 @@ def plan(*, suite: str | None = None, models: Sequence[str] = (), patches: Seque
         batches=list(batches) or spec.get("batches", [1]),
         target=target, accelerators=list(accelerators) or spec.get("accelerators", []),
         peer=peer if peer is not None else spec.get("peer", False))
+    if weights is not None:  # a bad checkpoint is one line now, not a matrix of failed rows
+        from mvdeploy.models.weights import load_pretrained
+
+        load_pretrained(weights)
+    if out is not None and not str(out).strip():
+        raise ConfigError("--out is empty: give a folder for the results")
     out_dir = Path(out or "bench_out").expanduser()
     if (out_dir / "results.json").exists() and not force:
         raise ConfigError(f"{out_dir / 'results.json'} already exists: pass --force to replace "
