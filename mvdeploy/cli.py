@@ -561,6 +561,9 @@ def bench(suite, models, patches, resolutions, runtimes, precisions, threads, ba
         quick=quick, force=force, android=AndroidOptions(benchmark_binary, adb, serial),
         command=command, warmup=warmup, min_runs=min_runs, min_seconds=min_seconds,
         repetitions=repetitions, timeout_s=timeout_s)
+    for warning in planned.warnings:
+        err_console.print(f"mvdeploy: warning: {warning}", markup=False, highlight=False,
+                          style="yellow")
     progress_console = Console(file=terminal_stream(2), stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
                "{task.total}"), TimeElapsedColumn())
@@ -612,8 +615,10 @@ def _print_bench_table(data: dict) -> None:
             console.print(f"{_bench_label(r)}: {r['status']}: {r['error']}", markup=False,
                           highlight=False)
     for s in data.get("patch_speedups", []):
+        caveat = "; noisy: may be the machine, measure again" if s.get("noisy") else ""
         console.print(f"{s['model']} {s['runtime']} {s['precision']} t{s['threads']}: patch B "
-                      f"vs A {s['b_faster_pct']:+.1f} % (positive: B faster)", markup=False)
+                      f"vs A {s['b_faster_pct']:+.1f} % (positive: B faster{caveat})",
+                      markup=False)
     for p in data.get("peer", []):
         console.print(f"{p['model']} {p['runtime']} t{p['threads']}: ours / transformers = "
                       f"{p['ratio']:.2f}", markup=False)

@@ -496,3 +496,24 @@ def test_ctrl_c_on_the_command_line_writes_partial_results(bench_cache, tmp_path
     assert row["status"] in ("ok", "interrupted")
     if row["status"] == "ok":
         assert 1 <= row["rounds"] < 4
+
+
+def test_caveats_for_noisy_speedups_peaks_and_too_many_threads(tmp_path):
+    """Figures a reader should not trust are marked as such, not printed plainly."""
+    import os
+
+    from mvdeploy.bench.session import plan
+
+    a, b = _row("A", "onnxruntime", 10.0), _row("B", "onnxruntime", 8.0)
+    b["latency_ms"]["noisy"] = True
+    a["peak_fraction"] = 1.3
+    report = _report([a, b])
+    (speedup,) = report["patch_speedups"]
+    assert speedup["noisy"]
+    text = markdown(report)
+    assert "A or B was noisy" in text and "+25.0 % ⚠" in text
+    assert "130.0 †" in text and "GEMM peak, which therefore measured low" in text
+    cores = len(os.sched_getaffinity(0))
+    planned = plan(threads=[cores + 1], runtimes=["onnxruntime"], out=tmp_path / "o")
+    assert f"--threads {cores + 1} above the {cores} CPUs" in planned.warnings[0]
+    assert plan(threads=[1], runtimes=["onnxruntime"], out=tmp_path / "o").warnings == []

@@ -87,10 +87,12 @@ def patch_speedups(results: list[dict]) -> list[dict]:
     for b in (r for r in ok if r["preset"] == "B"):
         if identity(b) in a:
             pa, pb = a[identity(b)]["latency_ms"]["p50"], b["latency_ms"]["p50"]
+            noisy = bool(a[identity(b)]["latency_ms"].get("noisy")
+                         or b["latency_ms"].get("noisy"))
             out.append({"model": b["model"], "runtime": b["runtime"], "precision": b["precision"],
                         "threads": b["threads"], "a_p50_ms": pa, "b_p50_ms": pb,
                         "b_faster_pct": 100 * (pa / pb - 1), "a_gmacs": a[identity(b)]["gmacs"],
-                        "b_gmacs": b["gmacs"]})
+                        "b_gmacs": b["gmacs"], "noisy": noisy})
     return out
 
 
@@ -209,16 +211,21 @@ def markdown(report: dict) -> str:
         lat, fid = r["latency_ms"], r.get("fidelity") or {}
         runtime = r["runtime"] + (" (transformers)" if r["impl"] == "transformers" else "")
         noisy = " ⚠" if lat.get("noisy") else ""
+        fraction = r.get("peak_fraction")
+        above = " †" if fraction and fraction > 1 else ""
         lines.append(
             f"| {r['model']} | {r['preset']} | {runtime} | {r['precision']} | {r['threads']} | "
             f"{_num(lat.get('p50'))} | {_num(lat.get('p90'))} | {_num(lat.get('p99'))} | "
             f"{_num(lat.get('cv'), 3)}{noisy} | {_num(r.get('load_ms'), 0)} | "
             f"{_num(r.get('first_ms'), 1)} | {_num(r.get('peak_rss_mb'), 0)} | "
             f"{_num(r.get('size_mb'))} | {_num(r.get('gflops'), 1)} | "
-            f"{_num(100 * r['peak_fraction'] if r.get('peak_fraction') else None, 1)} | "
+            f"{_num(100 * fraction if fraction else None, 1)}{above} | "
             f"{_num(fid.get('snr_db'), 1)} |")
     lines.append("")
     lines.append("⚠: coefficient of variation above 10 %, treat as noisy.")
+    if any((r.get("peak_fraction") or 0) > 1 for r in ok):
+        lines.append("†: above 100 % of the measured GEMM peak, which therefore measured low "
+                     "(a busy machine during the peak run): read this column as rough.")
     if report.get("patch_speedups"):
         lines += ["", "## Patch preset B (8,4,2) against A (2,2,2)", "",
                   "| model | runtime | precision | threads | A p50 ms | B p50 ms | B faster by | "
@@ -226,8 +233,12 @@ def markdown(report: dict) -> str:
         for s in report["patch_speedups"]:
             lines.append(f"| {s['model']} | {s['runtime']} | {s['precision']} | {s['threads']} | "
                          f"{s['a_p50_ms']:.2f} | {s['b_p50_ms']:.2f} | "
-                         f"{s['b_faster_pct']:+.1f} % | {s['a_gmacs']:.3f} → "
-                         f"{s['b_gmacs']:.3f} |")
+                         f"{s['b_faster_pct']:+.1f} %{' ⚠' if s.get('noisy') else ''} | "
+                         f"{s['a_gmacs']:.3f} → {s['b_gmacs']:.3f} |")
+        if any(s.get("noisy") for s in report["patch_speedups"]):
+            lines.append("")
+            lines.append("⚠: A or B was noisy: the difference may be the machine, not the "
+                         "patch sizes; measure again before trusting it.")
     if report.get("peer"):
         lines += ["", "## Against the transformers peer (same weights, plain export, patch A)",
                   "", "| model | runtime | threads | ours p50 ms | peer p50 ms | ours / peer |",

@@ -41,6 +41,7 @@ class Plan:
     weights: str | None = None
     android: AndroidOptions = field(default_factory=AndroidOptions)
     command: str = "mvdeploy bench"
+    warnings: list[str] = field(default_factory=list)  # said before measuring
 
 
 def plan(*, suite: str | None = None, models: Sequence[str] = (), patches: Sequence[str] = (),
@@ -80,6 +81,11 @@ def plan(*, suite: str | None = None, models: Sequence[str] = (), patches: Seque
         load_pretrained(weights)
     if out is not None and not str(out).strip():
         raise ConfigError("--out is empty: give a folder for the results")
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    too_many = sorted({c.threads for c in matrix.configs if usable and c.threads > usable})
+    warnings = [f"--threads {', '.join(map(str, too_many))} above the {usable} CPUs this process "
+                "may use: those runs oversubscribe and time the scheduler, not the model"
+                ] if too_many else []
     out_dir = Path(out or "bench_out").expanduser()
     if (out_dir / "results.json").exists() and not force:
         raise ConfigError(f"{out_dir / 'results.json'} already exists: pass --force to replace "
@@ -89,7 +95,7 @@ def plan(*, suite: str | None = None, models: Sequence[str] = (), patches: Seque
     cache_dir = Path(cache or os.environ.get("MVDEPLOY_CACHE")
                      or Path.home() / ".cache" / "mvdeploy" / "bench").expanduser()
     return Plan(matrix, merged_timing, out_dir, cache_dir, weights,
-                android or AndroidOptions(), command)
+                android or AndroidOptions(), command, warnings)
 
 
 @dataclass
