@@ -359,11 +359,19 @@ def predict_command(artifact: str, images: tuple[str, ...], top: int, as_json: b
     results = predict(artifact, list(images), top=top)
     if as_json:
         print(json.dumps(results, indent=2))
-        return
-    for result in results:
-        console.print(f"[bold]{result['image']}[/]")
-        for entry in result["top"]:
-            console.print(f"  {entry['probability']:7.2%}  {entry['label']}", markup=False)
+    else:
+        for result in results:
+            if "top" in result:
+                console.print(f"[bold]{result['image']}[/]")
+                for entry in result["top"]:
+                    console.print(f"  {entry['probability']:7.2%}  {entry['label']}",
+                                  markup=False)
+    failed = [r for r in results if "error" in r]
+    for r in failed:
+        err_console.print(f"mvdeploy: error: cannot read image {r['image']}: {r['error']}",
+                          markup=False, highlight=False, soft_wrap=True)
+    if failed:
+        raise SystemExit(2)  # the others were classified above
 
 
 @app.command(name="eval")

@@ -296,6 +296,12 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progr
                                          if calibration_paths else (None, None))
     if reference_spread(reference.logits).degenerate:  # said before the long conversions
         warn(DEGENERATE_WARNING)
+    if reference.unreadable_photos:
+        warn(f"{reference.unreadable_photos} validation image(s) could not be read and are not "
+             "used (see the manifest's validation inputs for the ones that were)")
+    if calibration_info and calibration_info["unreadable"]:
+        warn(f"{calibration_info['unreadable']} calibration image(s) could not be read and are "
+             "not used")
     macs = count_macs(model, height, width)
     model_info = {
         "name": cfg.model.name, "patch_sizes": [list(p) for p in model.patch_sizes],

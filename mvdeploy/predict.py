@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mvdeploy.backends import get_backend
+from mvdeploy.backends import get_backend, spec
 from mvdeploy.data import Preprocessing, read_image
 from mvdeploy.errors import ArtifactError, ConfigError
 from mvdeploy.inspect import inspect_artifact
@@ -25,6 +25,10 @@ def embedded_metadata(info: dict) -> dict:
         manifest = info["manifest"]
         meta = {"resolution": manifest["model"]["resolution"], "labels": manifest["labels"],
                 "preprocessing": manifest["preprocessing"]}
+    if not meta and not spec(info["format"]).metadata:  # e.g. the .pt2 beside the formats
+        raise ArtifactError(f"{info['file']} is a {spec(info['format']).title} file, which "
+                            "holds no preprocessing or labels: predict with one of the "
+                            "artifacts mvdeploy export wrote (each has a manifest beside it)")
     if not meta:
         raise ArtifactError(f"{info['file']} carries no mvdeploy metadata and has no manifest "
                             "beside it: export it with mvdeploy")
@@ -47,22 +51,30 @@ def predict(artifact: str | Path, images: list[str | Path], *, top: int = 5) -> 
     meta = embedded_metadata(info)
     prep = artifact_preprocessing(meta)
     height, width = meta["resolution"]
-    arrays = []
-    for image in images:
+    arrays, readable, unreadable = [], [], []
+    for image in images:  # one bad file costs its own result, not everyone's
         array = read_image(Path(image), height, width, prep)
         if array is None:
-            raise ConfigError(f"cannot read image {image}: not an image file PIL can open")
-        arrays.append(array)
+            unreadable.append(image)
+        else:
+            arrays.append(array)
+            readable.append(image)
+    if not arrays:
+        raise ConfigError(f"cannot read image {unreadable[0]}: not an image file PIL can open"
+                          + (f" (nor can {len(unreadable) - 1} others)" if len(unreadable) > 1
+                             else ""))
     batch = info["inputs"][0]["shape"][0]
     with redirect_native_output():  # runtimes log delegate creation on first use
         runner = get_backend(info["format"]).load(Path(info["file"]))
         scores = run_batched(runner, np.stack(arrays), batch if isinstance(batch, int) else None)
     probs = softmax(scores) if meta.get("output_kind", "logits") == "logits" else scores
     labels = meta.get("labels")
-    results = []
-    for image, p in zip(images, probs, strict=True):
+    results = {}
+    for image, p in zip(readable, probs, strict=True):
         order = np.argsort(-p)[:top]
-        results.append({"image": str(image), "top": [
+        results[image] = {"image": str(image), "top": [
             {"class": int(i), "label": labels[i] if labels else f"class {i}",
-             "probability": float(p[i])} for i in order]})
-    return results
+             "probability": float(p[i])} for i in order]}
+    for image in unreadable:
+        results[image] = {"image": str(image), "error": "not an image file PIL can open"}
+    return [results[image] for image in images]  # in the order given

@@ -402,3 +402,40 @@ def test_predict_matches_pytorch_top1(xxs_export, fmt, capsys):
     assert [p["top"][0]["class"] for p in predictions] == expected
     assert all(len(p["top"]) == 3 and p["top"][0]["probability"] >= p["top"][1]["probability"]
                for p in predictions)
+
+
+@pytest.mark.slow
+def test_predict_keeps_going_past_an_unreadable_image(xxs_export, tmp_path, capsys):
+    r = next(r for r in xxs_export["A"].formats if r.format == "onnx")
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo")
+    photos = [str(p) for p in sample_image_paths()[:2]]
+    assert run(["predict", str(r.artifact), photos[0], str(bad), photos[1], "--json"]) == 2
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)
+    assert [("top" in p, "error" in p) for p in results] == [(True, False), (False, True),
+                                                             (True, False)]
+    assert captured.err.strip() == (f"mvdeploy: error: cannot read image {bad}: not an image "
+                                    "file PIL can open")
+
+
+@pytest.mark.slow
+def test_predict_on_the_program_points_to_the_artifacts(xxs_export, capsys):
+    program = xxs_export["A"].program
+    assert run(["predict", str(program), str(sample_image_paths()[0])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds no preprocessing or labels" in err and "\n" not in err
+
+
+@pytest.mark.slow
+def test_unreadable_validation_images_are_said_not_skipped_silently(tmp_path, capfd):
+    import shutil
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in sample_image_paths()[:2]:
+        shutil.copy(p, photos / p.name)
+    (photos / "broken.jpg").write_text("not a photo")
+    assert run(["export", "-r", "64", "-f", "onnx", "--images", str(photos),
+                "-o", str(tmp_path / "out")]) == 0
+    assert "1 validation image(s) could not be read" in capfd.readouterr().err

@@ -154,6 +154,16 @@ def test_not_a_state_dict(tmp_path):
     _expect(tmp_path / "w.pt", "state dict")
 
 
+def test_whole_pickled_model_gets_the_state_dict_hint(tmp_path):
+    torch.save(create_model("mobilevit_xxs", init="random"), tmp_path / "model.pt")
+    _expect(tmp_path / "model.pt", r"torch.save\(model.state_dict\(\), path\)")
+
+
+def test_a_checkpoint_given_as_model_name_points_to_weights():
+    with pytest.raises(ConfigError, match="a checkpoint goes to --weights"):
+        create_model("checkpoints/mobilevit_xxs.pt")
+
+
 def test_foreign_model(tmp_path):
     torch.save(torch.nn.Linear(3, 3).state_dict(), tmp_path / "w.pt")
     _expect(tmp_path / "w.pt", "not a MobileViT v1 checkpoint")

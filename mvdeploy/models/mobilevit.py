@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -63,8 +64,11 @@ def get_model_cfg(name: str) -> MobileViTCfg:
     try:
         return MODEL_CFGS[name]
     except KeyError:
+        looks_like_path = any(c in str(name) for c in "/\\.") or Path(str(name)).exists()
+        hint = " (a checkpoint goes to --weights; --model names the variant)" \
+            if looks_like_path else ""
         raise ConfigError(
-            f"unknown model {name!r}: choose one of {', '.join(MODEL_CFGS)}"
+            f"unknown model {name!r}: choose one of {', '.join(MODEL_CFGS)}{hint}"
         ) from None
 
 

@@ -191,6 +191,11 @@ def _read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated, pickled code, wrong format: all user errors
+        if "Unsupported global" in str(exc):  # a pickled object: torch.save(model, path)
+            raise CheckpointError(
+                f"{path} holds pickled Python objects (a whole model saved with "
+                "torch.save(model, ...)?), which mvdeploy does not unpickle: save the weights "
+                "with torch.save(model.state_dict(), path) instead") from None
         first = str(exc).strip().split(". ")[0].splitlines()
         reason = first[0].rstrip(".") if first else type(exc).__name__
         raise CheckpointError(
