@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import click
 from rich import box
@@ -18,8 +19,20 @@ from rich.text import Text
 from mvdeploy import __version__
 from mvdeploy.errors import MvdeployError
 
-console = Console()
-err_console = Console(stderr=True)
+PIPE_WIDTH = 200  # CI logs and pipes: wide enough that no number or key is cut with "…"
+
+
+def _console(**kwargs) -> Console:
+    """A Rich console that keeps its tables whole when the output is not a terminal (Rich
+    would assume 80 columns); COLUMNS still wins when set."""
+    probe = Console(**kwargs)
+    if probe.is_terminal or os.environ.get("COLUMNS"):
+        return probe
+    return Console(width=PIPE_WIDTH, **kwargs)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -244,21 +257,31 @@ def export(config: str | None, sets: tuple[str, ...], force: bool, threads: int 
     overrides = _export_overrides(**flags)
     overrides.update(parse_override(s) for s in sets)
     load_config(config, overrides)  # a mistake in the flags is reported before the display
-    progress_console = Console(file=terminal_stream(2), stderr=True)
+    progress_console = _console(file=terminal_stream(2), stderr=True)
     columns = (SpinnerColumn(finished_text=""), TextColumn("{task.fields[mark]}"),
                TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=progress_console) as progress, _interrupt_flag() as stop:
+    live = progress_console.is_terminal  # elsewhere (CI, pipes): one plain line per step
+    with Progress(*columns, console=progress_console, disable=not live) as progress, \
+            _interrupt_flag() as stop:
         @contextlib.contextmanager
         def step(text: str):
             task = progress.add_task(text, total=1, mark="")
+            began = time.perf_counter()
+            if not live:
+                progress_console.print(f"{text} ...", markup=False, highlight=False)
             try:
                 yield
                 if stop.is_set():  # a Ctrl-C that a library swallowed: honour it here
                     raise stop.exception
             except BaseException:
                 progress.update(task, completed=1, mark="[red]✗[/]")
+                if not live:
+                    progress_console.print(f"failed: {text}", markup=False, highlight=False)
                 raise
             progress.update(task, completed=1, mark="[green]✓[/]")
+            if not live:
+                progress_console.print(f"done: {text} ({time.perf_counter() - began:.1f} s)",
+                                       markup=False, highlight=False)
 
         def warn(text: str) -> None:
             progress.console.print(f"mvdeploy: warning: {text}", markup=False, highlight=False,
@@ -400,7 +423,7 @@ def eval_command(artifacts: tuple[str, ...], data: str, limit: int | None, weigh
     from mvdeploy.evaluate import evaluate_artifacts
     from mvdeploy.native_output import terminal_stream
 
-    progress_console = Console(file=terminal_stream(2), stderr=True)
+    progress_console = _console(file=terminal_stream(2), stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(),
                TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
     with Progress(*columns, console=progress_console) as progress, _interrupt_flag() as stop:
@@ -572,10 +595,12 @@ def bench(suite, models, patches, resolutions, runtimes, precisions, threads, ba
     for warning in planned.warnings:
         err_console.print(f"mvdeploy: warning: {warning}", markup=False, highlight=False,
                           style="yellow")
-    progress_console = Console(file=terminal_stream(2), stderr=True)
+    progress_console = _console(file=terminal_stream(2), stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
                "{task.total}"), TimeElapsedColumn())
-    with Progress(*columns, console=progress_console) as progress, _interrupt_flag() as stop:
+    live = progress_console.is_terminal  # elsewhere (CI, pipes): one plain line per run
+    with Progress(*columns, console=progress_console, disable=not live) as progress, \
+            _interrupt_flag() as stop:
         task = progress.add_task("preparing artifacts", total=None)
 
         def log(text: str) -> None:
@@ -585,6 +610,9 @@ def bench(suite, models, patches, resolutions, runtimes, precisions, threads, ba
 
         def advance(done: int, total: int, text: str) -> None:
             progress.update(task, completed=done, total=total, description=text)
+            if not live:
+                progress_console.print(f"[{done + 1}/{total}] {text}", markup=False,
+                                       highlight=False)
 
         outcome = session.run(planned, log=log, progress=advance)
         progress.update(task, completed=progress.tasks[0].total or 0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -35,7 +36,7 @@ from mvdeploy.data import find_images, find_labelled_images, load_images, sample
 from mvdeploy.data import normalise as normalise_pixels
 from mvdeploy.errors import ConfigError, MvdeployError
 from mvdeploy.evaluate import LabelledReference, labelled_reference
-from mvdeploy.manifest import build_manifest, write_json
+from mvdeploy.manifest import build_manifest, read_manifest, write_json
 from mvdeploy.models import PATCH_PRESETS, create_model, parse_patch_sizes
 from mvdeploy.models.macs import count_macs
 from mvdeploy.native_output import redirect_native_output
@@ -110,9 +111,53 @@ def _check_targets(out: Path, stem: str, cfg: ExportConfig, force: bool) -> None
     if cfg.export.save_program:
         targets.append(out / f"{stem}.pt2")
     taken = [t for t in targets if t.exists() and not (t.is_dir() and not any(t.iterdir()))]
+    for folder in (t for t in taken if t.is_dir()):
+        other = _artifact_in(folder)
+        if other and Path(other).stem != stem:  # --force replaces a result, never another one
+            raise ConfigError(f"{folder} holds {other}, another model, patch or resolution: "
+                              "--force replaces only the same artifact; choose another --out")
     if taken and not force:
         raise ConfigError(f"{', '.join(str(t) for t in taken)} already exist(s): pass --force to "
                           "replace, or choose another --out")
+
+
+def _artifact_in(folder: Path) -> str | None:
+    """The artifact file a format folder's manifest names (None: no readable manifest)."""
+    try:
+        return read_manifest(folder / "manifest.json").file
+    except MvdeployError:
+        return None
+
+
+# what a killed run leaves (SIGKILL, power loss): hidden names that carry the writer's pid
+_PARTIAL = re.compile(r"^\..*\.partial-(\d+)-|^\..*\.(\d+)\.[^.]+\.partial\.pt2$"
+                      r"|^\.\w+-convert-(\d+)\.log$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _clean_stale(out: Path) -> list[str]:
+    """Remove partial files and folders whose writer is gone; returns their names."""
+    removed = []
+    for path in out.iterdir() if out.is_dir() else []:
+        match = _PARTIAL.match(path.name)
+        pid = int(next(g for g in match.groups() if g)) if match else None
+        if pid is None or pid == os.getpid() or _alive(pid):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
 
 
 def _refuse_if_taken(final: Path, force: bool) -> None:
@@ -126,7 +171,8 @@ def _atomic_dir(final: Path, force: bool) -> Iterator[Path]:
     """Yield a hidden sibling folder; on success it replaces `final`, on failure it vanishes.
     Without `force`, a `final` that appeared meanwhile (another export into the same --out) is
     kept and this result is refused."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-",
+                                dir=final.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should not be
     try:
         yield tmp
@@ -276,6 +322,10 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progr
     out = Path(cfg.export.out).expanduser()
     stem = artifact_stem(cfg)
     _check_targets(out, stem, cfg, force)
+    stale = _clean_stale(out)
+    if stale:
+        warn(f"removed {len(stale)} partial file(s) left in {out} by an interrupted run: "
+             + ", ".join(sorted(stale)))
     with redirect_native_output():  # converters print load warnings at import
         for fmt in cfg.export.formats:  # fail before any work if an extra is missing
             get_backend(fmt).check_installed()
@@ -320,7 +370,8 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progr
     if cfg.export.save_program:
         with step(f"Saving the program to {out / (stem + '.pt2')}"):
             program_path = out / f"{stem}.pt2"
-            handle, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".partial.pt2", dir=out)
+            handle, name = tempfile.mkstemp(prefix=f".{stem}.{os.getpid()}.",
+                                            suffix=".partial.pt2", dir=out)
             os.close(handle)
             tmp = Path(name)  # unique: two exports into one --out never share it
             try:

@@ -234,6 +234,14 @@ def test_cli_export_and_force(tmp_path, capsys):
     assert artifact.stat().st_mtime_ns == before
     assert run([*argv, "--force"]) == 0
     assert artifact.stat().st_mtime_ns != before
+    # another resolution into the same folder would delete this artifact: refused, even forced
+    capsys.readouterr()
+    after = artifact.stat().st_mtime_ns
+    other = [a if a != "64" else "96" for a in argv]
+    assert run([*other, "--force"]) == 2
+    assert "--force replaces only the same artifact" in capsys.readouterr().err
+    assert artifact.stat().st_mtime_ns == after
+    assert not list(tmp_path.glob("*96*.pt2"))  # refused before anything was written
 
 
 @pytest.mark.slow
@@ -439,3 +447,22 @@ def test_unreadable_validation_images_are_said_not_skipped_silently(tmp_path, ca
     assert run(["export", "-r", "64", "-f", "onnx", "--images", str(photos),
                 "-o", str(tmp_path / "out")]) == 0
     assert "1 validation image(s) could not be read" in capfd.readouterr().err
+
+
+@pytest.mark.slow
+def test_partial_files_of_killed_runs_are_cleaned_at_the_next_run(tmp_path, capfd):
+    """SIGKILL leaves hidden partial folders; the next export into the folder removes those
+    whose writer is gone, says so, and leaves a live writer's alone."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    live = os.getppid()
+    out = tmp_path / "out"
+    (out / f".onnx.partial-{gone}-x1y2").mkdir(parents=True)
+    (out / f".onnx.partial-{gone}-x1y2" / "half.onnx").write_bytes(b"half")
+    (out / f".mobilevit_xxs_A_64x64.{gone}.abcd1234.partial.pt2").write_bytes(b"half")
+    (out / f".onnx-convert-{gone}.log").write_text("log")
+    (out / f".tflite.partial-{live}-z9").mkdir()
+    assert run(["export", "-r", "64", "-f", "onnx", "-o", str(out)]) == 0
+    assert "removed 3 partial file(s)" in capfd.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [
+        f".tflite.partial-{live}-z9", "mobilevit_xxs_A_64x64.pt2", "onnx"]
