@@ -312,16 +312,22 @@ def test_empty_image_folder_is_an_error(tmp_path, capsys):
     assert "no images" in capsys.readouterr().err
 
 
+def _export_until_converting(out: Path, formats: str, converting: str) -> subprocess.Popen:
+    """`mvdeploy export` in a child, returned once `converting` has its partial folder."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mvdeploy.cli", "export", "-r", "64", "-f", formats,
+         "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(out.glob(f".{converting}.partial-*")):
+        time.sleep(0.1)
+    assert list(out.glob(f".{converting}.partial-*")), "conversion never started"
+    return proc
+
+
 @pytest.mark.slow
 def test_ctrl_c_leaves_no_half_written_artifact(tmp_path):
     """Interrupt during the TFLite conversion: exit 130, no tflite/ and no partial folders."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mvdeploy.cli", "export", "-r", "64", "-f", "onnx,tflite",
-         "-o", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list(tmp_path.glob(".tflite.partial-*")):
-        time.sleep(0.2)
-    assert list(tmp_path.glob(".tflite.partial-*")), "conversion never started"
+    proc = _export_until_converting(tmp_path, "onnx,tflite", "tflite")
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 130
@@ -335,13 +341,7 @@ def test_ctrl_c_leaves_no_half_written_artifact(tmp_path):
 @pytest.mark.slow
 def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
     """A timeout, CI cancel or `docker stop` sends SIGTERM: one line, exit 143, nothing left."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mvdeploy.cli", "export", "-r", "64", "-f", "onnx",
-         "-o", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list(tmp_path.glob(".onnx.partial-*")):
-        time.sleep(0.1)
-    assert list(tmp_path.glob(".onnx.partial-*")), "conversion never started"
+    proc = _export_until_converting(tmp_path, "onnx", "onnx")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 143
     err = proc.stderr.read().decode().strip().splitlines()
