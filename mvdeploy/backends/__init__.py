@@ -182,17 +182,12 @@ class Session:
     prepare: Callable[[np.ndarray], Any]
     infer: Callable[[Any], Any]
     scores: Callable[[Any], np.ndarray] = field(default=lambda out: out)
-    batch: int | None = None  # fixed batch size, None when any
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.scores(self.infer(self.prepare(x)))
 
 
 Runner = Callable[[np.ndarray], np.ndarray]
-
-
-def list_backends() -> list[str]:
-    return list(FORMATS)
 
 
 def get_backend(name: str) -> ModuleType:

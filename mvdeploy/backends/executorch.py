@@ -99,10 +99,9 @@ def load(path: Path, *, threads: int | None = None, accelerator: str = "cpu") ->
     if threads:
         runtime._unsafe_reset_threadpool(threads)  # XNNPACK's thread pool
     module = runtime._load_for_executorch(str(path))
-    batch = module.method_meta(METHOD).input_tensor_meta(0).sizes()[0]
     return Session(prepare=lambda x: (torch.from_numpy(np.ascontiguousarray(x, np.float32)),),
                    infer=lambda feed: module.run_method(METHOD, feed),
-                   scores=lambda out: out[0].numpy(), batch=int(batch))
+                   scores=lambda out: out[0].numpy())
 
 
 def describe(path: Path) -> dict:

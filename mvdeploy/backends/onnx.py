@@ -229,11 +229,8 @@ def load(path: Path, *, threads: int | None = None, accelerator: str = "cpu") ->
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     session = ort.InferenceSession(str(path), options, providers=[PROVIDERS[accelerator]])
     name = session.get_inputs()[0].name
-    batch = session.get_inputs()[0].shape[0]
     return Session(prepare=lambda x: {name: np.ascontiguousarray(x, dtype=np.float32)},
-                   infer=lambda feed: session.run(None, feed),
-                   scores=lambda out: out[0],
-                   batch=batch if isinstance(batch, int) else None)
+                   infer=lambda feed: session.run(None, feed), scores=lambda out: out[0])
 
 
 def plain_export(module, example, path: Path) -> None:

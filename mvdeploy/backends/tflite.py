@@ -235,8 +235,7 @@ def load(path: Path, *, threads: int | None = None, accelerator: str = "cpu") ->
             out = (out.astype(np.float32) - out_zero) * out_scale
         return out.astype(np.float32, copy=False)
 
-    return Session(prepare=prepare, infer=lambda feed: runner(**feed), scores=scores,
-                   batch=int(details["shape"][0]))
+    return Session(prepare=prepare, infer=lambda feed: runner(**feed), scores=scores)
 
 
 def plain_export(module, example, path: Path) -> None:
