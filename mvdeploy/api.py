@@ -32,7 +32,7 @@ def export(model: str | None = None, *, weights: str | None = None,
     Bad settings raise mvdeploy.errors.ConfigError before any work starts.
     """
     from mvdeploy.config import load_config
-    from mvdeploy.exporter import run_export
+    from mvdeploy.exporter import no_progress, run_export
 
     given = {"model.name": model, "model.weights": weights, "model.patch": patch,
              "model.resolution": None if resolution is None else str(resolution),
@@ -40,10 +40,8 @@ def export(model: str | None = None, *, weights: str | None = None,
              "export.out": None if out is None else str(out), "quantize.precision": precision}
     overrides = {k: v for k, v in given.items() if v is not None}
     overrides.update(settings or {})
-    cfg = load_config(config, overrides)
-    steps = {"step": progress} if progress is not None else {}
-    return run_export(cfg, force=force, threads=threads, warn=warn or (lambda text: None),
-                      **steps)
+    return run_export(load_config(config, overrides), force=force, threads=threads,
+                      step=progress or no_progress, warn=warn or (lambda text: None))
 
 
 def benchmark(**options: Any) -> dict:

@@ -54,7 +54,7 @@ from mvdeploy.validate import (
 Step = Callable[[str], AbstractContextManager]
 
 
-def _no_progress(text: str) -> AbstractContextManager:
+def no_progress(text: str) -> AbstractContextManager:
     return contextlib.nullcontext()
 
 
@@ -110,7 +110,7 @@ def _check_targets(out: Path, stem: str, cfg: ExportConfig, force: bool) -> None
     targets = [out / f for f in cfg.export.formats]
     if cfg.export.save_program:
         targets.append(out / f"{stem}.pt2")
-    taken = [t for t in targets if t.exists() and not (t.is_dir() and not any(t.iterdir()))]
+    taken = [t for t in targets if _occupied(t)]
     for folder in (t for t in taken if t.is_dir()):
         other = _artifact_in(folder)
         if other and Path(other).stem != stem:  # --force replaces a result, never another one
@@ -160,8 +160,13 @@ def _clean_stale(out: Path) -> list[str]:
     return removed
 
 
+def _occupied(path: Path) -> bool:
+    """Something is there that a write would replace (an empty folder does not count)."""
+    return path.exists() and not (path.is_dir() and not any(path.iterdir()))
+
+
 def _refuse_if_taken(final: Path, force: bool) -> None:
-    if not force and final.exists() and not (final.is_dir() and not any(final.iterdir())):
+    if not force and _occupied(final):
         raise ConfigError(f"{final} was written by another export while this one ran: kept it; "
                           "pass --force to replace, or choose another --out")
 
@@ -309,7 +314,7 @@ class _Run:
     force: bool  # replace what is in --out
 
 
-def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = _no_progress,
+def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = no_progress,
                threads: int | None = None,
                warn: Callable[[str], None] = lambda text: None) -> ExportResult:
     """Export every format in `cfg`, validating each against the eager PyTorch model.
