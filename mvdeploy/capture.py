@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -65,5 +65,8 @@ def capture(model: torch.nn.Module, example: torch.Tensor, *,
                     num_classes=int(getattr(model.model, "num_classes", 0)))
 
 
-def save_program(captured: Captured, path: Path) -> None:
-    torch.export.save(captured.program, str(path))
+def program_bytes(captured: Captured) -> bytes:
+    """The .pt2 file's bytes (torch.export.save into memory; the caller writes them)."""
+    buffer = io.BytesIO()
+    torch.export.save(captured.program, buffer)
+    return buffer.getvalue()

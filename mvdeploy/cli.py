@@ -17,7 +17,8 @@ from rich.table import Table
 from rich.text import Text
 
 from mvdeploy import __version__
-from mvdeploy.errors import MvdeployError
+from mvdeploy.errors import MvdeployError, NoSpaceError, RuntimeFailure
+from mvdeploy.files import is_no_space
 
 PIPE_WIDTH = 200  # CI logs and pipes: wide enough that no number or key is cut with "…"
 
@@ -762,6 +763,10 @@ def run(argv: list[str] | None = None) -> int:
         err_console.print(f"mvdeploy: error: {exc}", markup=False, highlight=False,
                           soft_wrap=True)
         return 2
+    except RuntimeFailure as exc:  # the run could not go on (a full disk): not a bug
+        err_console.print(f"mvdeploy: error: {exc}", markup=False, highlight=False,
+                          soft_wrap=True)
+        return 1
     except (KeyboardInterrupt, click.Abort) as exc:  # click turns Ctrl-C into Abort
         if isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated):
             err_console.print("mvdeploy: terminated (SIGTERM): nothing half-written was kept",
@@ -774,6 +779,11 @@ def run(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug or a converter crash, not a user mistake
         if os.environ.get("MVDEPLOY_DEBUG"):
             raise
+        if is_no_space(exc):  # a write this code does not route through mvdeploy.files
+            where = getattr(exc, "filename", None) or "the output path"
+            err_console.print(f"mvdeploy: error: {NoSpaceError(where)}", markup=False,
+                              highlight=False, soft_wrap=True)
+            return 1
         first = str(exc).strip().splitlines()
         err_console.print(f"mvdeploy: internal error: {type(exc).__name__}: "
                           f"{first[0] if first else ''} (set MVDEPLOY_DEBUG=1 for the traceback)",

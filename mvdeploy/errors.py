@@ -33,3 +33,13 @@ class MissingDependencyError(MvdeployError, ImportError):
 
 class ArtifactError(MvdeployError):
     """A file given as a model artifact cannot be read as one."""
+
+
+class RuntimeFailure(Exception):
+    """Not the user's mistake, yet the run cannot go on (a full disk): one line, exit 1."""
+
+
+class NoSpaceError(RuntimeFailure):
+    def __init__(self, where: object):
+        super().__init__(f"no space left on the disk holding {where}: free some space there, "
+                         "or write somewhere else")

@@ -30,12 +30,14 @@ import torch
 
 from mvdeploy import __version__
 from mvdeploy.backends import Job, Outputs, get_backend, spec
-from mvdeploy.capture import Captured, capture, save_program
+from mvdeploy.capture import Captured, capture, program_bytes
 from mvdeploy.config import ExportConfig
 from mvdeploy.data import find_images, find_labelled_images, load_images, sample_image_paths
 from mvdeploy.data import normalise as normalise_pixels
-from mvdeploy.errors import ConfigError, MvdeployError
+from mvdeploy.errors import ConfigError, MvdeployError, NoSpaceError
 from mvdeploy.evaluate import LabelledReference, labelled_reference
+from mvdeploy.files import is_no_space, log_says_full, nearly_full, umask, write_atomic
+from mvdeploy.isolate import run_isolated
 from mvdeploy.manifest import build_manifest, read_manifest, write_json
 from mvdeploy.models import PATCH_PRESETS, create_model, parse_patch_sizes
 from mvdeploy.models.macs import count_macs
@@ -144,7 +146,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _clean_stale(out: Path) -> list[str]:
+def clean_stale(out: Path) -> list[str]:
     """Remove partial files and folders whose writer is gone; returns their names."""
     removed = []
     for path in out.iterdir() if out.is_dir() else []:
@@ -178,7 +180,7 @@ def _atomic_dir(final: Path, force: bool) -> Iterator[Path]:
     kept and this result is refused."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-",
                                 dir=final.parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should not be
+    tmp.chmod(0o777 & ~umask())  # mkdtemp makes it private; the result should not be
     try:
         yield tmp
         _refuse_if_taken(final, force)
@@ -191,6 +193,28 @@ def _atomic_dir(final: Path, force: bool) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _convert(backend, job: Job, record: dict | None) -> dict:
+    """Runs in the converter's own process (mvdeploy.isolate): write the artifact and, where
+    the format embeds it, the app record (before validation, which then checks the final file).
+    """
+    export_info = backend.convert(job)
+    if record is not None:
+        backend.embed_metadata(job.path, record)
+    return export_info
+
+
+@contextlib.contextmanager
+def _full_disk_named(out: Path, partial: Path, log: Path) -> Iterator[None]:
+    """A converter that failed or died on a full disk: say so, not what the converter said.
+    Asked before the partial output is removed, which would free the space again."""
+    try:
+        yield
+    except Exception as exc:
+        if is_no_space(exc) or log_says_full(log) or nearly_full(partial):
+            raise NoSpaceError(out) from exc
+        raise
 
 
 def _preprocessing(cfg: ExportConfig, nhwc: bool) -> dict:
@@ -218,12 +242,6 @@ def _tolerance(cfg: ExportConfig, fmt: str, precision: str) -> Tolerance:
     if kind == "quantized":
         return Tolerance(min_snr_db=cfg.validate.quantized_min_snr_db)
     return Tolerance(max_rel=cfg.validate.fp32_max_rel)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 @dataclass(frozen=True)
@@ -327,7 +345,7 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = no_progre
     out = Path(cfg.export.out).expanduser()
     stem = artifact_stem(cfg)
     _check_targets(out, stem, cfg, force)
-    stale = _clean_stale(out)
+    stale = clean_stale(out)
     if stale:
         warn(f"removed {len(stale)} partial file(s) left in {out} by an interrupted run: "
              + ", ".join(sorted(stale)))
@@ -375,16 +393,10 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = no_progre
     if cfg.export.save_program:
         with step(f"Saving the program to {out / (stem + '.pt2')}"):
             program_path = out / f"{stem}.pt2"
-            handle, name = tempfile.mkstemp(prefix=f".{stem}.{os.getpid()}.",
-                                            suffix=".partial.pt2", dir=out)
-            os.close(handle)
-            tmp = Path(name)  # unique: two exports into one --out never share it
-            try:
-                save_program(captured, tmp)
-                _refuse_if_taken(program_path, force)
-                os.replace(tmp, program_path)
-            finally:
-                tmp.unlink(missing_ok=True)
+            # serialised in memory: torch's zip writer aborts the process on a full disk
+            data = program_bytes(captured)
+            _refuse_if_taken(program_path, force)
+            write_atomic(program_path, data)
 
     run = _Run(cfg, out, stem, captured, reference, calibration, calibration_info, model_info,
                model.class_labels, force)
@@ -421,11 +433,10 @@ def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> F
                       preprocessing=cfg.preprocessing, metadata=cfg.metadata,
                       model=cfg.model.name, patch=cfg.model.patch, resolution=(height, width))
             label = f"Converting to {fmt}" + (f" ({precision})" if precision != "fp32" else "")
-            with step(label), redirect_native_output(log):
-                export_info = backend.convert(job)
-            if format_spec.metadata:  # before validation: check the final file
-                backend.embed_metadata(artifact,
-                                       _app_metadata(cfg, model_info, labels, nhwc, outputs))
+            record = (_app_metadata(cfg, model_info, labels, nhwc, outputs)
+                      if format_spec.metadata else None)
+            with step(label), redirect_native_output(log), _full_disk_named(out, tmp, log):
+                export_info = run_isolated(_convert, backend, job, record, log=log)
             with step(f"Validating {fmt} against PyTorch"), redirect_native_output(log):
                 report = validate(fmt, artifact, inputs=reference.inputs,
                                   references=expected, labelled=reference.labelled,
@@ -453,7 +464,7 @@ def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> F
         log.unlink(missing_ok=True)
         (out / f"{fmt}-error.log").unlink(missing_ok=True)  # from an earlier failed run
     except Exception as exc:
-        if isinstance(exc, MvdeployError):  # a user mistake: the CLI prints it
+        if isinstance(exc, (MvdeployError, NoSpaceError)):  # the CLI prints it; the run stops
             log.unlink(missing_ok=True)
             raise
         # a converter failure: report it, keep the log, go on with the other formats

@@ -6,7 +6,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-import os
 import platform
 from dataclasses import dataclass
 from importlib import metadata
@@ -15,6 +14,7 @@ from typing import Any
 
 from mvdeploy import __version__
 from mvdeploy.errors import ArtifactError
+from mvdeploy.files import write_atomic
 
 SCHEMA_VERSION = 1
 CORE_LIBRARIES = ("torch", "numpy")
@@ -140,6 +140,4 @@ def manifest_beside(artifact: Path) -> Manifest | None:
 
 def write_json(path: Path, data: Any) -> None:
     """Write atomically: a reader never sees half a manifest."""
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")

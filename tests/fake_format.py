@@ -4,6 +4,9 @@ mvdeploy knows it exists."""
 
 from __future__ import annotations
 
+import errno
+import os
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +40,25 @@ def check_installed() -> None:
 
 
 def convert(job: Job) -> dict:
-    from mvdeploy.capture import save_program
+    from mvdeploy.capture import program_bytes
 
-    save_program(job.captured, job.path)
+    job.path.write_bytes(program_bytes(job.captured))
+    _fail_as_asked(job.options.note)
     return {"note": job.options.note}
+
+
+def _fail_as_asked(note: str) -> None:
+    """How native converters die, after half the output is written: a C++ abort, a hard exit,
+    a write that finds the disk full."""
+    if note == "abort":
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file in the test folder
+        print("terminate called after throwing an instance of 'std::runtime_error'", flush=True)
+        os.abort()
+    if note == "exit":
+        print("F0000 converter.cc:1] Check failed: buffer != nullptr", flush=True)
+        os._exit(3)
+    if note == "full":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def load(path: Path, *, threads: int | None = None, accelerator: str = "cpu") -> Session:

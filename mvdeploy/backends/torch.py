@@ -34,9 +34,9 @@ def check_installed() -> None:
 def convert(job: Job) -> dict:
     import torch
 
-    from mvdeploy.capture import save_program
+    from mvdeploy.capture import program_bytes
 
-    save_program(job.captured, job.path)
+    job.path.write_bytes(program_bytes(job.captured))
     return {"torch": torch.__version__}
 
 

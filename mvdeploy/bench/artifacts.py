@@ -8,6 +8,7 @@ weights, and the fidelity columns measure something.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,7 +18,10 @@ import torch
 from mvdeploy.backends import spec
 from mvdeploy.bench.matrix import BenchConfig
 from mvdeploy.config import load_config
-from mvdeploy.exporter import run_export
+from mvdeploy.errors import NoSpaceError
+from mvdeploy.exporter import clean_stale, run_export
+from mvdeploy.files import is_no_space, nearly_full
+from mvdeploy.isolate import run_isolated
 from mvdeploy.manifest import Manifest, digest, read_manifest
 from mvdeploy.models import create_model
 from mvdeploy.models.macs import count_macs
@@ -105,14 +109,18 @@ def _export_peer(cfg: BenchConfig, weights: Path, folder: Path,
     if not (folder / name).exists():
         log(f"exporting the transformers peer of {cfg.model} {h}x{w} to {cfg.format} (plain)")
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+        clean_stale(folder.parent)  # what a killed bench left
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-{os.getpid()}-",
+                                    dir=folder.parent))
         try:
-            with redirect_native_output():
-                export_peer(cfg.model, str(weights), cfg.format,
-                            torch.rand(cfg.batch, 3, h, w), tmp / name)
+            with redirect_native_output():  # a converter that dies takes only its child down
+                run_isolated(export_peer, cfg.model, str(weights), cfg.format,
+                             torch.rand(cfg.batch, 3, h, w), tmp / name)
             shutil.rmtree(folder, ignore_errors=True)
             tmp.rename(folder)
-        except Exception as exc:  # the peer failing is a result too
+        except Exception as exc:  # the peer failing is a result too; a full disk ends the run
+            if is_no_space(exc) or nearly_full(tmp):
+                raise NoSpaceError(folder.parent) from exc
             return Prepared(error=f"peer export failed: {type(exc).__name__}: {exc}"[:300])
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -143,6 +151,8 @@ def prepare_all(configs: list[BenchConfig], cache: Path, weights: str | None,
         try:
             by_format = _export_group(cfgs, weight_paths[cfgs[0].model],
                                       cache / "artifacts" / group, log)
+        except NoSpaceError:
+            raise
         except Exception as exc:  # e.g. a config error for this combination: report per config
             by_format = {c.format: Prepared(error=f"export failed: {exc}"[:300]) for c in cfgs}
         for cfg in cfgs:

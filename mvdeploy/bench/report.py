@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import json
 import os
 import platform
@@ -17,6 +18,7 @@ from typing import Any
 from mvdeploy import __version__
 from mvdeploy.bench.row import BenchRow
 from mvdeploy.errors import ConfigError
+from mvdeploy.files import write_atomic
 from mvdeploy.manifest import library_versions, write_json
 
 SCHEMA = "mvdeploy.bench"
@@ -169,13 +171,12 @@ def _flat(row: dict) -> dict:
 
 
 def write_csv(report: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for row in report["results"]:
-            writer.writerow(_flat(row))
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for row in report["results"]:
+        writer.writerow(_flat(row))
+    write_atomic(path, text.getvalue())
 
 
 def _num(value, digits: int = 2) -> str:
@@ -329,9 +330,9 @@ def _backend(r: dict) -> str:
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.partial.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=110)
+    write_atomic(path, image.getvalue())
     return path
 
 
@@ -340,9 +341,7 @@ def write_all(report: dict, folder: Path) -> list[Path]:
     write_json(folder / "results.json", report)
     write_csv(report, folder / "results.csv")
     md = folder / "results.md"
-    tmp = md.with_name(".results.md.partial")
-    tmp.write_text(markdown(report))
-    os.replace(tmp, md)
+    write_atomic(md, markdown(report))
     return [folder / "results.json", folder / "results.csv", md, *plot(report, folder)]
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from mvdeploy.backends import BackendUnavailable
+from mvdeploy.files import write_atomic
 
 MAX_RUNS = 100_000  # a safety stop for min_seconds on very fast configurations
 
@@ -160,9 +161,7 @@ def main(argv: list[str]) -> int:
         result = {"status": "failed",
                   "error": f"{type(exc).__name__}: {first[0][:300] if first else ''}",
                   "traceback": traceback.format_exc()[-4000:]}
-    tmp = Path(spec["result"] + ".partial")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, spec["result"])
+    write_atomic(Path(spec["result"]), json.dumps(result))
     return 0
 
 
