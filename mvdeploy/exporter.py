@@ -289,13 +289,37 @@ def _split_images(cfg: ExportConfig) -> tuple[list[Path], list[Path] | None]:
     return held_out, calibration
 
 
+# Below this many images, activation ranges rarely cover what the model meets in use: the
+# usual advice (ORT's and PT2E's calibration examples, Q-HyViT) is a few hundred; 32 is the floor.
+FEW_CALIBRATION_IMAGES = 32
+
+
 def _calibration(cfg: ExportConfig, paths: list[Path]) -> tuple[Calibration, dict]:
     height, width = cfg.height_width
     images, used, skipped = load_images(paths, height, width, cfg.preprocessing,
                                         limit=cfg.quantize.calibration_samples)
     info = {"source": cfg.quantize.calibration_images or "bundled sample photos",
-            "images": len(used), "unreadable": skipped, "names": [p.name for p in used]}
+            "images": len(used), "unreadable": skipped, "names": [p.name for p in used],
+            "flat": int(np.sum(np.ptp(images.reshape(*images.shape[:2], -1), axis=2).max(1)
+                               == 0))}
     return Calibration(images, [p.name for p in used]), info
+
+
+def _calibration_warnings(info: dict) -> list[str]:
+    """What makes int8 ranges unrepresentative, said before the conversions."""
+    said = []
+    if info["unreadable"]:
+        said.append(f"{info['unreadable']} calibration image(s) could not be read and are not "
+                    "used")
+    if info["images"] < FEW_CALIBRATION_IMAGES:
+        said.append(f"calibrating on {info['images']} image(s) ({info['source']}): fewer than "
+                    f"{FEW_CALIBRATION_IMAGES} rarely cover real inputs, so int8 ranges may clip; "
+                    f"give --calibration a folder of {FEW_CALIBRATION_IMAGES} or more photos "
+                    "like yours")
+    if info["flat"]:  # e.g. a 1x1 image, stretched to the input size
+        said.append(f"{info['flat']} calibration image(s) are one flat colour after resizing "
+                    "(e.g. 1x1 pixel): they tell int8 nothing about real ranges")
+    return said
 
 
 def _reference(cfg: ExportConfig, model: torch.nn.Module, paths: list[Path]) -> _Reference:
@@ -372,9 +396,8 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = no_progre
     if reference.unreadable_photos:
         warn(f"{reference.unreadable_photos} validation image(s) could not be read and are not "
              "used (see the manifest's validation inputs for the ones that were)")
-    if calibration_info and calibration_info["unreadable"]:
-        warn(f"{calibration_info['unreadable']} calibration image(s) could not be read and are "
-             "not used")
+    for text in _calibration_warnings(calibration_info) if calibration_info else []:
+        warn(text)
     macs = count_macs(model, height, width)
     model_info = {
         "name": cfg.model.name, "patch_sizes": [list(p) for p in model.patch_sizes],

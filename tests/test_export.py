@@ -283,6 +283,8 @@ def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, text
     (["--weights", "/nonexistent.pt", "-f", "onnx"], "does not exist"),
     (["--images", "/nonexistent", "-f", "onnx"], "does not exist"),
     (["--threads", "0", "-f", "onnx"], "--threads must be at least 1"),
+    (["-f", "coreml", "--precision", "fp32", "--coreml-precision", "fp16"],
+     "--precision fp32 and --coreml-precision (coreml.compute_precision) fp16 disagree"),
 ])
 def test_bad_flags_are_one_line_exit_2(tmp_path, capsys, argv, match):
     assert run(["export", "-o", str(tmp_path / "out"), *argv]) == 2

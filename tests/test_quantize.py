@@ -222,6 +222,20 @@ def test_cli_unreadable_calibration_folder(tmp_path, capsys):
     assert "none of the 2 image files could be read" in capsys.readouterr().err
 
 
+def test_cli_warns_about_a_calibration_set_that_cannot_represent_the_data(tmp_path, capfd):
+    """One 1x1 image: accepted (it is a choice), but said twice before the conversion."""
+    from PIL import Image
+
+    (tmp_path / "tiny").mkdir()
+    Image.new("RGB", (1, 1), (200, 30, 90)).save(tmp_path / "tiny" / "dot.png")
+    code = run(["export", "-f", "onnx", "-r", "64", "--precision", "int8-static",
+                "--calibration", str(tmp_path / "tiny"), "-o", str(tmp_path / "out")])
+    err = capfd.readouterr().err
+    assert code in (0, 1)  # whether a one-pixel calibration still validates is not the point
+    assert "calibrating on 1 image(s)" in err and "fewer than 32" in err
+    assert "1 calibration image(s) are one flat colour" in err
+
+
 def _labelled_folder(root: Path, weights: Path, height: int, width: int) -> Path:
     """Six sample photos filed under class-index folders: right for three, wrong for three."""
     import torch

@@ -43,7 +43,7 @@ CLASS_PROBS = "classLabel_probs"
 @dataclass(frozen=True)
 class CoremlOptions:
     minimum_deployment_target: str = "iOS16"
-    compute_precision: str = "fp16"
+    compute_precision: str | None = None  # fp16 unless set here or by --precision fp16/fp32
     image_input: bool = False  # ImageType: Vision / CVPixelBuffer in, preprocessing folded in
     classifier: bool = False  # ClassifierConfig: outputs classLabel and classLabel_probs
 
@@ -53,11 +53,14 @@ def _check(options: CoremlOptions, recipe: str | None, ctx: CheckContext) -> Non
         raise ConfigError("coreml.minimum_deployment_target must be one of "
                           f"{', '.join(TARGETS)} (ML Programs need iOS15 or later), "
                           f"got {options.minimum_deployment_target!r}")
-    if options.compute_precision not in _PRECISIONS:
+    if options.compute_precision not in (None, *_PRECISIONS):
         raise ConfigError(f"coreml.compute_precision must be fp16 or fp32, "
                           f"got {options.compute_precision!r}")
     if recipe is None:  # not exported in this run: nothing else matters
         return
+    if recipe in _PRECISIONS and options.compute_precision not in (None, recipe):
+        raise ConfigError(f"--precision {recipe} and --coreml-precision (coreml.compute_precision)"
+                          f" {options.compute_precision} disagree: give one of them")
     if recipe == "w8a8" and options.minimum_deployment_target not in W8A8_TARGETS:
         raise ConfigError("quantize.precision w8a8 needs coreml.minimum_deployment_target "
                           "iOS17 or later (activation quantisation ops)")
@@ -108,7 +111,7 @@ SPEC = FormatSpec(
                        evidence="activation quantize ops and int8 weights",
                        shows=lambda s: _ops(s).get("quantize", 0) > 0),
     },
-    options=CoremlOptions, default_recipe=lambda o: o.compute_precision, check=_check,
+    options=CoremlOptions, default_recipe=lambda o: o.compute_precision or "fp16", check=_check,
     outputs=lambda o: Outputs((CLASS_LABEL, CLASS_PROBS), CLASS_PROBS, "probabilities")
     if o.classifier else Outputs(),
     max_rank=5,  # Core ML and the ANE reject tensors above rank 5
@@ -170,7 +173,7 @@ def convert(job: Job) -> dict:
         program = torch.export.export(module, (), {INPUT_NAME: captured.example})
     shape = tuple(captured.example.shape)
     labels = class_labels(captured.labels, captured.num_classes)
-    compute = recipe if recipe in _PRECISIONS else options.compute_precision
+    compute = recipe if recipe in _PRECISIONS else options.compute_precision or "fp16"
     model = ct.convert(
         program.run_decompositions({}),  # coremltools reads the ATen dialect
         inputs=[_image_input(ct, job.preprocessing, shape) if options.image_input
