@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import torch
 
 
@@ -44,3 +48,26 @@ def input_sensitive_(module: torch.nn.Module, head: torch.nn.Linear, seed: int =
     from mvdeploy.models.init import calibrate_
 
     return calibrate_(perturb_(module, seed), head, forward=forward)
+
+
+# the preprocessor_config.json of Apple's MobileViT checkpoints on the Hub
+APPLE_PREPROCESSOR = {"crop_size": 256, "do_center_crop": True, "do_flip_channel_order": True,
+                      "do_resize": True, "feature_extractor_type": "MobileViTFeatureExtractor",
+                      "resample": 2, "size": 288}
+
+
+def lay_out_hub_cache(cache: Path, repo: str, files: dict[str, Path | dict],
+                      revision: str = "main", commit: str = "0" * 39 + "1") -> Path:
+    """Write the standard huggingface_hub cache layout (refs/<revision> -> snapshots/<commit>)
+    as `hf download` leaves it, without the network."""
+    storage = cache / f"models--{repo.replace('/', '--')}"
+    snapshot = storage / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (storage / "refs").mkdir(exist_ok=True)
+    (storage / "refs" / revision).write_text(commit)
+    for name, source in files.items():
+        if isinstance(source, dict):
+            (snapshot / name).write_text(json.dumps(source))
+        else:
+            shutil.copy(source, snapshot / name)
+    return snapshot

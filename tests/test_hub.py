@@ -20,12 +20,9 @@ from mvdeploy.errors import CheckpointError
 from mvdeploy.models import create_model
 from mvdeploy.models.hub import parse_hub_id
 from mvdeploy.models.weights import TELLTALE_KEYS, detect_source, load_pretrained, save_checkpoint
-from tests.helpers import seeded_state
+from tests.helpers import APPLE_PREPROCESSOR, lay_out_hub_cache, seeded_state
 
 # Apple's preprocessor_config.json for apple/mobilevit-xx-small, in its (older) integer form
-APPLE_PREPROCESSOR = {"crop_size": 256, "do_center_crop": True, "do_flip_channel_order": True,
-                      "do_resize": True, "feature_extractor_type": "MobileViTFeatureExtractor",
-                      "resample": 2, "size": 288}
 # timm's hub config.json for timm/mobilevit_xxs.cvnets_in1k (10 classes here)
 TIMM_CONFIG = {"architecture": "mobilevit_xxs", "num_classes": 10, "num_features": 320,
                "pretrained_cfg": {"tag": "cvnets_in1k", "custom_load": False,
@@ -36,23 +33,6 @@ TIMM_CONFIG = {"architecture": "mobilevit_xxs", "num_classes": 10, "num_features
                                   "pool_size": [8, 8], "first_conv": "stem.conv",
                                   "classifier": "head.fc"}}
 TIMM_REFERENCE = Path(__file__).with_name("data") / "timm_mobilevit_xxs.npz"
-
-
-def lay_out_hub_cache(cache: Path, repo: str, files: dict[str, Path | dict],
-                      revision: str = "main", commit: str = "0" * 39 + "1") -> Path:
-    """Write the standard huggingface_hub cache layout (refs/<revision> -> snapshots/<commit>)
-    as `hf download` leaves it, without the network."""
-    storage = cache / f"models--{repo.replace('/', '--')}"
-    snapshot = storage / "snapshots" / commit
-    snapshot.mkdir(parents=True, exist_ok=True)
-    (storage / "refs").mkdir(exist_ok=True)
-    (storage / "refs" / revision).write_text(commit)
-    for name, source in files.items():
-        if isinstance(source, dict):
-            (snapshot / name).write_text(json.dumps(source))
-        else:
-            shutil.copy(source, snapshot / name)
-    return snapshot
 
 
 def timm_state() -> tuple[dict[str, torch.Tensor], np.ndarray]:

@@ -1,0 +1,209 @@
+"""The README's commands, in the order a new user meets them, on a fresh clone.
+
+Every line of a ```bash block is a command a reader may paste. Two checks:
+
+- always (fast): each mvdeploy command parses; what it reads exists in the clone or was written
+  by an earlier command; and no command writes where an earlier one did unless it says --force
+  (two README examples once shared an output folder, so the second one stopped with exit 2).
+- with MVDEPLOY_README_RUN=1 (about 15 minutes): each command runs, in order, in a copy of the
+  repository's tracked files, against a Hugging Face cache laid out by the test (no network),
+  and exits 0.
+
+A block right after `<!-- readme-order: not run (why) -->` is checked but not run: the digits
+fixture's retraining (it rewrites the shipped checkpoint) and the full patch-size study.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from mvdeploy.errors import MvdeployError
+from tests.helpers import APPLE_PREPROCESSOR, lay_out_hub_cache
+
+REPO = Path(__file__).resolve().parents[1]
+NOT_RUN = "<!-- readme-order: not run"
+SETUP = ({"python3", "-m", "venv"}, {"pip", "install"}, {"python", "-m", "pytest"})
+HUB_IDS = {"apple/mobilevit-xx-small": "mobilevit_xxs", "apple/mobilevit-small": "mobilevit_s"}
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: tuple[str, ...]
+    line: int  # in README.md
+    runs: bool  # False in a block marked "not run"
+
+    def __str__(self) -> str:
+        return f"README.md:{self.line}: {shlex.join(self.argv)}"
+
+
+def readme_commands() -> list[Command]:
+    """Every command in README's bash blocks, in order; `a && b` is two commands."""
+    text = (REPO / "README.md").read_text()
+    commands = []
+    for block in re.finditer(r"^```bash\n(.*?)^```", text, re.S | re.M):
+        before = text[:block.start()].rstrip().splitlines()[-1]
+        first_line = text[:block.start()].count("\n") + 2
+        body = block.group(1).replace("\\\n", " ")  # continuation lines
+        for offset, line in enumerate(body.splitlines()):
+            for part in line.split("&&"):
+                argv = shlex.split(part, comments=True)
+                if argv and not any(words <= set(argv) for words in SETUP) and argv[0] != ".":
+                    commands.append(Command(tuple(argv), first_line + offset,
+                                            not before.startswith(NOT_RUN)))
+    return commands
+
+
+def _norm(path: str) -> PurePosixPath:
+    return PurePosixPath(os.path.normpath(path))
+
+
+@dataclass
+class Effects:
+    writes: list[PurePosixPath]  # folders or files a second writer would collide with
+    produces: list[PurePosixPath]  # files a later command may read
+    reads: list[PurePosixPath]
+    force: bool = False
+
+
+def _export_effects(args: list[str]) -> Effects:
+    """What `mvdeploy export args` writes, from the CLI's own parsing and config resolution."""
+    from mvdeploy.backends import spec
+    from mvdeploy.cli import _export_overrides, app
+    from mvdeploy.config import load_config, parse_override
+    from mvdeploy.exporter import artifact_stem
+
+    params = app.commands["export"].make_context("export", list(args)).params
+    config, sets, force = params.pop("config"), params.pop("sets"), params.pop("force")
+    for unused in ("threads", "as_json"):
+        params.pop(unused)
+    overrides = _export_overrides(**params)
+    overrides.update(parse_override(s) for s in sets)
+    cfg = load_config(config, overrides)
+    out, stem = _norm(cfg.export.out), artifact_stem(cfg)
+    folders = [out / fmt for fmt in cfg.export.formats]
+    writes = folders + ([out / f"{stem}.pt2"] if cfg.export.save_program else [])
+    produces = [folder / f"{stem}{spec(folder.name).suffix}" for folder in folders]
+    weights = cfg.model.weights
+    reads = [_norm(p) for p in (config, weights) if p and p not in HUB_IDS]
+    return Effects(writes, produces + writes, reads, force)
+
+
+def _bench_effects(args: list[str]) -> Effects:
+    from mvdeploy.cli import app
+
+    params = app.commands["bench"].make_context("bench", list(args)).params
+    if params["compare"]:
+        return Effects([], [], [_norm(p) for p in params["compare"]])
+    if params["report_from"]:  # redraws beside the results it reads
+        return Effects([], [], [_norm(params["report_from"])])
+    out = _norm(params["out"] or "bench_out")
+    reads = [_norm(params["suite"])] if params["suite"] else []
+    return Effects([out], [out / "results.json"], reads, params["force"])
+
+
+def effects(command: Command) -> Effects:
+    """What one README command reads and writes (relative to the clone's root)."""
+    argv = list(command.argv)
+    if argv[0] == "python":
+        script, *args = argv[1:]
+        out = args[args.index("--out") + 1] if "--out" in args else None
+        if args[:1] == ["train"]:  # rewrites the shipped checkpoint on purpose
+            return Effects([], [], [_norm(script)], force=True)
+        return Effects([_norm(out)] if out else [], [_norm(out)] if out else [], [_norm(script)])
+    assert argv[0] == "mvdeploy", f"{command}: not an mvdeploy command"
+    name, args = argv[1], argv[2:]
+    if name == "export":
+        return _export_effects(args)
+    if name == "bench":
+        return _bench_effects(args)
+    from mvdeploy.cli import app
+
+    params = app.commands[{"inspect": "inspect", "predict": "predict", "eval": "eval",
+                           "snippet": "snippet"}.get(name, name)].make_context(name, args).params
+    reads = []
+    for key in ("artifact", "artifacts", "images", "data", "weights"):
+        value = params.get(key)
+        values = value if isinstance(value, tuple) else [value] if value else []
+        reads += [_norm(v) for v in values if v not in HUB_IDS]
+    return Effects([], [], reads)
+
+
+def _tracked() -> set[PurePosixPath]:
+    """The files of a fresh clone, and the folders above them."""
+    try:
+        listed = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout: what is there
+        listed = [str(p.relative_to(REPO)) for p in REPO.rglob("*") if p.is_file()]
+    paths = {PurePosixPath(p) for p in listed}
+    return paths | {parent for p in paths for parent in p.parents}
+
+
+def test_readme_commands_read_what_exists_and_never_collide(monkeypatch):
+    monkeypatch.chdir(REPO)  # config files and checkpoints are relative to the clone
+    tracked, written, produced = _tracked(), {}, set()
+    commands = readme_commands()
+    assert len(commands) >= 20, "the README's command blocks were not found"
+    for command in commands:
+        try:
+            effect = effects(command)
+        except (MvdeployError, SystemExit, Exception) as exc:
+            raise AssertionError(f"{command} does not parse: {exc}") from exc
+        for path in effect.reads:
+            made = path in produced or any(parent in produced for parent in path.parents)
+            assert path in tracked or made, f"{command} reads {path}, which nothing made"
+        for path in effect.writes:
+            earlier = written.get(path)
+            assert earlier is None or effect.force, (
+                f"{command} writes {path}, already written at README.md:{earlier}")
+            written[path] = command.line
+        produced.update(effect.produces)
+
+
+def test_readme_commands_are_found_in_order():
+    commands = readme_commands()
+    lines = [c.line for c in commands]
+    assert lines == sorted(lines)
+    first = commands[0]  # the install line's export, after pip install
+    assert first.argv[:2] == ("mvdeploy", "export") and "apple/mobilevit-xx-small" in first.argv
+    assert not [c for c in commands if c.argv[0] in ("pip", "python3")]
+    assert [c for c in commands if not c.runs] == [
+        c for c in commands if "train" in c.argv or "benchmarks/patch_size_study.toml" in c.argv]
+
+
+# -- every command, for real -----------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("MVDEPLOY_README_RUN"),
+                    reason="runs every README command (about 15 minutes): "
+                           "MVDEPLOY_README_RUN=1 python -m pytest tests/test_readme.py")
+def test_readme_runs_top_to_bottom(tmp_path, hf_checkpoint):
+    clone = tmp_path / "clone"
+    for path in sorted(p for p in _tracked() if (REPO / p).is_file()):
+        (clone / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / path, clone / path)
+    cache = tmp_path / "hub"
+    for hub_id, name in HUB_IDS.items():
+        _, directory = hf_checkpoint(name)
+        lay_out_hub_cache(cache, hub_id, {
+            "config.json": directory / "config.json",
+            "model.safetensors": directory / "model.safetensors",
+            "preprocessor_config.json": APPLE_PREPROCESSOR})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache),
+           "MVDEPLOY_CACHE": str(tmp_path / "bench_cache")}
+    for command in (c for c in readme_commands() if c.runs):
+        argv = list(command.argv)
+        argv = ([sys.executable, "-m", "mvdeploy.cli", *argv[1:]] if argv[0] == "mvdeploy"
+                else [sys.executable, *argv[1:]])
+        done = subprocess.run(argv, cwd=clone, env=env, capture_output=True, text=True,
+                              timeout=1800)
+        assert done.returncode == 0, f"{command} exited {done.returncode}:\n{done.stderr[-3000:]}"
