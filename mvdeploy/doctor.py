@@ -96,7 +96,9 @@ def diagnose() -> tuple[list[ComponentStatus], list[BackendStatus]]:
         reason = spec.cannot_run_here()
         if reason:
             can_run = False
-            notes.append(f"{reason}; artifacts are checked structurally")
+            checked = (f"numerically by {spec.reference_runtime}" if spec.reference_runtime
+                       else "structurally")
+            notes.append(f"{reason}; artifacts are checked {checked}")
         backends.append(BackendStatus(spec.name, can_export, can_run, "; ".join(notes)))
     return statuses, backends
 

@@ -131,6 +131,7 @@ class ValidationReport:
     note: str = ""
     accuracy: dict[str, dict] = field(default_factory=dict)  # labelled set -> accuracies
     reference: ReferenceSpread | None = None
+    runtime: str = ""  # what computed the numbers, where a format has more than one way
 
     @property
     def passed(self) -> bool:
@@ -200,6 +201,7 @@ def validate(fmt: str, artifact: Path, *, inputs: dict[str, np.ndarray],
         if report.failures:
             report.status = "failed"
         return report
+    report.runtime, report.note = runner.runtime, runner.note
     for label, x in inputs.items():
         got = run_batched(runner, x, batch)
         report.metrics[label] = metrics = compare(references[label], got)

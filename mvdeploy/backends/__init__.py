@@ -138,6 +138,8 @@ class FormatSpec:
     selectable: bool = True  # appears in export.formats (the .pt2 is saved separately)
     default: bool = True  # exported when --format is not given
     cannot_run_here: Callable[[], str | None] = lambda: None  # e.g. needs macOS
+    # what computes its numbers where its runtime cannot run (load() falls back to it)
+    reference_runtime: str = ""
     # why the runtime cannot use a bench accelerator here (e.g. a missing ORT provider)
     accelerator_unavailable: Callable[[str], str | None] = lambda accelerator: None
 
@@ -182,6 +184,8 @@ class Session:
     prepare: Callable[[np.ndarray], Any]
     infer: Callable[[Any], Any]
     scores: Callable[[Any], np.ndarray] = field(default=lambda out: out)
+    runtime: str = ""  # what ran it, where a format has more than one way ("reference")
+    note: str = ""  # what its numbers mean, when that needs saying
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.scores(self.infer(self.prepare(x)))

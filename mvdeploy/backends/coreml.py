@@ -15,7 +15,6 @@ import numpy as np
 
 from mvdeploy import __version__
 from mvdeploy.backends import (
-    BackendUnavailable,
     CheckContext,
     Flag,
     FormatSpec,
@@ -123,6 +122,7 @@ SPEC = FormatSpec(
            Flag(("--coreml-precision",), "compute_precision", choices=tuple(_PRECISIONS),
                 help="Core ML compute precision (default fp16).")),
     snippet_language="swift", cannot_run_here=_cannot_run_here,
+    reference_runtime="mvdeploy's NumPy reference executor of the ML Program",
 )
 
 
@@ -252,27 +252,47 @@ def embed_metadata(path: Path, metadata: dict) -> None:
     tmp.rename(path)
 
 
+REFERENCE_NOTE = ("numbers from mvdeploy's NumPy reference executor of the ML Program (Core ML "
+                  "predictions need macOS): they check the conversion (layouts, permutations, "
+                  "padding, split sizes, compression, fp16 casts), not what a device's CPU, "
+                  "GPU or Neural Engine computes")
+
+
 def load(path: Path, *, threads: int | None = None, accelerator: str = "ALL") -> Session:
     """NCHW float32 batch -> logits, or probabilities for a classifier; image inputs are fed
     as the photo the tensor came from (preprocessing undone, rounded to 8-bit pixels).
-    `accelerator` is a Core ML compute unit (ALL, CPU_ONLY, CPU_AND_GPU, CPU_AND_NE)."""
-    reason = _cannot_run_here()
-    if reason:
-        raise BackendUnavailable(reason)
+    `accelerator` is a Core ML compute unit (ALL, CPU_ONLY, CPU_AND_GPU, CPU_AND_NE).
+    Off macOS, mvdeploy's reference executor (coreml_reference.py) runs the program."""
     ct = _ct()
-    model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, accelerator))
-    spec = model.get_spec()
+    if _cannot_run_here():
+        from mvdeploy.backends.coreml_reference import Program
+
+        program = Program(path)
+        spec, predict, runtime = program.spec, program, "reference"
+    else:
+        model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, accelerator))
+        spec, predict, runtime = model.get_spec(), model.predict, "coreml"
     record = decode_record(dict(spec.description.metadata.userDefined)).get("mvdeploy", {})
-    image = spec.description.input[0].type.WhichOneof("Type") == "imageType"
+    image_type = spec.description.input[0].type
+    image = image_type.WhichOneof("Type") == "imageType"
+    bgr = image and ct.proto.FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(
+        image_type.imageType.colorSpace) == "BGR"
     probs_name = spec.description.predictedProbabilitiesName
     labels = class_labels(record.get("labels"), record.get("num_classes", 0))
     one_by_one = image or bool(probs_name)  # a picture or a dictionary per prediction
 
+    def feed(x: np.ndarray):
+        picture = _to_image(x, record["preprocessing"])
+        if runtime == "coreml":
+            return picture
+        pixels = np.asarray(picture, dtype=np.float32)  # what Core ML makes of the picture
+        pixels = pixels[..., ::-1] if bgr else pixels
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])
+
     def prepare(x: np.ndarray) -> list[dict]:
         if not one_by_one:
             return [{INPUT_NAME: x}]
-        return [{INPUT_NAME: _to_image(x[i], record["preprocessing"]) if image else x[i:i + 1]}
-                for i in range(len(x))]
+        return [{INPUT_NAME: feed(x[i]) if image else x[i:i + 1]} for i in range(len(x))]
 
     def scores(outs: list[dict]) -> np.ndarray:
         if probs_name:
@@ -280,8 +300,9 @@ def load(path: Path, *, threads: int | None = None, accelerator: str = "ALL") ->
                             dtype=np.float32)
         return np.concatenate([np.asarray(out[OUTPUT_NAME], dtype=np.float32) for out in outs])
 
-    return Session(prepare=prepare, infer=lambda feeds: [model.predict(f) for f in feeds],
-                   scores=scores)
+    return Session(prepare=prepare, infer=lambda feeds: [predict(f) for f in feeds],
+                   scores=scores, runtime=runtime,
+                   note=REFERENCE_NOTE if runtime == "reference" else "")
 
 
 def _to_image(x: np.ndarray, prep: dict):
