@@ -182,11 +182,20 @@ def test_declared_preprocessing_matches_the_reference(shipped, hf_checkpoint, pa
 
 
 @pytest.mark.slow
-def test_coreml_predict_needs_macos(shipped):
-    artifact = _artifact(shipped("mobilevit_xxs_B_ios"), "coreml")
-    if sys.platform == "darwin":
-        pytest.skip("runs the prediction on macOS; this checks the message elsewhere")
-    assert run(["predict", str(artifact), str(sample_image_paths()[0])]) == 2
+def test_coreml_image_classifier_runs_and_agrees_with_pytorch(shipped, capsys):
+    """Image input (BGR, scale built in) and classifier output, by numbers: off macOS through
+    the reference executor, fed the 8-bit photo a phone would hand Vision."""
+    folder = shipped("mobilevit_xxs_B_ios")
+    manifest = json.loads((folder / "coreml" / "manifest.json").read_text())
+    validation = manifest["validation"]
+    assert validation["status"] == "passed" and manifest["validated"] is True
+    assert validation["metrics"]["photos"]["top1_agreement"] >= 5 / 6
+    if sys.platform != "darwin":
+        assert validation["runtime"] == "reference"
+    artifact = _artifact(folder, "coreml")
+    assert run(["predict", str(artifact), str(sample_image_paths()[0]), "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert result["top"][0]["label"] and 0 < result["top"][0]["probability"] <= 1
 
 
 # ---------------------------------------------------------------- snippets

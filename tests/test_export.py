@@ -68,16 +68,19 @@ def test_every_format_exports_and_validates(xxs_export, patch, fmt):
     assert [i["name"] for i in structure["inputs"]] == ["pixel_values"]
     assert [o["name"] for o in structure["outputs"]] == ["logits"]
     assert structure["max_rank"] <= 4  # fold="rank4": fine for Core ML, ANE, TFLite GPU
-    if fmt == "coreml" and sys.platform != "darwin":
-        assert manifest["validation"]["status"] == "structural"
-        assert manifest["validated"] is False and "macOS" in manifest["validation"]["note"]
+    assert manifest["validated"] is True
+    for label in ("photos", "random"):
+        metrics = manifest["validation"]["metrics"][label]
+        if fmt == "coreml":  # fp16 by default: an SNR tolerance
+            assert metrics["snr_db"] >= 40 and metrics["top1_agreement"] >= 0.8
+        else:
+            assert metrics["max_rel"] <= 1e-4 and metrics["top1_agreement"] == 1.0
+    if fmt == "coreml" and sys.platform != "darwin":  # numbers from the reference executor
+        assert manifest["validation"]["runtime"] == "reference"
+        assert "not what a device's CPU, GPU or Neural Engine computes" in \
+            manifest["validation"]["note"]
         assert structure["model_type"] == "mlProgram"
         assert {"conv", "layer_norm", "softmax", "matmul"} <= set(structure["ops"])
-    else:
-        assert manifest["validated"] is True
-        for label in ("photos", "random"):
-            metrics = manifest["validation"]["metrics"][label]
-            assert metrics["max_rel"] <= 1e-4 and metrics["top1_agreement"] == 1.0
         assert manifest["degenerate"] is False  # seeded weights tell the photos apart
 
 
@@ -399,11 +402,7 @@ def test_predict_matches_pytorch_top1(xxs_export, fmt, capsys):
     r = next(r for r in result.formats if r.format == fmt)
     photos = sample_image_paths()[:3]
     argv = ["predict", str(r.artifact), *map(str, photos), "--top", "3", "--json"]
-    if fmt == "coreml" and sys.platform != "darwin":
-        assert run(argv) == 2
-        assert "Core ML predictions need macOS" in capsys.readouterr().err
-        return
-    assert run(argv) == 0
+    assert run(argv) == 0  # Core ML off macOS: through the reference executor
     predictions = json.loads(capsys.readouterr().out)
     model = create_model("mobilevit_xxs", weights=str(result.out.parent / "weights.safetensors"))
     x, _, _ = load_images(photos, 96, 64)  # the reference preprocessing: 288/256 resize, BGR

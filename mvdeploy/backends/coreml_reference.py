@@ -305,7 +305,12 @@ class Program:
         self.constants = {}
         for op in self.function.operations:  # weights: decompressed once, reused every call
             if op.op_type == "const" or op.op_type.startswith("constexpr_"):
-                value = op.outputs[0].val if op.op_type == "const" else op.value_inference()
+                # compressed weights: coremltools' own decompression (materialized_val_inference)
+                value = (op.outputs[0].val if op.op_type == "const"
+                         else op.materialized_val_inference())
+                if isinstance(value, (list, tuple)):  # e.g. sparse ops: several outputs
+                    raise UnsupportedOp(f"{path.name}: {op.op_type} with several outputs is "
+                                        "not implemented by the reference executor")
                 self.constants[op.outputs[0].name] = value
         self.input_names = list(self.function.inputs)
         self.output_names = [v.name for v in self.function.outputs]
