@@ -206,3 +206,78 @@ def test_an_op_it_does_not_know_is_refused_by_name(tmp_path):
     # what validation and predict meet: "cannot run here", so never a wrong number
     with pytest.raises(BackendUnavailable, match="erf"):
         get_backend("coreml").load(next(tmp_path.glob("*.mlpackage")))
+
+
+# ---------------------------------------------------------------- a whole converted MobileViT
+
+
+@pytest.fixture(scope="module")
+def xxs_fp32(tmp_path_factory):
+    """XXS, patch A, 64x64, seeded input-sensitive weights, Core ML fp32, and PyTorch's logits
+    on the bundled photos."""
+    from mvdeploy.config import load_config
+    from mvdeploy.data import load_images, sample_image_paths
+    from mvdeploy.exporter import run_export
+    from mvdeploy.models import create_model
+
+    out = tmp_path_factory.mktemp("coreml_fp32")
+    cfg = load_config(overrides={"model.resolution": "64", "export.formats": "coreml",
+                                 "coreml.compute_precision": "fp32", "export.out": str(out),
+                                 "export.save_program": False})
+    (result,) = run_export(cfg).formats
+    x, _, _ = load_images(sample_image_paths(), 64, 64)
+    with torch.no_grad():
+        logits = create_model("mobilevit_xxs")(T(x)).numpy()
+    return result, x, logits
+
+
+def _validate(artifact: Path, x: np.ndarray, logits: np.ndarray):
+    from mvdeploy.validate import Tolerance, validate
+
+    return validate("coreml", artifact, inputs={"photos": x}, references={"photos": logits},
+                    precision="fp32", input_shape=[1, 3, 64, 64], output_shape=[1, 1000],
+                    batch=1, tolerance=Tolerance(max_rel=1e-4))
+
+
+@pytest.mark.slow
+def test_a_converted_mobilevit_matches_pytorch_to_float32_precision(xxs_fp32):
+    result, x, logits = xxs_fp32
+    assert result.ok and result.report.runtime in ("reference", "coreml")
+    report = _validate(result.artifact, x, logits)
+    assert report.passed and report.metrics["photos"].max_rel <= 1e-4
+    assert len(set(logits.argmax(1))) > 1  # the reference can fail: it tells photos apart
+
+
+def _tamper_transpose(artifact: Path, out: Path) -> str:
+    """Swap two entries of one transpose's permutation whose axes have the same size: every
+    shape stays valid, but pixels land in the wrong places."""
+    spec = ct.utils.load_spec(str(artifact))
+    (block,) = spec.mlProgram.functions["main"].block_specializations.values()
+    producers = {o.name: op for op in block.operations for o in op.outputs}
+    for op in block.operations:
+        if op.type != "transpose":
+            continue
+        perm = producers[op.inputs["perm"].arguments[0].name]
+        values = perm.attributes["val"].immediateValue.tensor.ints.values
+        source = producers[op.inputs["x"].arguments[0].name].outputs[0]
+        shape = [d.constant.size for d in source.type.tensorType.dimensions]
+        for i in range(len(values)):
+            for j in range(i + 1, len(values)):
+                if shape[values[i]] == shape[values[j]] and shape[values[i]] > 1:
+                    values[i], values[j] = values[j], values[i]
+                    weights = artifact / "Data" / "com.apple.CoreML" / "weights"
+                    ct.models.MLModel(spec, weights_dir=str(weights),
+                                      skip_model_load=True).save(str(out))
+                    return op.outputs[0].name
+    raise AssertionError("no transpose with two axes of one size")
+
+
+@pytest.mark.slow
+def test_a_tampered_program_with_valid_shapes_fails_validation(xxs_fp32, tmp_path):
+    result, x, logits = xxs_fp32
+    tampered = tmp_path / "tampered.mlpackage"
+    name = _tamper_transpose(result.artifact, tampered)
+    report = _validate(tampered, x, logits)
+    assert not report.passed, f"swapping axes of {name} went unnoticed"
+    assert any("max abs diff" in f for f in report.failures)
+    assert report.structure["inputs"] == _validate(result.artifact, x, logits).structure["inputs"]
