@@ -377,7 +377,8 @@ def inspect_command(artifact: str, as_json: bool) -> None:
 @click.option("--top", "-k", default=5, show_default=True, help="How many classes to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def predict_command(artifact: str, images: tuple[str, ...], top: int, as_json: bool) -> None:
-    """Top-k classes for photos, with the artifact's own preprocessing (Core ML: macOS only)."""
+    """Top-k classes for photos, with the artifact's own preprocessing (Core ML off macOS:
+    through mvdeploy's reference executor)."""
     from mvdeploy.predict import predict
 
     results = predict(artifact, list(images), top=top)

@@ -67,7 +67,7 @@ def test_shipped_config_exports(config, shipped):
     for fmt in cfg.export.formats:
         manifest = json.loads((out / fmt / "manifest.json").read_text())
         assert manifest["config"]["model"]["name"] == cfg.model.name
-        assert manifest["validation"]["status"] in ("passed", "structural")
+        assert manifest["validation"]["status"] == "passed"  # Core ML too: by numbers
         assert not manifest["validation"]["failures"]
         shape = manifest["artifact"]["inputs"][0]["shape"]
         if fmt == "tflite" and "android" in config.stem:
