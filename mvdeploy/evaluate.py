@@ -193,7 +193,8 @@ def evaluate_artifacts(artifacts: list[str | Path], data: str | Path, *,
     """Top-1/top-5 of each artifact on `data`, with its embedded preprocessing and labels;
     with `weights`, also the PyTorch model's accuracy and the artifact's agreement with it.
 
-    An artifact that cannot run here (Core ML off macOS) gets an "error" entry instead.
+    An artifact that cannot run here (e.g. a Core ML program with an op the reference executor
+    does not implement) gets an "error" entry instead.
     """
     from mvdeploy.backends import BackendUnavailable, get_backend
     from mvdeploy.inspect import inspect_artifact
