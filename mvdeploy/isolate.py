@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import faulthandler
 import multiprocessing
+import os
 import pickle
+import shutil
 import signal
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -61,7 +64,10 @@ def run_isolated(fn: Callable[..., T], *args: Any, log: Path | None = None) -> T
     """
     context = multiprocessing.get_context("fork")
     reader, writer = context.Pipe(duplex=False)
-    child = context.Process(target=_child, args=(writer, fn, args), daemon=True)
+    # the child's temporary files (coremltools writes a package per conversion and removes it
+    # in a finaliser that a child's exit never runs) go here, and go when the child does
+    scratch = tempfile.mkdtemp(prefix="mvdeploy-convert-")
+    child = context.Process(target=_child, args=(writer, fn, args, scratch), daemon=True)
     child.start()
     writer.close()
     try:
@@ -76,6 +82,7 @@ def run_isolated(fn: Callable[..., T], *args: Any, log: Path | None = None) -> T
         raise
     finally:
         reader.close()
+        shutil.rmtree(scratch, ignore_errors=True)
     if message is None:
         raise ChildCrashed(child.exitcode, last_line(log))
     kind, payload, description, child_traceback = message
@@ -91,7 +98,8 @@ def run_isolated(fn: Callable[..., T], *args: Any, log: Path | None = None) -> T
     raise error
 
 
-def _child(writer, fn: Callable, args: tuple) -> None:
+def _child(writer, fn: Callable, args: tuple, scratch: str) -> None:
+    os.environ["TMPDIR"] = tempfile.tempdir = scratch  # Python's tempfile and native code
     # the parent decides what an interrupt means: here it only ends the process
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -9,9 +9,11 @@ real converters or writers filling it; they are skipped where no namespace can b
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -65,6 +67,19 @@ def test_run_isolated_returns_results_and_reraises_errors():
     with pytest.raises(ChildCrashed, match=r"converter crashed \(exit 7\)"):
         run_isolated(__import__("os")._exit, 7)
     assert describe_exit(-9) == "exit 137, SIGKILL, often the out-of-memory killer"
+
+
+def _leak_a_temporary_file() -> str:
+    handle, name = tempfile.mkstemp(suffix=".mlpackage")  # as coremltools does per conversion
+    os.close(handle)
+    return name
+
+
+def test_what_a_converter_leaves_in_tmp_goes_with_its_process():
+    """Finalisers that would remove temporary files never run in a child that exits hard."""
+    leaked = Path(run_isolated(_leak_a_temporary_file))
+    assert leaked.name.endswith(".mlpackage") and not leaked.exists()
+    assert not leaked.parent.exists()
 
 
 # -- a real full disk ------------------------------------------------------------------------
