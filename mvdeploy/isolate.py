@@ -61,7 +61,11 @@ def run_isolated(fn: Callable[..., T], *args: Any, log: Path | None = None) -> T
     """fn(*args) in a forked child; its result, its exception re-raised here, or ChildCrashed.
 
     Ctrl-C or SIGTERM in the parent kills the child before the interrupt goes on.
+    On macOS it runs in this process: forking after Apple's frameworks are loaded (coremltools
+    loads Core ML there) is unsafe, which is why Python itself spawns there by default.
     """
+    if sys.platform == "darwin":
+        return fn(*args)
     context = multiprocessing.get_context("fork")
     reader, writer = context.Pipe(duplex=False)
     # the child's temporary files (coremltools writes a package per conversion and removes it
