@@ -35,6 +35,11 @@ def _export_fake(out: Path, note: str) -> list[str]:
             "--set", "export.save_program=false"]
 
 
+in_process = pytest.mark.skipif(sys.platform == "darwin",
+                                reason="macOS converts in-process (no fork): a hard death ends it")
+
+
+@in_process
 @pytest.mark.parametrize(("note", "said"), [
     ("abort", "converter crashed (exit 134, SIGABRT): terminate called after throwing"),
     ("exit", "converter crashed (exit 3): F0000 converter.cc:1] Check failed"),
@@ -59,6 +64,7 @@ def test_a_converter_that_finds_the_disk_full_stops_the_export(with_fake_format,
     assert list(tmp_path.iterdir()) == []  # no partial folder, no log, and onnx never began
 
 
+@in_process
 def test_run_isolated_returns_results_and_reraises_errors():
     assert run_isolated(sum, [1, 2, 3]) == 6
     with pytest.raises(ZeroDivisionError) as caught:
@@ -75,6 +81,7 @@ def _leak_a_temporary_file() -> str:
     return name
 
 
+@in_process
 def test_what_a_converter_leaves_in_tmp_goes_with_its_process():
     """Finalisers that would remove temporary files never run in a child that exits hard."""
     leaked = Path(run_isolated(_leak_a_temporary_file))
