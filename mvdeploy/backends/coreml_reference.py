@@ -308,7 +308,7 @@ class Program:
                 # compressed weights: coremltools' own decompression (materialized_val_inference)
                 value = (op.outputs[0].val if op.op_type == "const"
                          else op.materialized_val_inference())
-                if isinstance(value, (list, tuple)):  # e.g. sparse ops: several outputs
+                if len(op.outputs) > 1:  # e.g. iOS18 sparse ops (not produced by mvdeploy)
                     raise UnsupportedOp(f"{path.name}: {op.op_type} with several outputs is "
                                         "not implemented by the reference executor")
                 self.constants[op.outputs[0].name] = value
