@@ -206,13 +206,14 @@ def test_inspect_rejects_corrupt_or_foreign_files(tmp_path, capsys, name):
     assert err.startswith("mvdeploy: error:") and "\n" not in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize(("name", "patch", "resolution"),
-                         [("mobilevit_xs", "B", "256"), ("mobilevit_s", "A", "320x256")])
+@pytest.mark.parametrize(("name", "patch", "resolution", "formats"),
+                         [("mobilevit_xs", "B", "256", "coreml"),  # ONNX, TFLite: test_app
+                          ("mobilevit_s", "A", "320x256", "onnx,tflite,coreml")])
 @pytest.mark.slow
-def test_larger_variants_export(name, patch, resolution, tmp_path):
+def test_larger_variants_export(name, patch, resolution, formats, tmp_path):
     cfg = load_config(overrides={"model.name": name, "model.patch": patch,
                                  "model.resolution": resolution, "export.out": str(tmp_path),
-                                 "export.formats": "onnx,tflite,coreml",
+                                 "export.formats": formats,
                                  "coreml.compute_precision": "fp32", "validate.max_images": 3})
     result = run_export(cfg)  # Core ML by numbers too: off macOS, the reference executor
     assert result.ok
