@@ -11,9 +11,9 @@ what Core ML's CPU, GPU or Neural Engine kernels compute on a device (their accu
 order and precision differ; an fp16 op here computes in float32 and rounds its output to
 float16, which is how fp16 storage between ops behaves).
 
-Constant-only ops (`constexpr_*`: compressed weights) are decompressed by coremltools' own
-value inference. Ops on activations are written here, because coremltools' NumPy semantics
-(`value_inference`) only run on constant inputs. An op this executor does not know is refused
+Constant-only ops (`constexpr_*`: compressed weights) are decompressed once, at load, by
+coremltools' own `materialized_val_inference`. Ops on activations are written here, because
+coremltools' NumPy semantics (`value_inference`) only run on constant inputs. An op this executor does not know is refused
 with one line naming it, never guessed.
 """
 
