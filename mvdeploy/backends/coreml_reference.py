@@ -13,8 +13,8 @@ float16, which is how fp16 storage between ops behaves).
 
 Constant-only ops (`constexpr_*`: compressed weights) are decompressed once, at load, by
 coremltools' own `materialized_val_inference`. Ops on activations are written here, because
-coremltools' NumPy semantics (`value_inference`) only run on constant inputs. An op this executor does not know is refused
-with one line naming it, never guessed.
+coremltools' NumPy semantics (`value_inference`) only run on constant inputs. An op this
+executor does not know is refused with one line naming it, never guessed.
 """
 
 from __future__ import annotations
