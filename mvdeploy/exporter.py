@@ -36,7 +36,7 @@ from mvdeploy.data import find_images, find_labelled_images, load_images, sample
 from mvdeploy.data import normalise as normalise_pixels
 from mvdeploy.errors import ConfigError, MvdeployError, NoSpaceError
 from mvdeploy.evaluate import LabelledReference, labelled_reference
-from mvdeploy.files import is_no_space, log_says_full, nearly_full, umask, write_atomic
+from mvdeploy.files import failed_for_space, umask, write_atomic
 from mvdeploy.isolate import run_isolated
 from mvdeploy.manifest import build_manifest, read_manifest, write_json
 from mvdeploy.models import PATCH_PRESETS, create_model, parse_patch_sizes
@@ -131,8 +131,9 @@ def _artifact_in(folder: Path) -> str | None:
         return None
 
 
-# what a killed run leaves (SIGKILL, power loss): hidden names that carry the writer's pid
-_PARTIAL = re.compile(r"^\..*\.partial-(\d+)-|^\..*\.(\d+)\.[^.]+\.partial\.pt2$"
+# what a killed run leaves (SIGKILL, power loss): hidden names that carry the writer's pid —
+# format folders (_atomic_dir), files (files.write_atomic: .NAME.PID.RANDOM.partial), logs
+_PARTIAL = re.compile(r"^\..*\.partial-(\d+)-|^\..+\.(\d+)\.[^.]+\.partial$"
                       r"|^\.\w+-convert-(\d+)\.log$")
 
 
@@ -212,7 +213,7 @@ def _full_disk_named(out: Path, partial: Path, log: Path) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        if is_no_space(exc) or log_says_full(log) or nearly_full(partial):
+        if failed_for_space(exc, partial, log):
             raise NoSpaceError(out) from exc
         raise
 

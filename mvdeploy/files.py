@@ -52,6 +52,12 @@ def log_says_full(log: Path | None) -> bool:
     return any(word in tail for word in _FULL_WORDS)
 
 
+def failed_for_space(exc: BaseException, partial: Path, log: Path | None = None) -> bool:
+    """A writer failed or died for lack of space: its error or log says so, or the disk is
+    (nearly) full. Ask before removing the partial output, which frees the space again."""
+    return is_no_space(exc) or log_says_full(log) or nearly_full(partial)
+
+
 @contextlib.contextmanager
 def full_disk_reported(where: Path) -> Iterator[None]:
     """Turn a failed write for lack of space inside the block into NoSpaceError(where)."""

@@ -462,7 +462,7 @@ def test_partial_files_of_killed_runs_are_cleaned_at_the_next_run(tmp_path, capf
     out = tmp_path / "out"
     (out / f".onnx.partial-{gone}-x1y2").mkdir(parents=True)
     (out / f".onnx.partial-{gone}-x1y2" / "half.onnx").write_bytes(b"half")
-    (out / f".mobilevit_xxs_A_64x64.{gone}.abcd1234.partial.pt2").write_bytes(b"half")
+    (out / f".mobilevit_xxs_A_64x64.pt2.{gone}.abcd1234.partial").write_bytes(b"half")
     (out / f".onnx-convert-{gone}.log").write_text("log")
     (out / f".tflite.partial-{live}-z9").mkdir()
     assert run(["export", "-r", "64", "-f", "onnx", "-o", str(out)]) == 0

@@ -20,7 +20,7 @@ from mvdeploy.bench.matrix import BenchConfig
 from mvdeploy.config import load_config
 from mvdeploy.errors import NoSpaceError
 from mvdeploy.exporter import clean_stale, run_export
-from mvdeploy.files import is_no_space, nearly_full
+from mvdeploy.files import failed_for_space
 from mvdeploy.isolate import run_isolated
 from mvdeploy.manifest import Manifest, digest, read_manifest
 from mvdeploy.models import create_model
@@ -119,7 +119,7 @@ def _export_peer(cfg: BenchConfig, weights: Path, folder: Path,
             shutil.rmtree(folder, ignore_errors=True)
             tmp.rename(folder)
         except Exception as exc:  # the peer failing is a result too; a full disk ends the run
-            if is_no_space(exc) or nearly_full(tmp):
+            if failed_for_space(exc, tmp):
                 raise NoSpaceError(folder.parent) from exc
             return Prepared(error=f"peer export failed: {type(exc).__name__}: {exc}"[:300])
         finally:
