@@ -223,8 +223,10 @@ _HELP = _export_help()
 @click.option("--batch", type=int, help="Fixed batch size of the artifacts (default 1).")
 @click.option("--dynamic-batch", is_flag=True, default=None, help=_HELP["dynamic_batch"])
 @_format_flags
-@click.option("--fold", type=click.Choice(["rank4", "permute"]),
-              help="Unfold/fold implementation (default rank4, which Core ML needs).")
+# the choices are models.FOLD_IMPLS, written out: importing models would import torch
+@click.option("--fold", type=click.Choice(["auto", "nhwc", "rank4", "permute"]),
+              help="Unfold/fold form for every format (default auto: each format's fastest; "
+                   "nhwc and rank4 keep tensors at rank 4, permute makes rank 6).")
 @click.option("--precision", metavar="RECIPE", help=_HELP["precision"])
 @click.option("--calibration", metavar="DIR",
               help="Photos to calibrate int8-static / w8a8 on (default: the bundled samples, "

@@ -51,7 +51,7 @@ class ModelSection:
     weights: str | None = None
     patch: str = "A"  # preset or per-stage sizes, e.g. "8,4,2" or "2x4,2,2"
     resolution: str = "256"  # "HEIGHTxWIDTH" or one number
-    fold: str = "rank4"
+    fold: str = "auto"  # unfold/fold form; auto: each format's own (FormatSpec.fold)
     num_classes: int = 1000  # for random initialisation; a checkpoint brings its own
 
 
@@ -219,8 +219,8 @@ def _check(cfg: ExportConfig) -> None:
     patches = wrap("model.patch", parse_patch_sizes, cfg.model.patch)
     height, width = wrap("model.resolution", parse_resolution, cfg.model.resolution)
     wrap("model.resolution", check_attention_memory, height, width, patches)
-    if cfg.model.fold not in FOLD_IMPLS:
-        raise ConfigError(f"model.fold must be one of {', '.join(FOLD_IMPLS)}, "
+    if cfg.model.fold not in ("auto", *FOLD_IMPLS):
+        raise ConfigError(f"model.fold must be auto or one of {', '.join(FOLD_IMPLS)}, "
                           f"got {cfg.model.fold!r}")
     if cfg.model.num_classes < 1:
         raise ConfigError("model.num_classes must be at least 1")

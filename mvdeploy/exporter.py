@@ -39,7 +39,7 @@ from mvdeploy.evaluate import LabelledReference, labelled_reference
 from mvdeploy.files import failed_for_space, umask, write_atomic
 from mvdeploy.isolate import run_isolated
 from mvdeploy.manifest import build_manifest, read_manifest, write_json
-from mvdeploy.models import PATCH_PRESETS, create_model, parse_patch_sizes
+from mvdeploy.models import PATCH_PRESETS, GraphForm, create_model, parse_patch_sizes
 from mvdeploy.models.macs import count_macs
 from mvdeploy.native_output import redirect_native_output
 from mvdeploy.quantize import Calibration, needs_calibration, tolerance_kind
@@ -348,13 +348,20 @@ class _Run:
     cfg: ExportConfig  # with the checkpoint's preprocessing resolved
     out: Path
     stem: str
-    captured: Captured
+    captures: dict[GraphForm, Captured]  # formats may want different graph forms
     reference: _Reference
     calibration: Calibration | None
     calibration_info: dict | None
     model_info: dict
     labels: list[str] | None
     force: bool  # replace what is in --out
+
+
+def graph_form(cfg: ExportConfig, fmt: str) -> GraphForm:
+    """The graph form `fmt` is exported in: the one its backend measured fastest on its runtime
+    (FormatSpec.graph_form), with the configured fold if model.fold is not auto."""
+    form = GraphForm(**spec(fmt).graph_form)
+    return form if cfg.model.fold == "auto" else form.with_fold(cfg.model.fold)
 
 
 def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = no_progress,
@@ -384,7 +391,7 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = no_progre
         warn("no --weights: exporting seeded random weights, which tell photos apart but "
              "predict nothing meaningful; pass a checkpoint path or hub id for a real model")
     with step(f"Building {cfg.model.name}, patch {cfg.model.patch}, {height}x{width}"):
-        model = create_model(cfg.model.name, patch_sizes=cfg.model.patch, fold=cfg.model.fold,
+        model = create_model(cfg.model.name, patch_sizes=cfg.model.patch,
                              weights=cfg.model.weights,
                              num_classes=None if cfg.model.weights else cfg.model.num_classes)
         cfg = cfg.with_checkpoint_preprocessing(getattr(model, "preprocessing", None))
@@ -402,27 +409,37 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = no_progre
     macs = count_macs(model, height, width)
     model_info = {
         "name": cfg.model.name, "patch_sizes": [list(p) for p in model.patch_sizes],
-        "resolution": [height, width], "fold": cfg.model.fold, "num_classes": model.num_classes,
+        "resolution": [height, width], "num_classes": model.num_classes,
         "weights": cfg.model.weights, "checkpoint": getattr(model, "checkpoint", None),
         "params": sum(p.numel() for p in model.parameters()),
         "gmacs": round(macs.gmacs, 4), "batch": None if cfg.export.dynamic_batch else batch,
     }
-    with step("Capturing with torch.export"):
-        # torch.export specialises a batch of 1, so a dynamic batch is traced with 2
-        example_batch = 2 if cfg.export.dynamic_batch else batch
-        example = torch.from_numpy(reference.inputs["photos"][:1]).repeat(example_batch, 1, 1, 1)
-        captured = capture(model, example, dynamic_batch=cfg.export.dynamic_batch)
+    # torch.export specialises a batch of 1, so a dynamic batch is traced with 2
+    example_batch = 2 if cfg.export.dynamic_batch else batch
+    example = torch.from_numpy(reference.inputs["photos"][:1]).repeat(example_batch, 1, 1, 1)
+    forms = list(dict.fromkeys(graph_form(cfg, fmt) for fmt in cfg.export.formats))
+    program_form = model.form if cfg.model.fold == "auto" else \
+        model.form.with_fold(cfg.model.fold)  # the .pt2: the model's default form
+    if cfg.export.save_program and program_form not in forms:
+        forms.append(program_form)
+    captures = {}
+    for form in forms:  # every form computes the same outputs: one reference serves them all
+        with step("Capturing with torch.export"
+                  + (f" ({form.fold} fold, {form.tokens} tokens, {form.qkv} qkv)"
+                     if len(forms) > 1 else "")):
+            model.set_form(form)
+            captures[form] = capture(model, example, dynamic_batch=cfg.export.dynamic_batch)
     out.mkdir(parents=True, exist_ok=True)
     program_path = None
     if cfg.export.save_program:
         with step(f"Saving the program to {out / (stem + '.pt2')}"):
             program_path = out / f"{stem}.pt2"
             # serialised in memory: torch's zip writer aborts the process on a full disk
-            data = program_bytes(captured)
+            data = program_bytes(captures[program_form])
             _refuse_if_taken(program_path, force)
             write_atomic(program_path, data)
 
-    run = _Run(cfg, out, stem, captured, reference, calibration, calibration_info, model_info,
+    run = _Run(cfg, out, stem, captures, reference, calibration, calibration_info, model_info,
                model.class_labels, force)
     results = [_export_format(run, fmt, step=step, threads=threads)
                for fmt in cfg.export.formats]
@@ -431,7 +448,9 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = no_progre
 
 def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> FormatResult:
     """Convert, validate and write one format into out/<fmt>, atomically."""
-    cfg, reference, model_info, labels = run.cfg, run.reference, run.model_info, run.labels
+    cfg, reference, labels = run.cfg, run.reference, run.labels
+    form = graph_form(cfg, fmt)
+    model_info = {**run.model_info, "graph_form": asdict(form)}
     final, stem, out = run.out / fmt, run.stem, run.out
     backend, format_spec = get_backend(fmt), spec(fmt)
     options = cfg.format_options(fmt)
@@ -451,7 +470,7 @@ def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> F
     try:
         with _atomic_dir(final, run.force) as tmp:
             artifact = tmp / f"{stem}{format_spec.suffix}"
-            job = Job(captured=run.captured, path=artifact, options=options, recipe=precision,
+            job = Job(captured=run.captures[form], path=artifact, options=options, recipe=precision,
                       quantize=cfg.quantize,
                       calibration=run.calibration if uses_calibration else None,
                       preprocessing=cfg.preprocessing, metadata=cfg.metadata,

@@ -171,7 +171,7 @@ def check_structure(desc: dict, *, input_shape: list, output_shape: list,
                             f"expected {output_shape}")
     if max_rank is not None and desc.get("max_rank", 0) > max_rank:
         failures.append(f"holds a rank-{desc['max_rank']} tensor; this runtime allows at most "
-                        f"rank {max_rank} (use fold='rank4')")
+                        f"rank {max_rank} (use --fold nhwc or rank4)")
     return failures
 
 

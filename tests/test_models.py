@@ -18,7 +18,19 @@ from mvdeploy.models import (
     parse_resolution,
 )
 from mvdeploy.models.macs import count_macs
-from mvdeploy.models.mobilevit import fold_permute, fold_rank4, unfold_permute, unfold_rank4
+from mvdeploy.models.mobilevit import (
+    FOLD_IMPLS,
+    PLAIN_FORM,
+    QKV_FORMS,
+    TOKEN_FORMS,
+    GraphForm,
+    fold_nhwc,
+    fold_permute,
+    fold_rank4,
+    unfold_nhwc,
+    unfold_permute,
+    unfold_rank4,
+)
 from tests.helpers import perturb_
 
 
@@ -126,20 +138,28 @@ def test_unfold_implementations_agree_and_invert(ph, pw):
     tokens = unfold_rank4(x, ph, pw)
     assert tokens.shape == (b * ph * pw, (h // ph) * (w // pw), c)
     assert torch.equal(tokens, unfold_permute(x, ph, pw))
-    assert torch.equal(fold_rank4(tokens, b, ph, pw, h, w), x)
-    assert torch.equal(fold_permute(tokens, b, ph, pw, h, w), x)
+    assert torch.equal(tokens, unfold_nhwc(x, ph, pw))
+    for fold in (fold_rank4, fold_permute, fold_nhwc):
+        assert torch.equal(fold(tokens, b, ph, pw, h, w), x)
+
+
+FORMS = [GraphForm(fold, tokens, qkv) for fold in FOLD_IMPLS for tokens in TOKEN_FORMS
+         for qkv in QKV_FORMS]
 
 
 @pytest.mark.parametrize("patch", ["A", "B", "2x4,4x2,2", "4x2,2x4,2x1"])
 @pytest.mark.parametrize("resolution", [(256, 256), (320, 256), (224, 224)])
-def test_fold_implementations_give_identical_models(patch, resolution):
-    rank4 = perturb_(create_model("mobilevit_xxs", patch_sizes=patch, fold="rank4"), seed=1)
-    permute = create_model("mobilevit_xxs", patch_sizes=patch, fold="permute")
-    permute.load_state_dict(rank4.state_dict())
-    x = torch.randn(1, 3, *resolution)
+def test_graph_forms_give_identical_models(patch, resolution):
+    """Every fold x token layout x qkv form: the plain form's outputs (ml-cvnets /
+    transformers) on perturbed weights, up to float rounding: the nhwc fold hands the next conv
+    a channels-last tensor, which PyTorch may sum in another order."""
+    model = perturb_(create_model("mobilevit_xxs", patch_sizes=patch, form=PLAIN_FORM), seed=1)
+    x = torch.randn(2, 3, *resolution)
     with torch.no_grad():
-        diff = (rank4(x) - permute(x)).abs().max().item()
-    assert diff <= 1e-6
+        plain = model(x)
+        for form in FORMS:
+            model.set_form(form)
+            assert (model(x) - plain).abs().max() <= 1e-6 * plain.abs().max(), form
 
 
 def _max_rank(program) -> int:
@@ -155,8 +175,8 @@ def _max_rank(program) -> int:
 def test_rank4_fold_exports_without_tensors_above_rank_4():
     x = (torch.randn(1, 3, 64, 96),)
     rank4 = torch.export.export(create_model("mobilevit_xxs", patch_sizes="2x4,2,2"), x)
-    permute = torch.export.export(
-        create_model("mobilevit_xxs", patch_sizes="2x4,2,2", fold="permute"), x)
+    permute = torch.export.export(create_model(
+        "mobilevit_xxs", patch_sizes="2x4,2,2", form=GraphForm(fold="permute")), x)
     assert _max_rank(rank4.run_decompositions()) == 4
     assert _max_rank(permute.run_decompositions()) == 6  # the check does see rank-6 tensors
 
@@ -165,4 +185,6 @@ def test_unknown_model_and_fold_are_config_errors():
     with pytest.raises(ConfigError, match="mobilevit_xxs"):
         create_model("mobilevit_xxl")
     with pytest.raises(ConfigError, match="fold"):
-        create_model("mobilevit_xxs", fold="einops")
+        GraphForm(fold="einops")
+    with pytest.raises(ConfigError, match="tokens"):
+        GraphForm(tokens="4d")

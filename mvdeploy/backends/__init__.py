@@ -129,6 +129,9 @@ class FormatSpec:
     outputs: Callable[[Any], Outputs] = lambda options: Outputs()
     input_layout: Callable[[Any], str] = lambda options: "NCHW"
     max_rank: int | None = None  # the runtime rejects tensors above this rank
+    # the model's graph form for this format (models.GraphForm fields; unset: its defaults),
+    # chosen by measurement on the format's runtime; model.fold, when set, overrides the fold
+    graph_form: Mapping[str, str] = field(default_factory=dict)
     dynamic_batch: bool = False  # can hold a symbolic batch dimension
     metadata: bool = False  # embeds mvdeploy's record in the file (embed_metadata)
     runtimes: tuple[Runtime, ...] = ()

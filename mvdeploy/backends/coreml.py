@@ -114,6 +114,8 @@ SPEC = FormatSpec(
     outputs=lambda o: Outputs((CLASS_LABEL, CLASS_PROBS), CLASS_PROBS, "probabilities")
     if o.classifier else Outputs(),
     max_rank=5,  # Core ML and the ANE reject tensors above rank 5
+    # ml-cvnets' rank-4 form, the one Apple converts; other forms are untimed on devices here
+    graph_form={"fold": "rank4", "tokens": "3d", "qkv": "packed"},
     metadata=True,
     runtimes=(Runtime("coreml", ("apple",)),),
     flags=(Flag(("--coreml-target",), "minimum_deployment_target",

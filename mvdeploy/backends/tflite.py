@@ -68,6 +68,8 @@ SPEC = FormatSpec(
     input_layout=lambda o: "NHWC" if o.channels_last else "NCHW",
     metadata=True,
     runtimes=(Runtime("litert", ("cpu", "android")),),
+    # separate q/k/v: no SLICE ops (27 in XXS) for XNNPACK to copy through
+    graph_form={"qkv": "separate"},
     flags=(Flag(("--channels-last",), "channels_last", is_flag=True,
                 help="TFLite: NHWC input [B, H, W, 3], as Android code usually feeds it."),),
     snippet_language="kotlin", peer=True,

@@ -4,6 +4,8 @@ from mvdeploy.models.factory import INITS, create_model
 from mvdeploy.models.mobilevit import (
     FOLD_IMPLS,
     MODEL_CFGS,
+    PLAIN_FORM,
+    GraphForm,
     MobileViT,
     MobileViTCfg,
     check_resolution,
@@ -21,7 +23,22 @@ from mvdeploy.models.patches import (
 )
 
 __all__ = [
-    "FOLD_IMPLS", "INITS", "MODEL_CFGS", "PATCH_PRESETS", "MobileViT", "MobileViTCfg", "PatchSizes",
-    "check_attention_memory", "check_resolution", "create_model", "format_patch_sizes",
-    "get_model_cfg", "interpolated_stages", "list_models", "parse_patch_sizes", "parse_resolution",
+    "FOLD_IMPLS",
+    "INITS",
+    "MODEL_CFGS",
+    "PATCH_PRESETS",
+    "PLAIN_FORM",
+    "GraphForm",
+    "MobileViT",
+    "MobileViTCfg",
+    "PatchSizes",
+    "check_attention_memory",
+    "check_resolution",
+    "create_model",
+    "format_patch_sizes",
+    "get_model_cfg",
+    "interpolated_stages",
+    "list_models",
+    "parse_patch_sizes",
+    "parse_resolution",
 ]

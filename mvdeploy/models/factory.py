@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 
 from mvdeploy.errors import ConfigError
-from mvdeploy.models.mobilevit import FoldImpl, MobileViT, get_model_cfg
+from mvdeploy.models.mobilevit import GraphForm, MobileViT, get_model_cfg
 from mvdeploy.models.patches import PatchSizes, parse_patch_sizes
 
 Init = Literal["photos", "random"]
@@ -19,7 +19,7 @@ INITS: tuple[Init, ...] = ("photos", "random")
 
 
 def create_model(name: str, *, num_classes: int | None = None,
-                 patch_sizes: str | PatchSizes | list = "A", fold: FoldImpl = "rank4",
+                 patch_sizes: str | PatchSizes | list = "A", form: GraphForm | None = None,
                  weights: str | None = None, init: Init = "photos", seed: int = 0) -> MobileViT:
     """A MobileViT variant in eval mode.
 
@@ -39,7 +39,7 @@ def create_model(name: str, *, num_classes: int | None = None,
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = MobileViT(cfg, num_classes=num_classes or 1000, patch_sizes=patches,
-                              fold=fold)
+                              form=form)
         if init == "photos":
             from mvdeploy.models.init import calibrate_
 
@@ -47,7 +47,7 @@ def create_model(name: str, *, num_classes: int | None = None,
         return model.eval()
     from mvdeploy.models.weights import load_pretrained
 
-    model = load_pretrained(weights, patch_sizes=patches, fold=fold)
+    model = load_pretrained(weights, patch_sizes=patches, form=form)
     if model.cfg.name != name:
         raise ConfigError(
             f"checkpoint {weights} holds {model.cfg.name}, not {name}: "

@@ -9,7 +9,7 @@ local 3x3 conv -> 1x1 conv to d -> unfold -> L pre-norm transformer layers -> La
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -20,8 +20,40 @@ from torch import nn
 from mvdeploy.errors import ConfigError
 from mvdeploy.models.patches import PATCH_PRESETS, Patch, PatchSizes
 
-FoldImpl = Literal["rank4", "permute"]
-FOLD_IMPLS: tuple[FoldImpl, ...] = ("rank4", "permute")
+FoldImpl = Literal["nhwc", "rank4", "permute"]
+FOLD_IMPLS: tuple[FoldImpl, ...] = ("nhwc", "rank4", "permute")
+TOKEN_FORMS = ("2d", "3d")
+QKV_FORMS = ("packed", "separate")
+
+
+@dataclass(frozen=True)
+class GraphForm:
+    """How the exported graph spells the same maths. Eager outputs agree in every form up to
+    float rounding (tests/test_models.py); exporters and runtimes see different ops, so each
+    format's backend picks the form its runtime runs fastest (FormatSpec.graph_form, measured
+    in benchmarks/results/graph_forms.md)."""
+
+    fold: FoldImpl = "nhwc"  # unfold/fold formulation (rank: MAX_RANK)
+    # 2d: tokens stay [B*P*N, d] between attentions, so every linear is a plain GEMM with no
+    # reshape around it; 3d: [B*P, N, d] throughout (transformers' form)
+    tokens: str = "2d"
+    # separate: q, k and v from three linears on slices of the packed weight (no Split/SLICE
+    # op); packed: one qkv linear, then split (the checkpoint's layout either way)
+    qkv: str = "packed"
+
+    def __post_init__(self) -> None:
+        for name, value, choices in (("fold", self.fold, FOLD_IMPLS),
+                                     ("tokens", self.tokens, TOKEN_FORMS),
+                                     ("qkv", self.qkv, QKV_FORMS)):
+            if value not in choices:
+                raise ConfigError(f"unknown {name} form {value!r}: choose one of "
+                                  f"{', '.join(choices)}")
+
+    def with_fold(self, fold: str) -> GraphForm:
+        return replace(self, fold=fold)
+
+
+PLAIN_FORM = GraphForm(fold="rank4", tokens="3d", qkv="packed")  # ml-cvnets / transformers
 
 
 @dataclass(frozen=True)
@@ -127,7 +159,29 @@ def fold_rank4(x: torch.Tensor, batch: int, ph: int, pw: int, h: int, w: int) ->
     return x.reshape(batch, c, h, w)  # [B, C, H, W]
 
 
-_UNFOLD = {"rank4": (unfold_rank4, fold_rank4), "permute": (unfold_permute, fold_permute)}
+def unfold_nhwc(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
+    """Same result, rank <= 4, channels moved last first: ONNX Runtime then fuses the layout
+    changes into its NCHWc reorders (stage-3 unfold 370 -> 93 us, fold 423 -> 50 us, measured
+    in benchmarks/results/graph_forms.md), and XNNPACK-style runtimes keep channels last."""
+    b, c, h, w = x.shape
+    nh, nw = h // ph, w // pw
+    x = x.permute(0, 2, 3, 1)  # [B, H, W, C]
+    x = x.reshape(b, nh, ph, nw * pw * c).transpose(1, 2)  # [B, ph, nh, nw*pw*C]
+    x = x.reshape(b * ph, nh * nw, pw, c).transpose(1, 2)  # [B*ph, pw, N, C]
+    return x.reshape(b * ph * pw, nh * nw, c)  # [B*P, N, C]
+
+
+def fold_nhwc(x: torch.Tensor, batch: int, ph: int, pw: int, h: int, w: int) -> torch.Tensor:
+    c = x.shape[-1]
+    nh, nw = h // ph, w // pw
+    x = x.reshape(batch * ph, pw, nh * nw, c).transpose(1, 2)  # [B*ph, N, pw, C]
+    x = x.reshape(batch, ph, nh, nw * pw * c).transpose(1, 2)  # [B, nh, ph, nw*pw*C]
+    return x.reshape(batch, h, w, c).permute(0, 3, 1, 2)  # [B, C, H, W]
+
+
+_UNFOLD = {"nhwc": (unfold_nhwc, fold_nhwc), "rank4": (unfold_rank4, fold_rank4),
+           "permute": (unfold_permute, fold_permute)}
+MAX_RANK = {"nhwc": 4, "rank4": 4, "permute": 6}  # largest tensor rank each form makes
 
 
 def padded_size(size: int, patch: int) -> int:
@@ -178,17 +232,21 @@ class Attention(nn.Module):
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        self.separate_qkv = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bp, n, d = x.shape
-        # split before reshaping so no tensor exceeds rank 4: [BP, N, 3d] -> 3 x [BP, h, N, hd]
-        q, k, v = (
-            t.reshape(bp, n, self.num_heads, self.head_dim).transpose(1, 2)
-            for t in self.qkv(x).chunk(3, dim=-1)
-        )
+    def forward(self, x: torch.Tensor, bp: int, n: int) -> torch.Tensor:
+        """x: [BP, N, d] or [BP*N, d] (GraphForm.tokens); the result has x's shape."""
+        d = x.shape[-1]
+        if self.separate_qkv:  # three [.., d] linears on row blocks of the packed weight
+            w, b = self.qkv.weight, self.qkv.bias
+            parts = [F.linear(x, w[i * d:(i + 1) * d], b[i * d:(i + 1) * d]) for i in range(3)]
+        else:  # split before reshaping so no tensor exceeds rank 4
+            parts = list(self.qkv(x).chunk(3, dim=-1))
+        q, k, v = (t.reshape(bp, n, self.num_heads, self.head_dim).transpose(1, 2)
+                   for t in parts)  # 3 x [BP, h, N, hd]
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # [BP, h, N, N]
         out = torch.matmul(scores.softmax(dim=-1), v)  # [BP, h, N, hd]
-        return self.proj(out.transpose(1, 2).reshape(bp, n, d))  # [BP, N, d]
+        return self.proj(out.transpose(1, 2).reshape(x.shape))  # [BP, N, d] or [BP*N, d]
 
 
 class MLP(nn.Module):
@@ -212,30 +270,33 @@ class TransformerLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = MLP(dim, mlp_hidden)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, bp: int, n: int) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), bp, n)
         return x + self.mlp(self.norm2(x))
 
 
 class MobileViTBlock(nn.Module):
     """Local conv -> unfold -> transformer -> fold -> fuse with the block input."""
 
-    def __init__(self, channels: int, dim: int, depth: int, *, patch: Patch, fold: FoldImpl,
+    def __init__(self, channels: int, dim: int, depth: int, *, patch: Patch, form: GraphForm,
                  num_heads: int, mlp_ratio: float, eps: float):
         super().__init__()
-        if fold not in _UNFOLD:
-            raise ConfigError(f"unknown fold implementation {fold!r}: choose one of {FOLD_IMPLS}")
         self.patch = patch
-        self.fold_impl = fold
-        self._unfold, self._fold = _UNFOLD[fold]
         self.local_conv = ConvBNAct(channels, channels, 3)
         self.to_tokens = nn.Conv2d(channels, dim, 1, bias=False)
-        self.transformer = nn.Sequential(
-            *(TransformerLayer(dim, num_heads, int(dim * mlp_ratio), eps) for _ in range(depth))
+        self.transformer = nn.ModuleList(
+            TransformerLayer(dim, num_heads, int(dim * mlp_ratio), eps) for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.from_tokens = ConvBNAct(dim, channels, 1)
         self.fusion = ConvBNAct(2 * channels, channels, 3)
+        self.set_form(form)
+
+    def set_form(self, form: GraphForm) -> None:
+        self.form = form
+        self._unfold, self._fold = _UNFOLD[form.fold]
+        for layer in self.transformer:
+            layer.attn.separate_qkv = form.qkv == "separate"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ph, pw = self.patch
@@ -246,28 +307,34 @@ class MobileViTBlock(nn.Module):
         if resize:  # patch does not divide the map: resize up, and back after folding
             y = F.interpolate(y, size=(hp, wp), mode="bilinear", align_corners=False)
         tokens = self._unfold(y, ph, pw)  # [B*P, N, d]
-        tokens = self.norm(self.transformer(tokens))
+        bp, n, d = tokens.shape
+        if self.form.tokens == "2d":
+            tokens = tokens.reshape(bp * n, d)  # [B*P*N, d]
+        for layer in self.transformer:
+            tokens = layer(tokens, bp, n)
+        tokens = self.norm(tokens).reshape(bp, n, d)  # [B*P, N, d]
         y = self._fold(tokens, b, ph, pw, hp, wp)  # [B, d, hp, wp]
         if resize:
             y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
         return self.fusion(torch.cat((x, self.from_tokens(y)), dim=1))
 
     def extra_repr(self) -> str:
-        return f"patch={self.patch}, fold={self.fold_impl!r}"
+        return f"patch={self.patch}, form={self.form}"
 
 
 class MobileViT(nn.Module):
     """MobileViT v1 classifier. Input: [B, 3, H, W] float, H and W multiples of 32."""
 
     def __init__(self, cfg: MobileViTCfg, *, num_classes: int = 1000,
-                 patch_sizes: PatchSizes = PATCH_PRESETS["A"], fold: FoldImpl = "rank4"):
+                 patch_sizes: PatchSizes = PATCH_PRESETS["A"], form: GraphForm | None = None):
         super().__init__()
         if num_classes < 1:
             raise ConfigError(f"num_classes must be at least 1, got {num_classes}")
         self.cfg = cfg
         self.num_classes = num_classes
         self.patch_sizes = patch_sizes
-        self.fold = fold
+        form = form or GraphForm()
+        self.form = form
         self.class_labels: list[str] | None = None  # filled from checkpoints that carry them
         c = cfg.channels
         self.stem = ConvBNAct(3, c[0], 3, stride=2)
@@ -285,12 +352,19 @@ class MobileViT(nn.Module):
             stages.append(nn.Sequential(
                 InvertedResidual(cin, cout, stride=2, **mv2),
                 MobileViTBlock(cout, cfg.hidden_sizes[i], cfg.depths[i], patch=patch_sizes[i],
-                               fold=fold, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
+                               form=form, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
                                eps=cfg.layer_norm_eps),
             ))
         self.stages = nn.Sequential(*stages)
         self.head_conv = ConvBNAct(c[5], c[6], 1)
         self.classifier = nn.Linear(c[6], num_classes)
+
+    def set_form(self, form: GraphForm) -> None:
+        """Switch every block to another graph form: same weights, same outputs, other ops."""
+        for module in self.modules():
+            if isinstance(module, MobileViTBlock):
+                module.set_form(form)
+        self.form = form
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = self.head_conv(self.stages(self.stem(pixel_values)))  # [B, exp, H/32, W/32]

@@ -23,7 +23,7 @@ from mvdeploy.errors import CheckpointError
 from mvdeploy.models.hub import WEIGHT_FILES, download, looks_like_hub_id
 from mvdeploy.models.mobilevit import (
     MODEL_CFGS,
-    FoldImpl,
+    GraphForm,
     MobileViT,
     MobileViTCfg,
 )
@@ -405,7 +405,7 @@ def resolve_weights(spec: str | Path) -> Path:
 
 
 def load_pretrained(path: str | Path, *, patch_sizes: PatchSizes = PATCH_PRESETS["A"],
-                    fold: FoldImpl = "rank4") -> MobileViT:
+                    form: GraphForm | None = None) -> MobileViT:
     """Build the model a checkpoint describes (variant, classes, labels) and load it strictly.
 
     `path` is a file, a model directory, or a Hugging Face Hub id (`org/name[@revision]`,
@@ -440,7 +440,7 @@ def load_pretrained(path: str | Path, *, patch_sizes: PatchSizes = PATCH_PRESETS
             f"{path}: config.json names {len(labels)} labels but the classifier has "
             f"{num_classes} outputs"
         )
-    model = MobileViT(cfg, num_classes=num_classes, patch_sizes=patch_sizes, fold=fold)
+    model = MobileViT(cfg, num_classes=num_classes, patch_sizes=patch_sizes, form=form)
     model.load_state_dict(remap_state_dict(state, model, source), strict=True)
     model.class_labels = labels
     model.preprocessing = preprocessing
