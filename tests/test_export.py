@@ -67,8 +67,16 @@ def test_every_format_exports_and_validates(xxs_export, patch, fmt):
     structure = manifest["validation"]["structure"]
     assert [i["name"] for i in structure["inputs"]] == ["pixel_values"]
     assert [o["name"] for o in structure["outputs"]] == ["logits"]
-    assert structure["max_rank"] <= 4  # fold="rank4": fine for Core ML, ANE, TFLite GPU
+    assert structure["max_rank"] <= 4  # nhwc and rank4 folds: fine for Core ML, ANE, TFLite GPU
     assert manifest["validated"] is True
+    # each format's own graph form, recorded (benchmarks/results/graph_forms.md measures them)
+    assert manifest["model"]["graph_form"] == {
+        "onnx": {"fold": "nhwc", "tokens": "2d", "qkv": "packed"},
+        "tflite": {"fold": "nhwc", "tokens": "2d", "qkv": "separate"},
+        "coreml": {"fold": "rank4", "tokens": "3d", "qkv": "packed"}}[fmt]
+    if fmt == "onnx":  # 3 stages x 2, 4, 3 layers: every attention fused for ORT
+        assert manifest["artifact"]["attention"] == "com.microsoft.MultiHeadAttention (9 fused)"
+        assert structure["ops"]["MultiHeadAttention"] == 9 and "Softmax" not in structure["ops"]
     for label in ("photos", "random"):
         metrics = manifest["validation"]["metrics"][label]
         if fmt == "coreml":  # fp16 by default: an SNR tolerance

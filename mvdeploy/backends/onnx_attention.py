@@ -53,6 +53,9 @@ def fuse_attention(model, heads: int) -> int:
         for name in node.input:
             users.setdefault(name, []).append(node)
     graph_outputs = {o.name for o in graph.output}
+    recorded = {  # shapes the exporter recorded; -1 where a dimension is symbolic
+        v.name: [d.dim_value if d.HasField("dim_value") else -1
+                 for d in v.type.tensor_type.shape.dim] for v in graph.value_info}
 
     def only_user(name: str, op: str):
         found = users.get(name, [])
@@ -72,12 +75,12 @@ def fuse_attention(model, heads: int) -> int:
         if reshape is None or only_user(reshape.output[0], "Transpose") is not transpose:
             return None
         shape = _constant(graph, reshape.input[1])
-        if shape is None:  # a dynamic batch: the source is [B, N, d] in mvdeploy's model
-            return reshape.input[0], [reshape, transpose], None
-        if shape.shape != (4,) or shape[2] != heads:
+        if shape is None:  # a dynamic batch: the shape is computed; the recorded one says N
+            shape = recorded.get(reshape.output[0])
+        if shape is None or len(shape) != 4 or shape[2] != heads or shape[1] <= 0:
             return None
         # MultiHeadAttention wants [B, N, d]; tokens kept 2-D ([B*N, d]) are reshaped to it
-        return reshape.input[0], [reshape, transpose], [int(shape[0]), int(shape[1]), -1]
+        return reshape.input[0], [reshape, transpose], [-1, int(shape[1]), heads * int(shape[3])]
 
     removed: set[int] = set()
     fused = []
@@ -105,13 +108,10 @@ def fuse_attention(model, heads: int) -> int:
             continue
         inputs = []
         for name, _, shape3 in (q, k, v):
-            if shape3 is not None:
-                shape_name = f"{name}_as_bnd"
-                extra_init.append(numpy_helper.from_array(np.array(shape3, np.int64), shape_name))
-                extra_nodes.append(helper.make_node("Reshape", [name, shape_name],
-                                                    [f"{name}_bnd"]))
-                name = f"{name}_bnd"
-            inputs.append(name)
+            shape_name = f"{name}_as_bnd"
+            extra_init.append(numpy_helper.from_array(np.array(shape3, np.int64), shape_name))
+            extra_nodes.append(helper.make_node("Reshape", [name, shape_name], [f"{name}_bnd"]))
+            inputs.append(f"{name}_bnd")
         merged = f"{flat.output[0]}_mha"
         node = helper.make_node(
             "MultiHeadAttention", inputs, [merged],

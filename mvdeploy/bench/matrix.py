@@ -42,6 +42,9 @@ ACCELERATORS: dict[str, tuple[str, ...]] = {  # target -> accelerator choices (f
     "android": ("xnnpack", "gpu", "cpu"),  # benchmark_model flags
     "apple": ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"),  # Core ML compute units
 }
+# bump when mvdeploy exports different artifacts for the same settings, so bench caches made
+# before are not timed as if they were today's (2: per-format graph forms, fused ONNX attention)
+ARTIFACT_REVISION = 2
 IMPLS = ("mvdeploy", "transformers")  # transformers: the peer baseline, exported plainly
 
 
@@ -112,6 +115,8 @@ class BenchConfig:
         data = {"model": self.model, "patch": self.patch, "resolution": self.resolution,
                 "format": self.format, "precision": self.precision, "batch": self.batch,
                 "impl": self.impl, "weights": weights_digest}
+        if self.impl == "mvdeploy":  # the peer's plain export does not change with mvdeploy
+            data["revision"] = ARTIFACT_REVISION
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
