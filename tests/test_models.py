@@ -147,8 +147,8 @@ FORMS = [GraphForm(fold, tokens, qkv) for fold in FOLD_IMPLS for tokens in TOKEN
          for qkv in QKV_FORMS]
 
 
-@pytest.mark.parametrize("patch", ["A", "B", "2x4,4x2,2", "4x2,2x4,2x1"])
-@pytest.mark.parametrize("resolution", [(256, 256), (320, 256), (224, 224)])
+@pytest.mark.parametrize("patch", ["A", "B", "2x4,4x2,2"])
+@pytest.mark.parametrize("resolution", [(320, 256), (224, 224)])
 def test_graph_forms_give_identical_models(patch, resolution):
     """Every fold x token layout x qkv form: the plain form's outputs (ml-cvnets /
     transformers) on perturbed weights, up to float rounding: the nhwc fold hands the next conv
