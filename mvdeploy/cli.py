@@ -576,6 +576,9 @@ def bench(suite, models, patches, resolutions, runtimes, precisions, threads, ba
         return
     if report_from:
         data = reports.load_report(report_from)
+        # figures derived from the rows are recomputed: a newer mvdeploy may derive more
+        data.update(patch_speedups=reports.patch_speedups(data["results"]),
+                    peer=reports.peer_ratios(data["results"]))
         for path in reports.write_all(data, Path(report_from).parent):
             console.print(f"wrote {path}", markup=False, highlight=False)
         return
@@ -660,8 +663,10 @@ def _print_bench_table(data: dict) -> None:
                       f"vs A {s['b_faster_pct']:+.1f} % (positive: B faster{caveat})",
                       markup=False)
     for p in data.get("peer", []):
+        rounds = p.get("round_ratios") or []
+        spread = f" (rounds {min(rounds):.2f}-{max(rounds):.2f})" if rounds else ""
         console.print(f"{p['model']} {p['runtime']} t{p['threads']}: ours / transformers = "
-                      f"{p['ratio']:.2f}", markup=False)
+                      f"{p['ratio']:.2f}{spread}", markup=False)
 
 
 def _bench_label(row: dict) -> str:

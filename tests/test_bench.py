@@ -141,7 +141,8 @@ def _row(preset: str, runtime: str, p50: float, impl: str = "mvdeploy", status: 
     if status == "ok":
         row.update(latency_ms=summarise([p50 * 0.98, p50, p50 * 1.03]).to_dict(), gmacs=0.3,
                    size_mb=5.0, fidelity={"snr_db": 120.0}, peak_fraction=0.2, load_ms=50,
-                   first_ms=9, peak_rss_mb=80, gflops=30.0, rounds=3)
+                   first_ms=9, peak_rss_mb=80, gflops=30.0, rounds=3,
+                   round_p50_ms=[p50 * 0.98, p50, p50 * 1.03])
     return row
 
 
@@ -160,8 +161,10 @@ def test_report_schema_speedups_and_peer():
     assert speedup["b_faster_pct"] == pytest.approx(25.0)
     (peer,) = report["peer"]
     assert peer["ratio"] == pytest.approx(0.8)
+    assert peer["round_ratios"] == pytest.approx([0.8] * 3)  # per interleaved round
     assert report["environment"]["cores"] == os.cpu_count()
     text = markdown(report)
+    assert "| 10.00 | 12.50 | 0.80 | 0.80 (0.80-0.80) |" in text
     assert "| mobilevit_xxs | onnxruntime | fp32 | 2 | 10.00 | 8.00 | +25.0 % |" in text
     assert "**failed**: boom" in text
 

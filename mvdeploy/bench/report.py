@@ -12,6 +12,7 @@ import io
 import json
 import os
 import platform
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,11 @@ def environment() -> dict[str, Any]:
 
 
 def peer_ratios(results: list[dict]) -> list[dict]:
-    """ours / transformers p50 for every configuration timed both ways (< 1: ours faster)."""
+    """ours / transformers p50 for every configuration timed both ways (< 1: ours faster).
+
+    Besides the ratio of the pooled p50s, each interleaved round's ratio: ours and the peer ran
+    next to each other in a round, so the spread of those ratios says how far the machine's
+    drift (other jobs, frequency changes) can move the pooled figure."""
     def identity(r: dict) -> tuple:
         return (r["model"], r["preset"], tuple(r["resolution"]), r["runtime"], r["precision"],
                 r["threads"], r["batch"], r["target"], r["accelerator"])
@@ -70,10 +75,14 @@ def peer_ratios(results: list[dict]) -> list[dict]:
     for r in ok:
         peer = peers.get(identity(r)) if r["impl"] == "mvdeploy" else None
         if peer:
+            rounds = [a / b for a, b in zip(r.get("round_p50_ms") or [],
+                                            peer.get("round_p50_ms") or [], strict=False)]
             out.append({"model": r["model"], "runtime": r["runtime"], "threads": r["threads"],
                         "ours_p50_ms": r["latency_ms"]["p50"],
                         "peer_p50_ms": peer["latency_ms"]["p50"],
-                        "ratio": r["latency_ms"]["p50"] / peer["latency_ms"]["p50"]})
+                        "ratio": r["latency_ms"]["p50"] / peer["latency_ms"]["p50"],
+                        "round_ratios": [round(x, 4) for x in rounds],
+                        "round_ratio_median": statistics.median(rounds) if rounds else None})
     return out
 
 
@@ -242,11 +251,15 @@ def markdown(report: dict) -> str:
                          "patch sizes; measure again before trusting it.")
     if report.get("peer"):
         lines += ["", "## Against the transformers peer (same weights, plain export, patch A)",
-                  "", "| model | runtime | threads | ours p50 ms | peer p50 ms | ours / peer |",
-                  "|---|---|---|---|---|---|"]
+                  "", "| model | runtime | threads | ours p50 ms | peer p50 ms | ours / peer | "
+                  "per-round ratios: median (min-max) |", "|---|---|---|---|---|---|---|"]
         for p in report["peer"]:
+            rounds = p.get("round_ratios") or []
+            spread = (f"{p['round_ratio_median']:.2f} ({min(rounds):.2f}-{max(rounds):.2f})"
+                      if rounds else "-")
             lines.append(f"| {p['model']} | {p['runtime']} | {p['threads']} | "
-                         f"{p['ours_p50_ms']:.2f} | {p['peer_p50_ms']:.2f} | {p['ratio']:.2f} |")
+                         f"{p['ours_p50_ms']:.2f} | {p['peer_p50_ms']:.2f} | {p['ratio']:.2f} | "
+                         f"{spread} |")
     other = [r for r in report["results"] if r["status"] != "ok"]
     if other or report["skipped"]:
         lines += ["", "## Not measured", ""]
