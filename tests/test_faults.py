@@ -9,6 +9,7 @@ real converters or writers filling it; they are skipped where no namespace can b
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -148,7 +149,11 @@ def test_a_real_converter_on_a_full_disk_is_one_line(tmp_path):
 
 @needs_tmpfs
 def test_bench_results_on_a_full_disk_are_one_line(tmp_path):
-    results = REPO / "benchmarks" / "results" / "executorch_xxs_256" / "results.json"
+    report = json.loads((REPO / "benchmarks" / "results" / "peer_study" /
+                         "results.json").read_text())
+    report["results"] = report["results"][:6]  # small enough to fit, its redraw is not
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(report))
     copy = tmp_path / "disk" / "results.json"
     done, left = _on_small_disk(tmp_path, "48k", ["bench", "--report", str(copy)],
                                 before=f"cp '{results}' '{copy}' &&")
