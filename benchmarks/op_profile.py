@@ -131,42 +131,42 @@ def main() -> None:
     print(markdown(report))
 
 
+def _profile_cell(row: dict, op: str) -> str:
+    entry = row["profile"]["ops"].get(op)
+    return f"{entry['ms']:.3f} ({100 * entry['share']:.0f} %)" if entry else ""
+
+
+def _first_seen(group: list[dict]) -> list[str]:
+    """Op types by time in the first graph, then the ones only later graphs have."""
+    return list(dict.fromkeys(op for r in group for op in r["profile"]["ops"]))
+
+
+def _most_used(group: list[dict]) -> list[str]:
+    return sorted({op for r in group for op in r["ops"]},
+                  key=lambda op: (-max(r["ops"].get(op, 0) for r in group), op))
+
+
 def markdown(report: dict) -> str:
     lines = [f"Written by `{report['command']}` (onnxruntime profiler, 1 thread, "
              f"{report['resolution']}x{report['resolution']}, batch 1, mvdeploy's seeded "
              "weights). Graphs: plain = mvdeploy before per-format graph forms; mvdeploy = "
              "today's export; transformers = its model exported plainly.", ""]
-    onnx_rows = [r for r in report["rows"] if r["format"] == "onnx"]
-    for key in dict.fromkeys((r["model"], r["patch"]) for r in onnx_rows):
-        group = [r for r in onnx_rows if (r["model"], r["patch"]) == key]
-        ops = list(dict.fromkeys(op for r in group for op in r["profile"]["ops"]))
-        lines += [f"### onnxruntime, {key[0]} patch {key[1]}: kernel ms per run (share)", "",
-                  "| op | " + " | ".join(r["graph"] for r in group) + " |",
-                  "|---|" + "---:|" * len(group)]
-        lines.append("| **total** | " + " | ".join(
-            f"**{r['profile']['kernel_ms']:.2f}**" for r in group) + " |")
-        for op in ops:
-            cells = []
-            for r in group:
-                entry = r["profile"]["ops"].get(op)
-                cells.append(f"{entry['ms']:.3f} ({100 * entry['share']:.0f} %)" if entry
-                             else "")
-            lines.append(f"| {op} | " + " | ".join(cells) + " |")
-        lines.append("")
-    tfl_rows = [r for r in report["rows"] if r["format"] == "tflite"]
-    for key in dict.fromkeys((r["model"], r["patch"]) for r in tfl_rows):
-        group = [r for r in tfl_rows if (r["model"], r["patch"]) == key]
-        ops = sorted({op for r in group for op in r["ops"]},
-                     key=lambda op: -max(r["ops"].get(op, 0) for r in group))
-        lines += [f"### LiteRT, {key[0]} patch {key[1]}: op counts", "",
-                  "| op | " + " | ".join(r["graph"] for r in group) + " |",
-                  "|---|" + "---:|" * len(group)]
-        lines.append("| **total** | " + " | ".join(
-            f"**{sum(r['ops'].values())}**" for r in group) + " |")
-        for op in ops:
-            lines.append(f"| {op} | " + " | ".join(str(r["ops"].get(op, "")) for r in group)
-                         + " |")
-        lines.append("")
+    for fmt, title, total, cell, order in (
+            ("onnx", "onnxruntime, {} patch {}: kernel ms per run (share)",
+             lambda r: f"**{r['profile']['kernel_ms']:.2f}**", _profile_cell, _first_seen),
+            ("tflite", "LiteRT, {} patch {}: op counts",
+             lambda r: f"**{sum(r['ops'].values())}**",
+             lambda r, op: str(r["ops"].get(op, "")), _most_used)):
+        rows = [r for r in report["rows"] if r["format"] == fmt]
+        for key in dict.fromkeys((r["model"], r["patch"]) for r in rows):
+            group = [r for r in rows if (r["model"], r["patch"]) == key]
+            lines += [f"### {title.format(*key)}", "",
+                      "| op | " + " | ".join(r["graph"] for r in group) + " |",
+                      "|---|" + "---:|" * len(group),
+                      "| **total** | " + " | ".join(total(r) for r in group) + " |"]
+            lines += [f"| {op} | " + " | ".join(cell(r, op) for r in group) + " |"
+                      for op in order(group)]
+            lines.append("")
     return "\n".join(lines)
 
 
