@@ -576,9 +576,7 @@ def bench(suite, models, patches, resolutions, runtimes, precisions, threads, ba
         return
     if report_from:
         data = reports.load_report(report_from)
-        # figures derived from the rows are recomputed: a newer mvdeploy may derive more
-        data.update(patch_speedups=reports.patch_speedups(data["results"]),
-                    peer=reports.peer_ratios(data["results"]))
+        data.update(reports.derived_figures(data["results"]))
         for path in reports.write_all(data, Path(report_from).parent):
             console.print(f"wrote {path}", markup=False, highlight=False)
         return

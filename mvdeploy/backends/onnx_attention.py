@@ -84,7 +84,6 @@ def fuse_attention(model, heads: int) -> int:
 
     removed: set[int] = set()
     fused = []
-    extra_nodes: list = []
     extra_init: list = []
     gone: set[str] = set()  # outputs of removed nodes: their recorded shapes go too
     for softmax in [n for n in graph.node if n.op_type == "Softmax"]:
@@ -106,11 +105,11 @@ def fuse_attention(model, heads: int) -> int:
         if only_user(scores.output[0], "Div") is not scaled \
                 or only_user(scaled.output[0], "Softmax") is not softmax:
             continue
-        inputs = []
+        inputs, to_bnd = [], []
         for name, _, shape3 in (q, k, v):
             shape_name = f"{name}_as_bnd"
             extra_init.append(numpy_helper.from_array(np.array(shape3, np.int64), shape_name))
-            extra_nodes.append(helper.make_node("Reshape", [name, shape_name], [f"{name}_bnd"]))
+            to_bnd.append(helper.make_node("Reshape", [name, shape_name], [f"{name}_bnd"]))
             inputs.append(f"{name}_bnd")
         merged = f"{flat.output[0]}_mha"
         node = helper.make_node(
@@ -124,8 +123,7 @@ def fuse_attention(model, heads: int) -> int:
         group = [*q[1], *k[1], *v[1], scores, scaled, softmax, mix, merge, flat]
         removed.update(id(n) for n in group)
         gone.update(o for n in group[:-1] for o in n.output)
-        fused.append((flat, [*extra_nodes, node, reshape_out]))
-        extra_nodes = []
+        fused.append((flat, [*to_bnd, node, reshape_out]))
     if not fused:
         return 0
     replacement = {id(flat): new for flat, new in fused}

@@ -116,8 +116,14 @@ def build_report(run, *, timing, command: str) -> dict[str, Any]:
         "command": command, "environment": environment(), "timing": asdict(timing),
         "peaks": {str(k): v for k, v in run.peaks.items()}, "interrupted": run.interrupted,
         "seconds": round(run.seconds, 1), "results": run.results, "skipped": run.skipped,
-        "patch_speedups": patch_speedups(run.results), "peer": peer_ratios(run.results),
+        **derived_figures(run.results),
     }
+
+
+def derived_figures(results: list[dict]) -> dict[str, list[dict]]:
+    """What a report computes from its rows; `bench --report` recomputes it, so files written
+    by an older mvdeploy gain what a newer one derives."""
+    return {"patch_speedups": patch_speedups(results), "peer": peer_ratios(results)}
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
