@@ -40,10 +40,11 @@ def create_model(name: str, *, num_classes: int | None = None,
             torch.manual_seed(seed)
             model = MobileViT(cfg, num_classes=num_classes or 1000, patch_sizes=patches,
                               form=form)
-        if init == "photos":
-            from mvdeploy.models.init import calibrate_
+            if init == "photos":
+                from mvdeploy.models.init import align_to_inputs_, calibrate_, smooth_kernels_
 
-            calibrate_(model, model.classifier)
+                align_to_inputs_(smooth_kernels_(model), model.classifier)
+                calibrate_(model, model.classifier)
         return model.eval()
     from mvdeploy.models.weights import load_pretrained
 
