@@ -162,6 +162,8 @@ def _export_overrides(**flags) -> dict:
         "precision": "quantize.precision",
         "calibration": "quantize.calibration_images",
         "calibration_method": "quantize.calibration_method",
+        "min_snr": "quantize.min_snr_db", "sensitivity": "quantize.sensitivity",
+        "max_top1_drop": "quantize.max_top1_drop",
     }
     # a format's own flags arrive as FORMAT__KEY (see _format_flags)
     return {mapping.get(k) or k.replace("__", ".", 1): v for k, v in flags.items()
@@ -231,8 +233,19 @@ _HELP = _export_help()
 @click.option("--calibration", metavar="DIR",
               help="Photos to calibrate int8-static / w8a8 on (default: the bundled samples, "
                    "half of them, the other half held out for the fidelity report).")
-@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]),
-              help="ONNX int8-static activation calibration (default minmax).")
+@click.option("--calibration-method",
+              type=click.Choice(["auto", "minmax", "entropy", "percentile", "histogram"]),
+              help="Activation calibration: ONNX minmax|entropy|percentile, TFLite and Core ML "
+                   "w8a8 histogram|minmax (default auto: each format's measured best).")
+@click.option("--min-snr", type=float, metavar="DB",
+              help="int8-static (ONNX, TFLite) must keep this logit SNR on held-out photos "
+                   "(default 30); below it the most sensitive layer groups stay float.")
+@click.option("--max-top1-drop", type=float, metavar="PTS",
+              help="With --labelled: int8-static may lose at most this many top-1 accuracy "
+                   "points against PyTorch (default 1).")
+@click.option("--sensitivity", is_flag=True, default=None,
+              help="Measure every layer group's int8 sensitivity (table, sensitivity.json and "
+                   ".png in the format's folder) even when int8 already meets --min-snr.")
 @click.option("--images", metavar="DIR",
               help="Validate on this folder of photos instead of the bundled samples.")
 @click.option("--labelled", metavar="DIR",
@@ -710,6 +723,10 @@ def _format_row(r) -> dict:
     if r.artifact:
         row["size_mb"] = round(r.size_bytes / 1e6, 2)
         row["size_ratio_to_fp32"] = r.size_ratio_to_fp32
+    if r.speed and r.speed.get("measured"):
+        row["speedup"] = r.speed["speedup"]
+    if r.float_search is not None:
+        row["float_search"] = r.float_search.to_dict()
     if r.report and "photos" in r.report.metrics:
         m = r.report.metrics["photos"]
         row.update(max_abs=m.max_abs, snr_db=m.snr_db, cosine=m.cosine,
@@ -719,8 +736,9 @@ def _format_row(r) -> dict:
 
 def _print_export_table(result, rows: list[dict]) -> None:
     table = Table(title=f"Exported to {result.out}", box=box.SIMPLE_HEAD)
+    timed = any("speedup" in row for row in rows)
     for col in ("format", "precision", "MB", "status", "max abs", "SNR dB", "top-1", "top-5",
-                "s"):
+                *(["x fp32"] if timed else []), "s"):
         table.add_column(col, no_wrap=True)
     for row in rows:
         status = {"passed": "[green]passed[/]", "structural": "[yellow]structural[/]"}.get(
@@ -730,12 +748,16 @@ def _print_export_table(result, rows: list[dict]) -> None:
         # agreement with a reference that gives one answer for everything proves nothing
         metrics = ["n/a" if row["degenerate"] and "agreement" in k
                    else f.format(row[k]) if k in row else "-" for k, f in shown]
+        speed = ([f"{row['speedup']:.2f}" if "speedup" in row else "-"] if timed else [])
         table.add_row(row["format"], row["precision"] or "-", str(row.get("size_mb", "-")),
-                      status, *metrics, f"{row['seconds']:.0f}")
+                      status, *metrics, *speed, f"{row['seconds']:.0f}")
     console.print(table)
     for row in rows:
         if row["artifact"]:
             console.print(f"{row['format']}: {row['artifact']}", markup=False, highlight=False)
+    for row in rows:
+        if "float_search" in row:
+            _print_float_search(row["format"], row["float_search"])
     for row in rows:
         for failure in row["failures"]:
             console.print(f"[red]{row['format']}: {failure}[/]")
@@ -749,6 +771,26 @@ def _print_export_table(result, rows: list[dict]) -> None:
                           f"same top-1 as PyTorch {acc['agreement_top1']:.1%}"
                           + (f"; {acc['unreadable']} unreadable images not counted"
                              if acc["unreadable"] else ""), markup=False, highlight=False)
+
+
+def _print_float_search(fmt: str, search: dict) -> None:
+    """What int8-static kept float, and the sensitivity table when it was measured."""
+    kept, target = search["float_groups"], search["target"]["min_snr_db"]
+    verdict = "met" if search["reached"] else f"NOT met within {search['max_float_groups']} groups"
+    console.print(f"{fmt}: int8 target {target:g} dB {verdict}: {search['snr_db']:.1f} dB with "
+                  f"{len(kept)} of {search['groups']} layer groups float after "
+                  f"{search['tries']} tries" + (f" ({', '.join(kept)})" if kept else ""),
+                  markup=False, highlight=False)
+    if not search["sensitivity"]:
+        return
+    table = Table(title=f"{fmt}: int8 sensitivity (logit SNR with only this group in int8)",
+                  box=box.SIMPLE_HEAD)
+    for col in ("rank", "layer group", "SNR dB", "kept float"):
+        table.add_column(col, no_wrap=True)
+    for i, row in enumerate(search["sensitivity"], 1):
+        table.add_row(str(i), row["group"], f"{row['snr_db']:.1f}",
+                      "yes" if row["group"] in kept else "")
+    console.print(table)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -79,10 +79,26 @@ class QuantizeSection:
     precision: str = ""  # empty: fp32, and coreml.compute_precision for Core ML
     calibration_images: str = ""  # folder; empty: the bundled photos (split from held-out ones)
     calibration_samples: int = 128
-    calibration_method: str = "minmax"  # ONNX int8-static: minmax, entropy, percentile
+    # a calibration set smaller than this is topped up with augmented views of its images
+    # (random resized crops and mirror images; quantize.augmented_views)
+    calibration_views: int = 64
+    # auto: each format's measured default (ONNX minmax, of minmax/entropy/percentile; TFLite
+    # and Core ML w8a8 histogram, of histogram/minmax: PT2E activation observers)
+    calibration_method: str = "auto"
     per_channel: bool = True  # per-channel weight scales (ONNX and TFLite int8-static)
-    # ONNX int8-static keeps these in float; naive int8 of them hurts MobileViT (docs/reference.md)
-    keep_float: tuple[str, ...] = ("softmax", "layernorm", "attention")
+    # ONNX int8-static keeps these in float; naive int8 of them hurts MobileViT (docs/reference.md),
+    # and ORT runs SiLU and softmax slower quantised than float ("activations": int8 for
+    # Conv/Gemm/MatMul only)
+    keep_float: tuple[str, ...] = ("softmax", "layernorm", "attention", "activations")
+    # the fidelity int8-static must keep on held-out photos (ONNX, TFLite): below it, the
+    # most sensitive layer groups stay float, up to max_float_groups of them
+    min_snr_db: float = 30.0
+    min_top1_agreement: float = 0.95
+    max_top1_drop: float = 1.0  # accuracy points below float PyTorch's, with --labelled images
+    max_float_groups: int = 20
+    sensitivity: bool = False  # measure every group's sensitivity even when int8 holds
+    # time int8 artifacts against their float32 twin (bench worker, 3 short interleaved rounds)
+    compare_speed: bool = True
 
 
 @dataclass(frozen=True)
@@ -249,16 +265,28 @@ def _check(cfg: ExportConfig) -> None:
             recipe = cfg.precision(fmt)
             check_recipe(fmt, recipe)
         spec(fmt).check(cfg.format_options(fmt), recipe, ctx)
-    if cfg.quantize.calibration_method not in CALIBRATION_METHODS:
+    method = cfg.quantize.calibration_method
+    for fmt in formats:
+        methods = spec(fmt).calibration_methods
+        if method != "auto" and spec(fmt).recipes[cfg.precision(fmt)].calibrated \
+                and method not in methods:
+            raise ConfigError(f"quantize.calibration_method {method!r} is not one {fmt} has: "
+                              f"choose auto or one of {', '.join(methods)}")
+    if method not in CALIBRATION_METHODS:
         raise ConfigError(f"quantize.calibration_method must be one of "
-                          f"{', '.join(CALIBRATION_METHODS)}, got "
-                          f"{cfg.quantize.calibration_method!r}")
+                          f"{', '.join(CALIBRATION_METHODS)}, got {method!r}")
     unknown = [k for k in cfg.quantize.keep_float if k not in KEEP_FLOAT_CHOICES]
     if unknown:
         raise ConfigError(f"quantize.keep_float: unknown {', '.join(unknown)}; choose from "
                           f"{', '.join(KEEP_FLOAT_CHOICES)}")
     if cfg.quantize.calibration_samples < 1:
         raise ConfigError("quantize.calibration_samples must be at least 1")
+    if cfg.quantize.calibration_views < 0 or cfg.quantize.max_float_groups < 0:
+        raise ConfigError("quantize.calibration_views and quantize.max_float_groups must not "
+                          "be negative")
+    if not 0 <= cfg.quantize.min_top1_agreement <= 1:
+        raise ConfigError("quantize.min_top1_agreement is a share between 0 and 1, got "
+                          f"{cfg.quantize.min_top1_agreement!r}")
     if cfg.validate.max_images < 1 or cfg.validate.random_inputs < 0:
         raise ConfigError("validate.max_images must be >= 1 and validate.random_inputs >= 0")
     for key in ("fp32_max_rel", "fp16_min_snr_db", "quantized_min_snr_db"):

@@ -22,7 +22,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,15 @@ from mvdeploy.manifest import build_manifest, read_manifest, write_json
 from mvdeploy.models import PATCH_PRESETS, GraphForm, create_model, parse_patch_sizes
 from mvdeploy.models.macs import count_macs
 from mvdeploy.native_output import redirect_native_output
-from mvdeploy.quantize import Calibration, needs_calibration, tolerance_kind
+from mvdeploy.quantize import (
+    Calibration,
+    FidelityTarget,
+    FloatSearch,
+    augmented_views,
+    needs_calibration,
+    search_float_groups,
+    tolerance_kind,
+)
 from mvdeploy.tensor_names import INPUT_NAME
 from mvdeploy.validate import (
     DEGENERATE_WARNING,
@@ -71,6 +79,8 @@ class FormatResult:
     seconds: float = 0.0
     size_bytes: int = 0
     size_ratio_to_fp32: float | None = None
+    float_search: FloatSearch | None = None  # what the int8 search kept float, and why
+    speed: dict | None = None  # a quantised artifact's latency against its float32 twin
 
     @property
     def ok(self) -> bool:
@@ -237,6 +247,10 @@ def _app_metadata(cfg: ExportConfig, model_info: dict, labels: list[str] | None,
 
 
 def _tolerance(cfg: ExportConfig, fmt: str, precision: str) -> Tolerance:
+    if spec(fmt).recipes[precision].searched:  # the target the search worked to
+        return Tolerance(min_snr_db=cfg.quantize.min_snr_db,
+                         min_top1_agreement=cfg.quantize.min_top1_agreement,
+                         max_top1_drop=cfg.quantize.max_top1_drop)
     kind = tolerance_kind(fmt, precision)
     if kind == "fp16":
         return Tolerance(min_snr_db=cfg.validate.fp16_min_snr_db)
@@ -303,6 +317,9 @@ def _calibration(cfg: ExportConfig, paths: list[Path]) -> tuple[Calibration, dic
             "images": len(used), "unreadable": skipped, "names": [p.name for p in used],
             "flat": int(np.sum(np.ptp(images.reshape(*images.shape[:2], -1), axis=2).max(1)
                                == 0))}
+    if 0 < len(images) < FEW_CALIBRATION_IMAGES < cfg.quantize.calibration_views:
+        images = augmented_views(images, cfg.quantize.calibration_views)
+    info["views"] = len(images)  # calibration inputs, augmented views included
     return Calibration(images, [p.name for p in used]), info
 
 
@@ -313,10 +330,12 @@ def _calibration_warnings(info: dict) -> list[str]:
         said.append(f"{info['unreadable']} calibration image(s) could not be read and are not "
                     "used")
     if info["images"] < FEW_CALIBRATION_IMAGES:
-        said.append(f"calibrating on {info['images']} image(s) ({info['source']}): fewer than "
-                    f"{FEW_CALIBRATION_IMAGES} rarely cover real inputs, so int8 ranges may clip; "
-                    f"give --calibration a folder of {FEW_CALIBRATION_IMAGES} or more photos "
-                    "like yours")
+        topped = (f", topped up to {info['views']} with crops and mirror images of them"
+                  if info.get("views", 0) > info["images"] else "")
+        said.append(f"calibrating on {info['images']} image(s) ({info['source']}){topped}: "
+                    f"fewer than {FEW_CALIBRATION_IMAGES} photos rarely cover real inputs, so "
+                    f"int8 ranges may clip; give --calibration a folder of "
+                    f"{FEW_CALIBRATION_IMAGES} or more photos like yours")
     if info["flat"]:  # e.g. a 1x1 image, stretched to the input size
         said.append(f"{info['flat']} calibration image(s) are one flat colour after resizing "
                     "(e.g. 1x1 pixel): they tell int8 nothing about real ranges")
@@ -446,6 +465,90 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = no_progre
     return ExportResult(out=out, program=program_path, formats=results)
 
 
+def _search(run: _Run, backend, job: Job, tmp: Path) -> FloatSearch:
+    """Which layer groups int8-static keeps float to meet quantize.min_snr_db, measured with
+    the format's own quantiser on the held-out photos (the validation ones)."""
+    quantize = run.cfg.quantize
+    workdir = tmp / ".float-search"
+    workdir.mkdir()
+    try:
+        photos = run.reference.inputs["photos"]
+        trials = backend.int8_trials(job, photos, workdir)
+        return search_float_groups(
+            trials, run.reference.logits["photos"],
+            FidelityTarget(quantize.min_snr_db, quantize.min_top1_agreement),
+            max_float_groups=quantize.max_float_groups, sensitivity=quantize.sensitivity,
+            say=lambda text: print(text, flush=True))  # into the conversion log
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+SPEED_ROUNDS = 3
+
+
+def _cpu_runtime(fmt_spec) -> tuple[str | None, str]:
+    """The runtime that can time this format on this machine's CPU, or why none can."""
+    runtime = next((r.name for r in fmt_spec.runtimes if "cpu" in r.targets), None)
+    why = fmt_spec.cannot_run_here() if runtime else f"{fmt_spec.title} has no CPU runtime"
+    return (None, why) if why else (runtime, "")
+
+
+def _compare_speed(run: _Run, backend, job: Job, runtime: str, log: Path,
+                   threads: int | None) -> dict:
+    """The artifact's latency beside its float32 twin's (what this export gives for fp32), on
+    the format's runtime here, in the bench worker: a short check, not the benchmark."""
+    from mvdeploy.bench.runner import time_side_by_side
+
+    twin = job.path.with_name(f".fp32-twin{job.path.suffix}")
+    run_isolated(_convert, backend, replace(job, recipe="fp32", path=twin,
+                                            float_groups=frozenset()), None, log=log)
+    threads = threads or min(os.cpu_count() or 1, 4)
+    batch = job.captured.example.shape[0]
+    try:
+        medians = time_side_by_side(runtime, {"int8": job.path, "fp32": twin},
+                                    run.reference.inputs["photos"], threads=threads,
+                                    batch=batch, rounds=SPEED_ROUNDS)
+    except RuntimeError as exc:  # a timing that failed says nothing about the artifact
+        return {"measured": False, "why": str(exc)}
+    finally:
+        twin.unlink(missing_ok=True)
+    ratios = [f / q for f, q in zip(medians["fp32"], medians["int8"], strict=True)]
+    return {"measured": True, "runtime": runtime, "threads": threads, "rounds": SPEED_ROUNDS,
+            "ms": round(float(np.median(medians["int8"])), 3),
+            "fp32_ms": round(float(np.median(medians["fp32"])), 3),
+            "speedup": round(float(np.median(ratios)), 3),
+            "speedup_range": [round(min(ratios), 3), round(max(ratios), 3)]}
+
+
+def write_sensitivity(folder: Path, search: FloatSearch, title: str) -> None:
+    """sensitivity.json and sensitivity.png (when matplotlib is there): each layer group's
+    SNR with only it in int8, most harmful first, and what the search kept float."""
+    import json
+
+    kept = set(search.best.float_groups)
+    rows = [{"group": g, "snr_db": snr, "kept_float": g in kept} for g, snr in search.ranking()]
+    write_atomic(folder / "sensitivity.json", json.dumps(
+        {"title": title, "target_snr_db": search.target.min_snr_db, "groups": rows},
+        indent=1).encode())
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(7, 0.25 * len(rows) + 1.2))
+    ax.barh([r["group"] for r in rows][::-1], [r["snr_db"] for r in rows][::-1],
+            color=["tab:orange" if r["kept_float"] else "tab:blue" for r in rows][::-1])
+    ax.axvline(search.target.min_snr_db, color="black", linestyle="--", linewidth=1)
+    ax.set_xlabel("logit SNR with only this group in int8 (dB; lower = more sensitive)")
+    ax.set_title(f"{title}: orange stays float", fontsize=9)
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(folder / "sensitivity.png", dpi=110)
+    plt.close(fig)
+
+
 def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> FormatResult:
     """Convert, validate and write one format into out/<fmt>, atomically."""
     cfg, reference, labels = run.cfg, run.reference, run.labels
@@ -475,6 +578,11 @@ def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> F
                       calibration=run.calibration if uses_calibration else None,
                       preprocessing=cfg.preprocessing, metadata=cfg.metadata,
                       model=cfg.model.name, patch=cfg.model.patch, resolution=(height, width))
+            if format_spec.recipes[precision].searched:
+                with step(f"Choosing what stays float in {fmt} {precision}"), \
+                        redirect_native_output(log):
+                    result.float_search = _search(run, backend, job, tmp)
+                job = replace(job, float_groups=frozenset(result.float_search.best.float_groups))
             label = f"Converting to {fmt}" + (f" ({precision})" if precision != "fp32" else "")
             record = (_app_metadata(cfg, model_info, labels, nhwc, outputs)
                       if format_spec.metadata else None)
@@ -487,13 +595,28 @@ def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> F
                                   precision=precision, input_shape=input_shape,
                                   output_shape=[batch, model_info["num_classes"]],
                                   batch=batch, max_rank=format_spec.max_rank, threads=threads,
-                                  tolerance=_tolerance(cfg, fmt, precision))
+                                  tolerance=_tolerance(cfg, fmt, precision),
+                                  # random noise lies outside what int8 was calibrated on:
+                                  # reported, but only photos are held to the tolerance
+                                  gated=("photos",) if uses_calibration else None)
             validation = report.to_dict()
             validation["inputs"] = {"photos": reference.photo_names,
                                     "unreadable_photos": reference.unreadable_photos,
                                     "random": cfg.validate.random_inputs}
             if uses_calibration:
                 export_info["calibration"] = run.calibration_info
+            if cfg.quantize.compare_speed and tolerance_kind(fmt, precision) == "quantized":
+                runtime, why = _cpu_runtime(format_spec)
+                result.speed = {"measured": False, "why": why}
+                if runtime:
+                    with step(f"Timing {fmt} {precision} against float32"), \
+                            redirect_native_output(log):
+                        result.speed = _compare_speed(run, backend, job, runtime, log, threads)
+                export_info["speed"] = result.speed
+            if result.float_search is not None:
+                export_info["float_search"] = result.float_search.to_dict()
+                if result.float_search.sensitivity:
+                    write_sensitivity(tmp, result.float_search, f"{stem} {fmt} {precision}")
             manifest = build_manifest(
                 fmt=fmt, artifact=artifact, model_info=model_info, config=cfg.to_dict(),
                 preprocessing=_preprocessing(cfg, nhwc), labels=labels, export_info=export_info,

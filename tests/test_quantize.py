@@ -117,6 +117,8 @@ def quantized(tmp_path_factory, calibration_dir):
                 "export.out": str(out), "export.save_program": False,
                 "quantize.precision": recipe, "quantize.calibration_images": str(calibration_dir),
                 "coreml.minimum_deployment_target": "iOS17",
+                # the float32 twin and its timing: once, for int8-static A (CI time)
+                "quantize.compare_speed": key == ("int8-static", "A"),
             })
             cache[key] = run_export(cfg)
         return cache[key]
@@ -124,14 +126,13 @@ def quantized(tmp_path_factory, calibration_dir):
     return get
 
 
-# On input-sensitive weights these recipes do not reach their SNR tolerance today (6.8-15.7 dB
-# at 64x64 against 20 dB; see README, Quantisation): the artifact is written, quantised and
-# honestly marked failed. The quantisation issue is to make them hold; then this set empties.
-# Core ML's numbers come from the reference executor off macOS: 4-bit palettes and w8a8 (PT2E
-# activations from a dozen photos) miss it too.
-BELOW_TOLERANCE_TODAY = {("onnx", "int8-dynamic"), ("tflite", "int8-dynamic"),
-                         ("onnx", "int8-static"), ("tflite", "int8-static"),
-                         ("coreml", "palettize-4"), ("coreml", "w8a8")}
+# On input-sensitive weights these recipes do not reach their 20 dB tolerance (see README,
+# Quantisation): the artifact is written, quantised and honestly marked failed. Core ML's
+# numbers come from the reference executor off macOS. int8-static is not here: its search keeps
+# layer groups float until the 30 dB target is met.
+BELOW_TOLERANCE_TODAY = {("coreml", "palettize-4", "A"), ("coreml", "palettize-4", "B"),
+                         ("coreml", "w8a8", "A"), ("coreml", "w8a8", "B"),
+                         ("onnx", "int8-dynamic", "B")}
 
 
 WEIGHT_ONLY = ("int8-weights", "palettize-4", "palettize-6", "palettize-8")  # no activations
@@ -147,14 +148,16 @@ def test_recipe_produces_a_quantised_validated_artifact(quantized, recipe, forma
     for r in result.formats:
         assert r.error is None, r.error
         assert not r.report.degenerate  # the fidelity figures below can fail
-        if (r.format, recipe) in BELOW_TOLERANCE_TODAY:
+        below = (r.format, recipe, patch) in BELOW_TOLERANCE_TODAY
+        if below:
             assert r.report.failures and all(" SNR " in f for f in r.report.failures)
         else:
             assert r.ok, r.report.failures
         manifest = json.loads(r.manifest.read_text())
         artifact = manifest["artifact"]
         assert artifact["precision"] == recipe and artifact["recipe"] == recipe
-        assert artifact["size_ratio_to_fp32"] < (0.6 if recipe != "fp16" else 0.8)
+        # int8-static keeps the groups its search names in float32
+        assert artifact["size_ratio_to_fp32"] < {"fp16": 0.8, "int8-static": 1.0}.get(recipe, 0.6)
         structure = manifest["validation"]["structure"]
         types, ops = structure.get("tensor_types", {}), structure["ops"]
         if r.format == "onnx":
@@ -169,27 +172,52 @@ def test_recipe_produces_a_quantised_validated_artifact(quantized, recipe, forma
         photos = manifest["validation"]["metrics"]["photos"]
         assert manifest["validation"]["inputs"]["photos"] == sorted(
             p.name for p in sample_image_paths())  # all held out: calibration used skimage's
-        if (r.format, recipe) in BELOW_TOLERANCE_TODAY:
+        if below:
             assert photos["snr_db"] < 20 and manifest["validated"] is False
         else:
-            assert photos["snr_db"] >= (40 if recipe == "fp16" else 20)
-            # within a few dB of the tolerance a near tie may flip one photo's top-1
-            assert photos["top1_agreement"] >= (1.0 if photos["snr_db"] >= 30 else 5 / 6)
-            assert photos["cosine"] > 0.99
+            assert photos["snr_db"] >= {"fp16": 40, "int8-static": 30}.get(recipe, 20)
+            # near ties (the seeded logits have some) may swap; decisive photos may not
+            assert photos["top1_agreement_decisive"] >= 0.95 and photos["cosine"] > 0.99
         if recipe == "int8-static":
             calibration = artifact["calibration"]
             assert calibration["unreadable"] == 1 and calibration["images"] >= 10
+            assert calibration["views"] == calibration["images"]  # no augmented views needed
             assert not set(calibration["names"]) & {p.name for p in sample_image_paths()}
+            search = artifact["float_search"]
+            assert search["reached"] and search["snr_db"] >= 30
+            # random noise is reported, not held to the tolerance (outside the calibration)
+            assert manifest["validation"]["gated"] == ["photos"]
+            assert "random" in manifest["validation"]["metrics"]
 
 
 @pytest.mark.slow
-def test_tflite_int8_static_has_int8_io_handled_by_the_runner(quantized):
+def test_int8_static_search_names_what_stayed_float(quantized):
+    """Sensitivity measured with each format's own quantiser (ORT; PT2E as LiteRT computes
+    it), the most harmful groups kept float, and the artifact timed against float32."""
     result = quantized("int8-static", "onnx,tflite", "A")
+    for r in result.formats:
+        artifact = json.loads(r.manifest.read_text())["artifact"]
+        search = artifact["float_search"]
+        ranking = [row["group"] for row in search["sensitivity"]]
+        snrs = [row["snr_db"] for row in search["sensitivity"]]
+        assert snrs == sorted(snrs) and len(ranking) == search["groups"] == 34
+        kept = search["float_groups"]
+        assert set(kept) == set(ranking[:len(kept)]) and len(kept) <= 20
+        assert search["attempts"][0]["float_groups"] == []  # all int8 was tried first
+        assert search["attempts"][-1]["met"] and not search["attempts"][0]["met"]
+        assert (r.artifact.parent / "sensitivity.json").is_file()
+        speed = artifact["speed"]
+        assert speed["measured"] and speed["fp32_ms"] > 0 and speed["ms"] > 0
+        assert speed["speedup_range"][0] <= speed["speedup"] <= speed["speedup_range"][1]
+    onnx_artifact = json.loads(result.formats[0].manifest.read_text())["artifact"]
+    assert onnx_artifact["float_groups"] == sorted(onnx_artifact["float_search"]["float_groups"])
     tflite = next(r for r in result.formats if r.format == "tflite")
-    structure = json.loads(tflite.manifest.read_text())["validation"]["structure"]
-    (inp,) = structure["inputs"]
-    assert inp["dtype"] == "int8" and inp["quantization"]["scale"] > 0
-    assert structure["outputs"][0]["dtype"] == "int8"
+    manifest = json.loads(tflite.manifest.read_text())
+    (inp,) = manifest["validation"]["structure"]["inputs"]
+    # an int8 stem takes int8 pixels (the runner quantises them), a float stem float32
+    stem_float = "stem" in manifest["artifact"]["float_search"]["float_groups"]
+    assert inp["dtype"] == ("float32" if stem_float else "int8")
+    assert ("quantization" in inp) != stem_float
 
 
 @pytest.mark.slow
@@ -197,9 +225,11 @@ def test_onnx_int8_static_keeps_attention_in_float(quantized):
     result = quantized("int8-static", "onnx,tflite", "B")
     onnx_result = next(r for r in result.formats if r.format == "onnx")
     artifact = json.loads(onnx_result.manifest.read_text())["artifact"]
-    assert artifact["kept_float"] == ["softmax", "layernorm", "attention"]
-    # 9 transformer layers x (softmax, 2 LayerNorms, QK^T, AV) + each block's final LayerNorm
-    assert artifact["float_nodes"] == 9 * 5 + 3
+    assert artifact["kept_float"] == ["softmax", "layernorm", "attention", "activations"]
+    assert artifact["op_types"] == ["Conv", "Gemm", "MatMul"]
+    # 9 transformer layers x (softmax, 2 LayerNorms, QK^T, AV) + each block's final LayerNorm,
+    # and the nodes of the groups the search kept float
+    assert artifact["float_nodes"] > 9 * 5 + 3 and artifact["float_groups"]
 
 
 # ---------------------------------------------------------------- command-line errors
@@ -236,10 +266,12 @@ def test_cli_warns_about_a_calibration_set_that_cannot_represent_the_data(tmp_pa
     (tmp_path / "tiny").mkdir()
     Image.new("RGB", (1, 1), (200, 30, 90)).save(tmp_path / "tiny" / "dot.png")
     code = run(["export", "-f", "onnx", "-r", "64", "--precision", "int8-static",
-                "--calibration", str(tmp_path / "tiny"), "-o", str(tmp_path / "out")])
+                "--calibration", str(tmp_path / "tiny"), "-o", str(tmp_path / "out"),
+                "--set", "quantize.max_float_groups=0", "--set", "quantize.compare_speed=false"])
     err = capfd.readouterr().err
     assert code in (0, 1)  # whether a one-pixel calibration still validates is not the point
     assert "calibrating on 1 image(s)" in err and "fewer than 32" in err
+    assert "topped up to 64 with crops and mirror images" in err
     assert "1 calibration image(s) are one flat colour" in err
 
 

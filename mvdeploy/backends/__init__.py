@@ -12,6 +12,9 @@ limit, outputs, CLI flags) and the functions the pipeline calls by convention:
     describe(path) -> dict                   inputs, outputs, op histogram, max rank
     snippet(manifest) -> str                 app code, where SPEC.snippet_language is set
     plain_export(module, example, path)      the peer baseline, where SPEC.peer is true
+    int8_trials(job, images, workdir) -> Trials
+                                             where a recipe is `searched`: its int8
+                                             quantiser, tried with some layer groups float
 
 The runtime side (load, describe, snippet) imports no torch, so the bench worker and
 `mvdeploy predict` load a runtime alone; converters import torch inside `convert`.
@@ -67,6 +70,9 @@ class Recipe:
     description: str
     tolerance: str = "quantized"  # "fp32" (relative max abs), "fp16" or "quantized" (SNR)
     calibrated: bool = False  # needs calibration images
+    # the format's int8_trials() lets the export search which layer groups stay float until
+    # quantize.min_snr_db is met (mvdeploy.quantize.search_float_groups)
+    searched: bool = False
     evidence: str = ""  # what the file must hold, in words ("int8 weights")
     shows: Callable[[dict], bool] | None = None  # describe() output -> evidence present
 
@@ -145,6 +151,8 @@ class FormatSpec:
     reference_runtime: str = ""
     # why the runtime cannot use a bench accelerator here (e.g. a missing ORT provider)
     accelerator_unavailable: Callable[[str], str | None] = lambda accelerator: None
+    # quantize.calibration_method values its calibrated recipes take; the first is "auto"'s
+    calibration_methods: tuple[str, ...] = ()
 
     def guess_precision(self, structure: dict) -> str:
         """The most specific recipe whose evidence the file shows (fp32 when none does)."""
@@ -176,6 +184,7 @@ class Job:
     model: str
     patch: str
     resolution: tuple[int, int]
+    float_groups: frozenset[str] = frozenset()  # layer groups the int8 search keeps float
 
 
 @dataclass

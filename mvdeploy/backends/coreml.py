@@ -125,6 +125,7 @@ SPEC = FormatSpec(
                 help="Core ML compute precision (default fp16).")),
     snippet_language="swift", cannot_run_here=_cannot_run_here,
     reference_runtime="mvdeploy's NumPy reference executor of the ML Program",
+    calibration_methods=("histogram", "minmax"),  # PT2E activation observers (w8a8)
 )
 
 
@@ -167,8 +168,11 @@ def convert(job: Job) -> dict:
     if recipe == "w8a8":
         # coremltools' activation calibration needs macOS, so quantise in PyTorch (PT2E) first.
         # Per-tensor weights: its converter reads quantize_per_tensor but not per_channel.
+        method = job.quantize.calibration_method
         module, _ = pt2e_quantize(module, job.calibration, per_channel=False,
-                                  input_name=INPUT_NAME)
+                                  input_name=INPUT_NAME,
+                                  observer=SPEC.calibration_methods[0] if method == "auto"
+                                  else method)
     if options.classifier:
         module = WithSoftmax(module)  # the classifier's dictionary holds probabilities
     if recipe == "w8a8" or options.classifier:

@@ -92,8 +92,9 @@ SPEC = FormatSpec(
             evidence="int8 weights",
             shows=lambda s: _types(s).get("int8", 0) + _types(s).get("uint8", 0) > 0),
         "int8-static": Recipe(
-            "int8 QDQ, per-channel weights, calibrated activations (ORT quantize_static); "
-            "softmax/LayerNorm/attention matmuls kept float", calibrated=True,
+            "int8 QDQ, per-channel weights, calibrated activations (ORT quantize_static) for "
+            "Conv/Gemm/MatMul; SiLU, softmax, LayerNorm and attention matmuls kept float",
+            calibrated=True, searched=True,
             evidence="QuantizeLinear/DequantizeLinear and int8 weights",
             shows=lambda s: s.get("ops", {}).get("QuantizeLinear", 0) > 0
             and _types(s).get("int8", 0) > 0),
@@ -101,6 +102,7 @@ SPEC = FormatSpec(
     options=OnnxOptions, check=_check, dynamic_batch=True, metadata=True,
     runtimes=(Runtime("onnxruntime", ("cpu", "cuda"), aliases=("ort",)),),
     peer=True, accelerator_unavailable=unavailable,
+    calibration_methods=("minmax", "entropy", "percentile"),
 )
 
 
@@ -109,35 +111,44 @@ def check_installed() -> None:
         require(package.module, package.distribution, SPEC.extra, "ONNX export")
 
 
-def convert(job: Job) -> dict:
+def _export_float(job: Job, path: Path, attention: str) -> str:
+    """torch.onnx's dynamo export of the captured program to `path` (float32); with
+    attention="fused", ORT's MultiHeadAttention. Returns what was done to attention."""
     import torch
 
     onnx = require("onnx", "onnx", "onnx", "ONNX export")
     require("onnxscript", "onnxscript", "onnx", "ONNX export")
-    captured, path, recipe, options = job.captured, job.path, job.recipe, job.options
+    captured, options = job.captured, job.options
     program = torch.onnx.export(
         captured.program, (), kwargs={INPUT_NAME: captured.example}, dynamo=True,
         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
         opset_version=options.opset, optimize=options.optimize, verbose=False,
     )
-    size = sum(t.nbytes for t in captured.program.state_dict.values())
+    external = sum(t.nbytes for t in captured.program.state_dict.values()) >= _TWO_GB
     # one self-contained file unless protobuf's 2 GB limit forces external data
-    float_path = path if recipe == "fp32" else path.with_name(f".fp32-{path.name}")
-    program.save(str(float_path), external_data=size >= _TWO_GB)
-    attention = "standard"
-    if attention_form(options, recipe) == "fused":
+    program.save(str(path), external_data=external)
+    done = "standard"
+    if attention == "fused":
         from mvdeploy.backends.onnx_attention import fuse_attention
         from mvdeploy.models import get_model_cfg
 
-        model = onnx.load(str(float_path))
+        model = onnx.load(str(path))
         fused = fuse_attention(model, get_model_cfg(job.model).num_heads)
-        onnx.save(model, str(float_path), save_as_external_data=size >= _TWO_GB)
-        attention = (f"com.microsoft.MultiHeadAttention ({fused} fused)" if fused
-                     else "standard (no attention matched the fusion pattern)")
+        onnx.save(model, str(path), save_as_external_data=external)
+        done = (f"com.microsoft.MultiHeadAttention ({fused} fused)" if fused
+                else "standard (no attention matched the fusion pattern)")
     if captured.dynamic_batch:
-        _name_batch_axis(onnx, float_path)
+        _name_batch_axis(onnx, path)
+    return done
+
+
+def convert(job: Job) -> dict:
+    onnx = require("onnx", "onnx", "onnx", "ONNX export")
+    path, recipe, options = job.path, job.recipe, job.options
+    float_path = path if recipe == "fp32" else path.with_name(f".fp32-{path.name}")
+    attention = _export_float(job, float_path, attention_form(options, recipe))
     info = {"opset": options.opset, "optimized": options.optimize,
-            "dynamic_batch": captured.dynamic_batch, "onnx": onnx.__version__,
+            "dynamic_batch": job.captured.dynamic_batch, "onnx": onnx.__version__,
             "recipe": recipe, "attention": attention}
     if recipe != "fp32":
         info.update(_quantize(float_path, path, job))
@@ -151,9 +162,7 @@ def _quantize(src: Path, dst: Path, job: Job) -> dict:
     """ORT's own tools: float16 conversion, dynamic and static (QDQ) int8 quantisation."""
     import onnx
 
-    recipe, quantize, captured, calibration = (job.recipe, job.quantize, job.captured,
-                                               job.calibration)
-
+    recipe, quantize = job.recipe, job.quantize
     if recipe == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
         from onnxruntime.transformers.onnx_model import OnnxModel
@@ -162,14 +171,7 @@ def _quantize(src: Path, dst: Path, job: Job) -> dict:
         half.topological_sort()  # the converter appends its input casts after their users
         onnx.save(half.model, str(dst))
         return {"io_dtype": "float32"}
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
+    from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = src.with_name(f".pre-{src.name}")
@@ -179,33 +181,119 @@ def _quantize(src: Path, dst: Path, job: Job) -> dict:
             quantize_dynamic(str(prepared), str(dst), weight_type=QuantType.QInt8,
                              per_channel=quantize.per_channel)
             return {"weight_type": "int8"}
-        model = onnx.load(str(prepared))
-        excluded = _float_nodes(model, quantize.keep_float)
-        batch = None if captured.dynamic_batch else captured.example.shape[0]
-
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                images = calibration.images
-                step = batch or 1
-                self.batches = iter([images[i:i + step] for i in range(0, len(images), step)
-                                     if len(images[i:i + step]) == step])
-
-            def get_next(self):
-                chunk = next(self.batches, None)
-                return None if chunk is None else {INPUT_NAME: chunk}
-
-        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                  "percentile": CalibrationMethod.Percentile}[quantize.calibration_method]
-        quantize_static(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=quantize.per_channel, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=method,
-                        nodes_to_exclude=excluded)
-        return {"format": "QDQ", "weight_type": "int8", "activation_type": "uint8",
-                "calibration_method": quantize.calibration_method,
-                "per_channel": quantize.per_channel,
-                "kept_float": list(quantize.keep_float), "float_nodes": len(excluded)}
+        return _quantize_static(prepared, dst, job, float_groups=job.float_groups)
     finally:
         prepared.unlink(missing_ok=True)
+
+
+# int8 for ORT where it pays: QLinearConv and QGemm beat float Conv/Gemm, while quantised SiLU
+# (QLinearSigmoid + QLinearMul) and QLinearSoftmax are slower than their float forms
+QUANTIZED_OP_TYPES = ("Conv", "Gemm", "MatMul")
+
+
+def _quantize_static(prepared: Path, dst: Path, job: Job, *, float_groups=frozenset(),
+                     only: str | None = None, cache: Path | None = None) -> dict:
+    """ORT quantize_static (QDQ, per-channel int8 weights, uint8 activations), leaving float
+    what quantize.keep_float names and the ops of `float_groups` (or, with `only`, of every
+    group but that one). `cache`: ORT's calibration cache, so repeated tries calibrate once."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    quantize, captured, calibration = job.quantize, job.captured, job.calibration
+    model = onnx.load(str(prepared))
+    excluded = _float_nodes(model, quantize.keep_float)
+    groups = node_groups(model)
+    excluded += [name for name, group in groups.items() if group in float_groups]
+    included = [name for name, group in groups.items() if group == only] if only else None
+    batch = None if captured.dynamic_batch else captured.example.shape[0]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            images = calibration.images
+            step = batch or 1
+            self.batches = iter([images[i:i + step] for i in range(0, len(images), step)
+                                 if len(images[i:i + step]) == step])
+
+        def get_next(self):
+            chunk = next(self.batches, None)
+            return None if chunk is None else {INPUT_NAME: chunk}
+
+    method = calibration_method(quantize)
+    op_types = list(QUANTIZED_OP_TYPES) if "activations" in quantize.keep_float else None
+    quantize_static(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=quantize.per_channel, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method={"minmax": CalibrationMethod.MinMax,
+                                      "entropy": CalibrationMethod.Entropy,
+                                      "percentile": CalibrationMethod.Percentile}[method],
+                    op_types_to_quantize=op_types, nodes_to_quantize=included,
+                    nodes_to_exclude=excluded,
+                    calibration_cache_path=str(cache) if cache else None)
+    return {"format": "QDQ", "weight_type": "int8", "activation_type": "uint8",
+            "calibration_method": method, "per_channel": quantize.per_channel,
+            "op_types": op_types or "all", "kept_float": list(quantize.keep_float),
+            "float_groups": sorted(float_groups), "float_nodes": len(excluded)}
+
+
+def calibration_method(quantize) -> str:
+    return SPEC.calibration_methods[0] if quantize.calibration_method == "auto" else (
+        quantize.calibration_method)
+
+
+def node_groups(model) -> dict[str, str]:
+    """ONNX node name -> its layer group, from the module path the exporter records in each
+    node's "namespace" metadata ("model.stem: ...ConvBNAct/model.stem.bn: ...BatchNorm2d/op")."""
+    from mvdeploy.quantize import layer_group
+
+    out = {}
+    for node in model.graph.node:
+        namespace = next((p.value for p in node.metadata_props if p.key == "namespace"), "")
+        stack = [tuple(e.split(": ", 1)) for e in namespace.split("/")[:-1] if ": " in e]
+        group = layer_group(stack)
+        if group:
+            out[node.name] = group
+    return out
+
+
+class _Trials:
+    """ORT's quantize_static on this export's float graph, calibrated once (ORT's calibration
+    cache), each try run by onnxruntime on the held-out photos."""
+
+    margin_db = 0.0  # what onnxruntime computes is what the artifact will compute
+
+    def __init__(self, job: Job, images: np.ndarray, workdir: Path) -> None:
+        import onnx
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        self.job, self.images, self.workdir = job, images, workdir
+        float_path = workdir / "float.onnx"
+        _export_float(job, float_path, "standard")
+        self.prepared = workdir / "prepared.onnx"
+        quant_pre_process(str(float_path), str(self.prepared))
+        self.cache = workdir / "calibration.json"
+        self.groups = list(dict.fromkeys(node_groups(onnx.load(str(self.prepared))).values()))
+        self.batch = None if job.captured.dynamic_batch else job.captured.example.shape[0]
+
+    def logits(self, float_groups: frozenset[str] = frozenset(),
+               only: str | None = None) -> np.ndarray:
+        from mvdeploy.validate import run_batched
+
+        path = self.workdir / "try.onnx"
+        _quantize_static(self.prepared, path, self.job, float_groups=float_groups, only=only,
+                         cache=self.cache)
+        session = load(path, threads=None)
+        return run_batched(session, self.images, self.batch)
+
+
+def int8_trials(job: Job, images: np.ndarray, workdir: Path) -> _Trials:
+    """What the search for what stays float calls (see mvdeploy.quantize.Trials)."""
+    return _Trials(job, images, workdir)
 
 
 def _float_nodes(model, keep_float: tuple[str, ...]) -> list[str]:

@@ -142,6 +142,37 @@ def _inputs(work: Path, resolution: tuple[int, int]) -> Path:
     return path
 
 
+def time_side_by_side(runtime: str, artifacts: dict[str, Path], images: np.ndarray, *,
+                      threads: int, batch: int = 1, rounds: int = 3,
+                      min_seconds: float = 0.5) -> dict[str, list[float]]:
+    """A short interleaved comparison in the bench worker (one process per artifact and
+    round): each artifact's median latency in ms, per round. What `export` uses to put an
+    int8 artifact's speed beside its float32 twin's; the benchmark proper is run_matrix."""
+    medians: dict[str, list[float]] = {label: [] for label in artifacts}
+    with tempfile.TemporaryDirectory(prefix="mvdeploy-speed-") as tmp:
+        work = Path(tmp)
+        np.save(work / "inputs.npy", images)
+        labels = list(artifacts)
+        for r in range(rounds):
+            for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+                spec = {"runtime": runtime, "artifact": str(artifacts[label]),
+                        "inputs": str(work / "inputs.npy"), "threads": threads,
+                        "batch": batch, "warmup": 5, "min_runs": 20,
+                        "min_seconds": min_seconds, "accelerator": "cpu", "target": "cpu",
+                        "result": str(work / "result.json")}
+                (work / "spec.json").write_text(json.dumps(spec))
+                (work / "result.json").unlink(missing_ok=True)
+                _, err = _run_child(["-m", "mvdeploy.bench.worker", str(work / "spec.json")],
+                                    threads, timeout=300)
+                result = (json.loads((work / "result.json").read_text())
+                          if (work / "result.json").exists() else {"status": "failed",
+                                                                   "error": err})
+                if result.get("status") != "ok":
+                    raise RuntimeError(f"timing {label} failed: {result.get('error')}")
+                medians[label].append(float(np.median(result["samples_ms"])))
+    return medians
+
+
 def run_matrix(matrix: Matrix, timing: Timing, *, cache: Path, weights: str | None = None,
                android_opts: android.AndroidOptions | None = None, log: Log = lambda _: None,
                progress: Callable[[int, int, str], None] = lambda *_: None) -> BenchRun:

@@ -38,13 +38,16 @@ def create_model(name: str, *, num_classes: int | None = None,
     if weights is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = MobileViT(cfg, num_classes=num_classes or 1000, patch_sizes=patches,
-                              form=form)
+            # initialised in the default form (whose packed qkv linear the alignment hooks
+            # see), so that every form gets the same weights for a seed
+            model = MobileViT(cfg, num_classes=num_classes or 1000, patch_sizes=patches)
             if init == "photos":
                 from mvdeploy.models.init import align_to_inputs_, calibrate_, smooth_kernels_
 
                 align_to_inputs_(smooth_kernels_(model), model.classifier)
                 calibrate_(model, model.classifier)
+        if form is not None:
+            model.set_form(form)
         return model.eval()
     from mvdeploy.models.weights import load_pretrained
 

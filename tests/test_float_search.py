@@ -1,0 +1,152 @@
+"""What stays float in int8: layer groups, the search, and how its result is judged.
+
+The search is tested here against trials whose quantisation noise is known exactly (each group
+adds noise of a set power), so its choices can be checked; tests/test_quantize.py runs it with
+the real quantisers (ORT, PT2E for LiteRT) and runtimes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mvdeploy.cli import run
+from mvdeploy.quantize import (
+    FidelityTarget,
+    augmented_views,
+    layer_group,
+    search_float_groups,
+)
+from mvdeploy.validate import Tolerance, compare
+
+ONNX_NAMESPACE = (": mvdeploy.capture.NamedOutputs/model: mvdeploy.models.mobilevit.MobileViT/"
+                  "model.stages: torch.nn.modules.container.Sequential/model.stages.3: "
+                  "torch.nn.modules.container.Sequential/model.stages.3.1: "
+                  "mvdeploy.models.mobilevit.MobileViTBlock/model.stages.3.1.transformer.2: "
+                  "mvdeploy.models.mobilevit.TransformerLayer/model.stages.3.1.transformer.2.mlp:"
+                  " mvdeploy.models.mobilevit.MLP/model.stages.3.1.transformer.2.mlp.fc1: "
+                  "torch.nn.modules.linear.Linear/linear: aten.linear.default")
+
+
+def _stack(*entries: str) -> list[tuple[str, str]]:
+    kinds = {"model": "MobileViT", "stages.1.0": "InvertedResidual", "stages.2.1":
+             "MobileViTBlock", "stages.2.1.transformer.0": "TransformerLayer"}
+    return [(f"model.{e}" if e != "model" else "model",
+             "mvdeploy.models.mobilevit." + kinds.get(e, "ConvBNAct")) for e in entries]
+
+
+@pytest.mark.parametrize(("stack", "group"), [
+    (_stack("model", "stem", "stem.conv"), "stem"),
+    (_stack("model", "stages.1.0", "stages.1.0.dw"), "stages.1.0"),
+    (_stack("model", "stages.2.1", "stages.2.1.local_conv"), "stages.2.1.local"),
+    (_stack("model", "stages.2.1", "stages.2.1.to_tokens"), "stages.2.1.local"),
+    (_stack("model", "stages.2.1", "stages.2.1.transformer.0",
+            "stages.2.1.transformer.0.norm1"), "stages.2.1.transformer.0.attn"),
+    (_stack("model", "stages.2.1", "stages.2.1.transformer.0",
+            "stages.2.1.transformer.0.mlp"), "stages.2.1.transformer.0.mlp"),
+    (_stack("model", "stages.2.1", "stages.2.1.fusion"), "stages.2.1.fusion"),
+    (_stack("model", "stages.2.1"), "stages.2.1.fusion"),  # the fold's own reshapes
+    (_stack("model", "classifier"), "classifier"),
+    (_stack("model"), None),  # the global pooling belongs to no group
+])
+def test_layer_groups_from_module_stacks(stack, group):
+    assert layer_group(stack) == group
+
+
+def test_layer_group_of_an_onnx_node_namespace():
+    import onnx
+
+    from mvdeploy.backends.onnx import node_groups
+
+    node = onnx.helper.make_node("Gemm", ["x", "w"], ["y"], name="node_Gemm_7")
+    node.metadata_props.add(key="namespace", value=ONNX_NAMESPACE)
+    model = onnx.helper.make_model(onnx.helper.make_graph([node], "g", [], []))
+    assert node_groups(model) == {"node_Gemm_7": "stages.3.1.transformer.2.mlp"}
+
+
+class KnownNoise:
+    """Trials whose groups each add Gaussian noise of a set power to the reference logits."""
+
+    margin_db = 0.0
+
+    def __init__(self, reference: np.ndarray, snr_alone: dict[str, float]) -> None:
+        self.reference, self.snr_alone, self.calls = reference, snr_alone, 0
+        self.groups = list(snr_alone)
+        power = float((reference ** 2).mean())
+        rng = np.random.default_rng(0)
+        self.noise = {g: rng.standard_normal(reference.shape) * np.sqrt(
+            power * 10 ** (-snr / 10)) for g, snr in snr_alone.items()}
+
+    def logits(self, float_groups=frozenset(), only=None) -> np.ndarray:
+        self.calls += 1
+        quantised = [only] if only else [g for g in self.groups if g not in float_groups]
+        return self.reference + sum((self.noise[g] for g in quantised),
+                                    np.zeros_like(self.reference))
+
+
+REFERENCE = np.random.default_rng(1).standard_normal((40, 50)) * 3
+
+
+def test_search_keeps_the_most_harmful_groups_float_and_no_more():
+    trials = KnownNoise(REFERENCE, {"a": 40, "b": 22, "c": 45, "d": 25, "e": 38})
+    search = search_float_groups(trials, REFERENCE, FidelityTarget(30, 0.0),
+                                 max_float_groups=4)
+    assert [g for g, _ in search.ranking()][:2] == ["b", "d"]
+    assert search.reached and set(search.best.float_groups) == {"b", "d"}
+    assert search.best.snr_db >= 30
+    assert len(search.attempts) == 2  # all int8, then the predicted two
+    assert search.sensitivity["b"] == pytest.approx(22, abs=1)  # measured, alone in int8
+
+
+def test_a_met_target_needs_no_sensitivity_unless_asked():
+    trials = KnownNoise(REFERENCE, {"a": 45, "b": 50})
+    search = search_float_groups(trials, REFERENCE, FidelityTarget(30, 0.0),
+                                 max_float_groups=4)
+    assert search.reached and search.best.float_groups == () and trials.calls == 1
+    asked = search_float_groups(trials, REFERENCE, FidelityTarget(30, 0.0),
+                                max_float_groups=4, sensitivity=True)
+    assert set(asked.sensitivity) == {"a", "b"} and asked.best.float_groups == ()
+
+
+def test_an_unreachable_target_stops_at_the_bound_with_the_best_attempt():
+    trials = KnownNoise(REFERENCE, {g: 20.0 for g in "abcdef"})
+    search = search_float_groups(trials, REFERENCE, FidelityTarget(40, 0.0),
+                                 max_float_groups=2)
+    assert not search.reached
+    assert len(search.best.float_groups) == 2  # the closest: the bound's worth kept float
+    assert max(len(a.float_groups) for a in search.attempts) == 2
+    record = search.to_dict()
+    assert record["reached"] is False and record["tries"] == len(search.attempts)
+    assert json.loads(json.dumps(record)) == record  # goes into the manifest as it is
+
+
+def test_near_ties_do_not_count_against_top1_agreement():
+    reference = np.array([[5.0, 1.0, 0.0, 0.0], [2.0, 1.999, 0.0, 0.0]])
+    swapped_tie = reference[:, [0, 1, 2, 3]].copy()
+    swapped_tie[1] = [1.999, 2.0, 0.0, 0.0]
+    metrics = compare(reference, swapped_tie)
+    assert metrics.top1_agreement == 0.5  # reported as it is
+    assert metrics.decisive == 1 and metrics.top1_agreement_decisive == 1.0
+    assert Tolerance(min_top1_agreement=0.95).failures("photos", metrics) == []
+    wrong = reference[:, [1, 0, 2, 3]]
+    failures = Tolerance(min_top1_agreement=0.95).failures("photos", compare(reference, wrong))
+    assert failures and "not near ties" in failures[0]
+
+
+def test_augmented_views_keep_the_photos_first_and_are_deterministic():
+    images = np.random.default_rng(0).random((3, 3, 32, 48), dtype=np.float32)
+    views = augmented_views(images, 10)
+    assert views.shape == (10, 3, 32, 48) and views.dtype == np.float32
+    assert np.array_equal(views[:3], images)
+    assert np.array_equal(views, augmented_views(images, 10))
+    assert not np.array_equal(views[3], images[0])
+    assert views.min() >= images.min() - 1e-6 and views.max() <= images.max() + 1e-6
+
+
+def test_a_calibration_method_the_format_lacks_is_refused(capsys):
+    assert run(["export", "-f", "onnx", "--precision", "int8-static",
+                "--calibration-method", "histogram", "-o", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert "is not one onnx has: choose auto or one of minmax, entropy, percentile" in err
