@@ -127,7 +127,16 @@ def export_one(out_root: Path, name: str, patch: str, res: str, precision: str,
             if photos:
                 row.update(max_abs=photos["max_abs"], max_rel=photos["max_rel"],
                            snr_db=photos["snr_db"], cosine=photos["cosine"],
-                           top1=photos["top1_agreement"], top5=photos["top5_agreement"])
+                           top1=photos["top1_agreement"], top5=photos["top5_agreement"],
+                           top1_decisive=photos.get("top1_agreement_decisive"),
+                           decisive=photos.get("decisive"))
+            search = artifact.get("float_search")
+            if search:
+                row.update(float_groups=f"{len(search['float_groups'])}/{search['groups']}",
+                           kept_float=search["float_groups"], search_tries=search["tries"])
+            speed = artifact.get("speed") or {}
+            if speed.get("measured"):
+                row.update(speedup=speed["speedup"], ms=speed["ms"], fp32_ms=speed["fp32_ms"])
             accuracy = validation["accuracy"].get("labelled")
             if accuracy:
                 row.update(accuracy=accuracy["artifact_top1"],
@@ -146,7 +155,8 @@ def write_results(results: Path, stem: str, rows: list[dict], weights: str) -> N
     cols = [("model", "{}"), ("patch", "{}"), ("resolution", "{}"), ("format", "{}"),
             ("precision", "{}"), ("status", "{}"), ("size_mb", "{}"), ("size_ratio", "{:.2f}"),
             ("max_abs", "{:.1e}"), ("max_rel", "{:.1e}"), ("snr_db", "{:.1f}"),
-            ("cosine", "{:.5f}"), ("top1", "{:.0%}"), ("top5", "{:.0%}"),
+            ("cosine", "{:.5f}"), ("top1", "{:.0%}"), ("top1_decisive", "{:.0%}"),
+            ("top5", "{:.0%}"), ("float_groups", "{}"), ("speedup", "{:.2f}"),
             ("accuracy", "{:.2%}"), ("reference_accuracy", "{:.2%}"),
             ("reference_spread", "{:.2f}"), ("max_rank", "{}"), ("seconds", "{}")]
     if not any("accuracy" in r for r in rows):
@@ -157,7 +167,10 @@ def write_results(results: Path, stem: str, rows: list[dict], weights: str) -> N
                                        for c, fmt in cols) + " |")
     (results / f"{stem}.md").write_text(
         "Written by `python benchmarks/export_matrix.py` (see its docstring for the exact "
-        f"command); {weights}. top1/top5: agreement with PyTorch's top-1; max_rel: max abs "
+        f"command); {weights}. top1/top5: agreement with PyTorch's top-1 (top1_decisive: on the "
+        "inputs whose top-1 is not a near tie); float_groups: layer groups int8-static's search "
+        "kept float, of all; speedup: float32 twin's latency / this artifact's (export's short "
+        "interleaved check, 3 rounds, onnxruntime or LiteRT at 2 threads); max_rel: max abs "
         "difference / largest reference value; reference_spread: how much PyTorch's outputs "
         "vary across the inputs (below 0.01 the row is degenerate and proves little). "
         "size_ratio: artifact size / float32 weights. Core ML numbers need macOS: on Linux "

@@ -141,8 +141,10 @@ WEIGHT_ONLY = ("int8-weights", "palettize-4", "palettize-6", "palettize-8")  # n
 @pytest.mark.slow
 @pytest.mark.parametrize(("recipe", "formats", "patch"), [
     (recipe, formats, patch) for recipe, formats in RUNS
-    # weight-only compression does not see the patch layout: patch A proves it (CI time)
-    for patch in (("A",) if recipe in WEIGHT_ONLY else ("A", "B"))])
+    # weight-only compression does not see the patch layout: patch A proves it (CI time); so
+    # does int8-static, whose search runs ~35 quantisations a format (B: the committed
+    # benchmarks/results/quantization.md)
+    for patch in (("A",) if recipe in (*WEIGHT_ONLY, "int8-static") else ("A", "B"))])
 def test_recipe_produces_a_quantised_validated_artifact(quantized, recipe, formats, patch):
     result = quantized(recipe, formats, patch)
     for r in result.formats:
@@ -181,7 +183,8 @@ def test_recipe_produces_a_quantised_validated_artifact(quantized, recipe, forma
         if recipe == "int8-static":
             calibration = artifact["calibration"]
             assert calibration["unreadable"] == 1 and calibration["images"] >= 10
-            assert calibration["views"] == calibration["images"]  # no augmented views needed
+            # skimage's 20 photos are fewer than 32: topped up with crops and mirror images
+            assert calibration["images"] < 32 and calibration["views"] == 64
             assert not set(calibration["names"]) & {p.name for p in sample_image_paths()}
             search = artifact["float_search"]
             assert search["reached"] and search["snr_db"] >= 30
@@ -222,7 +225,7 @@ def test_int8_static_search_names_what_stayed_float(quantized):
 
 @pytest.mark.slow
 def test_onnx_int8_static_keeps_attention_in_float(quantized):
-    result = quantized("int8-static", "onnx,tflite", "B")
+    result = quantized("int8-static", "onnx,tflite", "A")
     onnx_result = next(r for r in result.formats if r.format == "onnx")
     artifact = json.loads(onnx_result.manifest.read_text())["artifact"]
     assert artifact["kept_float"] == ["softmax", "layernorm", "attention", "activations"]

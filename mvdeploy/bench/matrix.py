@@ -43,8 +43,9 @@ ACCELERATORS: dict[str, tuple[str, ...]] = {  # target -> accelerator choices (f
     "apple": ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"),  # Core ML compute units
 }
 # bump when mvdeploy exports different artifacts for the same settings, so bench caches made
-# before are not timed as if they were today's (2: per-format graph forms, fused ONNX attention)
-ARTIFACT_REVISION = 2
+# before are not timed as if they were today's (2: per-format graph forms, fused ONNX attention;
+# 3: int8-static keeps the groups its search picks float)
+ARTIFACT_REVISION = 3
 IMPLS = ("mvdeploy", "transformers")  # transformers: the peer baseline, exported plainly
 
 
