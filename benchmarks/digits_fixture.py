@@ -125,11 +125,13 @@ def main() -> None:
     i = sub.add_parser("images", help="write a split as CLASS/*.png")
     i.add_argument("--split", choices=("train", "held-out"), default="held-out")
     i.add_argument("--out", required=True)
+    i.add_argument("--per-class", type=int, default=None,
+                   help="only the first N images of each digit (e.g. a validation sample)")
     args = parser.parse_args()
     if args.command == "train":
         train(args)
     else:
-        print(f"wrote {write_digits(args.out, args.split)}")
+        print(f"wrote {write_digits(args.out, args.split, args.per_class)}")
 
 
 if __name__ == "__main__":

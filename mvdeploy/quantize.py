@@ -216,9 +216,11 @@ class FloatSearch:
 
     @property
     def best(self) -> Attempt:
-        """The first attempt that met the target (fewest groups float), else the closest."""
+        """The attempt that met the target with the fewest groups float, else the closest."""
         met = [a for a in self.attempts if a.met]
-        return met[0] if met else max(self.attempts, key=lambda a: a.snr_db)
+        if met:
+            return min(met, key=lambda a: (len(a.float_groups), -a.snr_db))
+        return max(self.attempts, key=lambda a: a.snr_db)
 
     def ranking(self) -> list[tuple[str, float]]:
         """Groups by sensitivity, the most harmful (lowest SNR when alone int8) first."""
@@ -248,7 +250,8 @@ def search_float_groups(trials: Trials, reference: np.ndarray, target: FidelityT
     noise from different layers adds up roughly in power, so the noise left after keeping the
     k most harmful groups float is predicted as the sum of the others'; the search tries the
     smallest k predicted to meet the target, and, when a try misses, scales the prediction by
-    what it measured and tries again with more, up to `max_float_groups`.
+    what it measured and tries again with more, up to `max_float_groups`. Once a try meets the
+    target it bisects down to the fewest groups that still do.
     """
     from mvdeploy.validate import compare
 
@@ -274,16 +277,25 @@ def search_float_groups(trials: Trials, reference: np.ndarray, target: FidelityT
         return search
     order = [g for g, _ in search.ranking()]
     noise = [_noise(search.sensitivity[g]) for g in order]
-    budget, scale, kept = _noise(aim.min_snr_db), 1.0, 0
-    limit = min(max_float_groups, len(order))
-    while kept < limit:
-        wanted = next((k for k in range(kept + 1, limit + 1)
+    budget, scale = _noise(aim.min_snr_db), 1.0
+    missed, met, limit = 0, None, min(max_float_groups, len(order))  # k float: missed < met
+    while met is None and missed < limit:
+        wanted = next((k for k in range(missed + 1, limit + 1)
                        if scale * sum(noise[k:]) <= budget), limit)
         tried = attempt(tuple(order[:wanted]))
         if tried.met:
+            met = wanted
             break
         predicted = sum(noise[wanted:])
         if predicted > 0 and not math.isinf(tried.snr_db):
             scale = max(scale, _noise(tried.snr_db) / predicted)
-        kept = wanted
+        missed = wanted
+    # the prediction errs on the safe side (separately measured noise overlaps): bisect down
+    # to the fewest groups that still meet the target, which keeps the most int8
+    while met is not None and met - missed > 1:
+        middle = (missed + met) // 2
+        if attempt(tuple(order[:middle])).met:
+            met = middle
+        else:
+            missed = middle
     return search

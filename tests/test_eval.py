@@ -149,3 +149,27 @@ def test_export_labelled_streams_the_same_accuracy(tmp_path, held_out, capsys):
                                                        abs=1 / accuracy["images"])
     assert np.isclose(accuracy["artifact_top1"], accuracy["reference_top1"],
                       atol=1 / accuracy["images"])
+
+
+@pytest.mark.slow
+def test_fixture_int8_static_keeps_its_accuracy_within_a_point(tmp_path, held_out, capsys):
+    """The trained fixture in int8 (ONNX and TFLite, calibrated on its training split): its
+    held-out accuracy stays within 1 point of PyTorch's, and the 30 dB target holds."""
+    from mvdeploy.fixtures import write_digits
+
+    train = write_digits(tmp_path / "train", "train")
+    sample = write_digits(tmp_path / "sample", per_class=2)  # fidelity on digits, not photos
+    assert run(["export", "-w", str(checkpoint_dir()), "-r", "64", "-f", "onnx,tflite",
+                "--precision", "int8-static", "--calibration", str(train),
+                "--images", str(sample), "--set", "validate.max_images=20",
+                "--labelled", str(held_out), "--set", "quantize.compare_speed=false",
+                "-o", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    for fmt in ("onnx", "tflite"):
+        manifest = json.loads((tmp_path / "out" / fmt / "manifest.json").read_text())
+        accuracy = manifest["validation"]["accuracy"]["labelled"]
+        assert accuracy["images"] == TRAINING["held_out_images"]
+        assert accuracy["reference_top1"] - accuracy["artifact_top1"] <= 0.01
+        assert manifest["validation"]["metrics"]["photos"]["snr_db"] >= 30
+        assert manifest["artifact"]["float_search"]["reached"]
+

@@ -96,8 +96,30 @@ def test_search_keeps_the_most_harmful_groups_float_and_no_more():
     assert [g for g, _ in search.ranking()][:2] == ["b", "d"]
     assert search.reached and set(search.best.float_groups) == {"b", "d"}
     assert search.best.snr_db >= 30
-    assert len(search.attempts) == 2  # all int8, then the predicted two
+    # all int8, the predicted two, then one fewer to prove two is the least that holds
+    assert [len(a.float_groups) for a in search.attempts] == [0, 2, 1]
     assert search.sensitivity["b"] == pytest.approx(22, abs=1)  # measured, alone in int8
+
+
+def test_an_overcautious_prediction_is_bisected_down():
+    """Measured alone, groups can add up to more noise than they make together; the search
+    then bisects down to the fewest float groups that still meet the target."""
+
+    class Overlapping(KnownNoise):
+        def logits(self, float_groups=frozenset(), only=None):
+            if only:
+                return super().logits(only=only)
+            quantised = [g for g in self.groups if g not in float_groups]
+            return self.reference + 0.3 * sum((self.noise[g] for g in quantised),
+                                              np.zeros_like(self.reference))
+
+    trials = Overlapping(REFERENCE, {g: 20.0 + i for i, g in enumerate("abcdefgh")})
+    search = search_float_groups(trials, REFERENCE, FidelityTarget(30, 0.0),
+                                 max_float_groups=8)
+    tried = [len(a.float_groups) for a in search.attempts]
+    assert search.reached and len(search.best.float_groups) < max(tried)
+    assert search.best.snr_db >= 30 and not any(
+        a.met for a in search.attempts if len(a.float_groups) < len(search.best.float_groups))
 
 
 def test_a_met_target_needs_no_sensitivity_unless_asked():
@@ -150,3 +172,28 @@ def test_a_calibration_method_the_format_lacks_is_refused(capsys):
                 "--calibration-method", "histogram", "-o", "unused"]) == 2
     err = capsys.readouterr().err
     assert "is not one onnx has: choose auto or one of minmax, entropy, percentile" in err
+
+
+@pytest.mark.slow
+def test_an_unreachable_target_exits_1_with_the_best_attempt_explained(tmp_path, capsys):
+    """The search's bound reached first: exit 1, the closest artifact kept (marked failed), and
+    the report, table and plot say what was tried and what each group costs."""
+    code = run(["export", "-r", "64", "-f", "onnx", "--precision", "int8-static",
+                "--min-snr", "90", "--sensitivity", "--set", "quantize.max_float_groups=2",
+                "--set", "quantize.compare_speed=false", "-o", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "onnx: int8 target 90 dB NOT met within 2 groups" in out
+    assert "int8 sensitivity" in out and "stages.1.0" in out
+    manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
+    assert manifest["validated"] is False
+    search = manifest["artifact"]["float_search"]
+    assert not search["reached"] and len(search["float_groups"]) == 2
+    assert search["float_groups"] == [row["group"] for row in search["sensitivity"][:2]]
+    assert search["tries"] == len(search["attempts"]) >= 2
+    assert search["snr_db"] == max(a["snr_db"] for a in search["attempts"])
+    assert any("SNR" in f and "< 90 dB" in f for f in manifest["validation"]["failures"])
+    table = json.loads((tmp_path / "onnx" / "sensitivity.json").read_text())
+    assert [row["kept_float"] for row in table["groups"]][:3] == [True, True, False]
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "onnx" / "sensitivity.png").stat().st_size > 1000
