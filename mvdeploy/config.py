@@ -79,9 +79,10 @@ class QuantizeSection:
     precision: str = ""  # empty: fp32, and coreml.compute_precision for Core ML
     calibration_images: str = ""  # folder; empty: the bundled photos (split from held-out ones)
     calibration_samples: int = 128
-    # a calibration set smaller than this is topped up with augmented views of its images
-    # (random resized crops and mirror images; quantize.augmented_views)
-    calibration_views: int = 64
+    # top a calibration set of fewer than 32 images up to this many with random resized crops
+    # and mirror images of them (quantize.augmented_views); 0: off, the default, because on the
+    # trained fixture they cost 0.7-2.7 dB (benchmarks/results/calibration_methods.md)
+    calibration_views: int = 0
     # auto: each format's measured default (ONNX minmax, of minmax/entropy/percentile; TFLite
     # and Core ML w8a8 histogram, of histogram/minmax: PT2E activation observers)
     calibration_method: str = "auto"

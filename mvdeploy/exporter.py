@@ -311,8 +311,12 @@ FEW_CALIBRATION_IMAGES = 32
 
 def _calibration(cfg: ExportConfig, paths: list[Path]) -> tuple[Calibration, dict]:
     height, width = cfg.height_width
+    samples = cfg.quantize.calibration_samples
+    if len(paths) > samples:  # spread over the sorted folder: its first files may be one class
+        paths = [paths[i] for i in sorted({round(i * (len(paths) - 1) / (samples - 1))
+                                           for i in range(samples)})] if samples > 1 else paths[:1]
     images, used, skipped = load_images(paths, height, width, cfg.preprocessing,
-                                        limit=cfg.quantize.calibration_samples)
+                                        limit=samples)
     info = {"source": cfg.quantize.calibration_images or "bundled sample photos",
             "images": len(used), "unreadable": skipped, "names": [p.name for p in used],
             "flat": int(np.sum(np.ptp(images.reshape(*images.shape[:2], -1), axis=2).max(1)

@@ -6,6 +6,7 @@ never import each other (the split timm makes between a model file and its build
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Literal
 
 import torch
@@ -16,6 +17,21 @@ from mvdeploy.models.patches import PatchSizes, parse_patch_sizes
 
 Init = Literal["photos", "random"]
 INITS: tuple[Init, ...] = ("photos", "random")
+
+
+@lru_cache(maxsize=8)
+def _seeded_state(name: str, num_classes: int, patches: PatchSizes, seed: int) -> dict:
+    """The input-sensitive seeded weights (mvdeploy.models.init), initialised in the default
+    graph form (whose packed qkv linear the alignment hooks see), so every form gets the same
+    weights for a seed."""
+    from mvdeploy.models.init import align_to_inputs_, calibrate_, smooth_kernels_
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MobileViT(get_model_cfg(name), num_classes=num_classes, patch_sizes=patches)
+        align_to_inputs_(smooth_kernels_(model), model.classifier)
+        calibrate_(model, model.classifier)
+    return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 def create_model(name: str, *, num_classes: int | None = None,
@@ -36,16 +52,14 @@ def create_model(name: str, *, num_classes: int | None = None,
     if init not in INITS:
         raise ConfigError(f"unknown init {init!r}: choose one of {', '.join(INITS)}")
     if weights is None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            # initialised in the default form (whose packed qkv linear the alignment hooks
-            # see), so that every form gets the same weights for a seed
-            model = MobileViT(cfg, num_classes=num_classes or 1000, patch_sizes=patches)
-            if init == "photos":
-                from mvdeploy.models.init import align_to_inputs_, calibrate_, smooth_kernels_
-
-                align_to_inputs_(smooth_kernels_(model), model.classifier)
-                calibrate_(model, model.classifier)
+        classes = num_classes or 1000
+        if init == "photos":  # seconds of work, so made once per process and settings
+            model = MobileViT(cfg, num_classes=classes, patch_sizes=patches)
+            model.load_state_dict(_seeded_state(name, classes, patches, seed))
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = MobileViT(cfg, num_classes=classes, patch_sizes=patches)
         if form is not None:
             model.set_form(form)
         return model.eval()
