@@ -143,7 +143,9 @@ class _Trials:
     compute what LiteRT's int8 kernels do (measured 35 dB apart on XXS), without a 15-second
     conversion per try. The chosen arrangement is then converted and validated on LiteRT."""
 
-    margin_db = 0.5  # LiteRT's kernels round a little differently: aim this much higher
+    # LiteRT's kernels round a little differently: aim this much higher (measured: the
+    # simulation up to 0.8 dB above LiteRT on XXS, seeded and trained)
+    margin_db = 1.5
 
     def __init__(self, job: Job, images: np.ndarray) -> None:
         from mvdeploy.quantize import node_group
@@ -163,11 +165,13 @@ class _Trials:
                                   per_channel=job.quantize.per_channel, input_name=INPUT_NAME,
                                   observer=observer(job.quantize), float_groups=float_groups,
                                   only=only)
-        batch = job.captured.example.shape[0]
-        with torch.no_grad():
-            outs = [module(**{INPUT_NAME: torch.from_numpy(self.images[i:i + batch])})
-                    for i in range(0, len(self.images) - batch + 1, batch)]
-        return torch.cat([next(iter(o.values())) for o in outs]).numpy()
+        from mvdeploy.validate import run_batched
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return next(iter(module(**{INPUT_NAME: torch.from_numpy(x)}).values())).numpy()
+
+        return run_batched(run, self.images, job.captured.example.shape[0])
 
 
 def int8_trials(job: Job, images: np.ndarray, workdir: Path) -> _Trials:
