@@ -178,7 +178,8 @@ def test_readme_commands_are_found_in_order():
     assert not [c for c in commands if c.argv[0] in ("pip", "python3")]
     long_suites = ("benchmarks/patch_size_study.toml", "benchmarks/peer_study.toml")
     assert [c for c in commands if not c.runs] == [
-        c for c in commands if "train" in c.argv or any(s in c.argv for s in long_suites)]
+        c for c in commands if c.argv[1:3] == ("benchmarks/digits_fixture.py", "train")
+        or any(s in c.argv for s in long_suites)]
 
 
 # -- every command, for real -----------------------------------------------------------------
