@@ -402,7 +402,9 @@ def test_coreml_precision_and_target(tmp_path):
     assert manifest["artifact"]["precision"] == "fp32"
     assert manifest["artifact"]["minimum_deployment_target"] == "iOS17"
     assert manifest["validation"]["structure"]["spec_version"] == 8  # iOS17 = spec 8
-    assert manifest["validation"]["tolerance"] == {"max_rel": 1e-4, "min_snr_db": None}
+    assert manifest["validation"]["tolerance"] == {"max_rel": 1e-4, "min_snr_db": None,
+                                                   "min_top1_agreement": None,
+                                                   "max_top1_drop": None}
 
 
 @pytest.mark.slow

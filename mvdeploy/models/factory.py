@@ -53,13 +53,11 @@ def create_model(name: str, *, num_classes: int | None = None,
         raise ConfigError(f"unknown init {init!r}: choose one of {', '.join(INITS)}")
     if weights is None:
         classes = num_classes or 1000
-        if init == "photos":  # seconds of work, so made once per process and settings
+        with torch.random.fork_rng(devices=[]):  # the caller's random stream is left alone
+            torch.manual_seed(seed)
             model = MobileViT(cfg, num_classes=classes, patch_sizes=patches)
+        if init == "photos":  # seconds of work, so made once per process and settings
             model.load_state_dict(_seeded_state(name, classes, patches, seed))
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                model = MobileViT(cfg, num_classes=classes, patch_sizes=patches)
         if form is not None:
             model.set_form(form)
         return model.eval()
