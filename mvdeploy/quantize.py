@@ -75,9 +75,6 @@ def augmented_views(images: np.ndarray, count: int, seed: int = 0) -> np.ndarray
 
 # ---------------------------------------------------------------- layer groups
 
-_MODULE_KINDS = ("TransformerLayer", "MobileViTBlock", "InvertedResidual")
-
-
 def _relative(path: str) -> str:
     """A module path below the MobileViT itself ("model.stages.2.1" -> "stages.2.1")."""
     match = re.search(r"(?:^|\.)model\.(.*)$", path)
@@ -121,9 +118,6 @@ def node_group(node) -> str | None:
 
 
 # ---------------------------------------------------------------- PT2E (TFLite, Core ML w8a8)
-
-PT2E_OBSERVERS = ("histogram", "minmax")  # activation observers; histogram is litert-torch's
-
 
 def pt2e_quantize(module, calibration: Calibration, *, per_channel: bool, input_name: str,
                   observer: str = "histogram", float_groups: frozenset[str] = frozenset(),
