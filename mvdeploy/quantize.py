@@ -40,6 +40,12 @@ def needs_calibration(fmt: str, recipe: str) -> bool:
     return spec(fmt).recipes[recipe].calibrated
 
 
+def calibration_method(fmt: str, method: str) -> str:
+    """quantize.calibration_method for `fmt`: "auto" is the format's measured default (the first
+    of FormatSpec.calibration_methods)."""
+    return spec(fmt).calibration_methods[0] if method == "auto" else method
+
+
 def tolerance_kind(fmt: str, recipe: str) -> str:
     """'fp32' (relative max abs), 'fp16' or 'quantized' (SNR)."""
     return spec(fmt).recipes[recipe].tolerance

@@ -160,7 +160,7 @@ def convert(job: Job) -> dict:
     import torch
 
     from mvdeploy.capture import WithSoftmax
-    from mvdeploy.quantize import pt2e_quantize
+    from mvdeploy.quantize import calibration_method, pt2e_quantize
 
     ct = _ct()
     recipe, options, captured = job.recipe, job.options, job.captured
@@ -168,11 +168,10 @@ def convert(job: Job) -> dict:
     if recipe == "w8a8":
         # coremltools' activation calibration needs macOS, so quantise in PyTorch (PT2E) first.
         # Per-tensor weights: its converter reads quantize_per_tensor but not per_channel.
-        method = job.quantize.calibration_method
         module, _ = pt2e_quantize(module, job.calibration, per_channel=False,
                                   input_name=INPUT_NAME,
-                                  observer=SPEC.calibration_methods[0] if method == "auto"
-                                  else method)
+                                  observer=calibration_method(SPEC.name,
+                                                              job.quantize.calibration_method))
     if options.classifier:
         module = WithSoftmax(module)  # the classifier's dictionary holds probabilities
     if recipe == "w8a8" or options.classifier:

@@ -224,7 +224,9 @@ def _quantize_static(prepared: Path, dst: Path, job: Job, *, float_groups=frozen
             chunk = next(self.batches, None)
             return None if chunk is None else {INPUT_NAME: chunk}
 
-    method = calibration_method(quantize)
+    from mvdeploy.quantize import calibration_method
+
+    method = calibration_method(SPEC.name, quantize.calibration_method)
     op_types = list(QUANTIZED_OP_TYPES) if "activations" in quantize.keep_float else None
     quantize_static(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ,
                     per_channel=quantize.per_channel, activation_type=QuantType.QUInt8,
@@ -239,11 +241,6 @@ def _quantize_static(prepared: Path, dst: Path, job: Job, *, float_groups=frozen
             "calibration_method": method, "per_channel": quantize.per_channel,
             "op_types": op_types or "all", "kept_float": list(quantize.keep_float),
             "float_groups": sorted(float_groups), "float_nodes": len(excluded)}
-
-
-def calibration_method(quantize) -> str:
-    return SPEC.calibration_methods[0] if quantize.calibration_method == "auto" else (
-        quantize.calibration_method)
 
 
 def node_groups(model) -> dict[str, str]:

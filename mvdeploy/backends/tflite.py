@@ -134,8 +134,9 @@ def convert(job: Job) -> dict:
 
 def observer(quantize) -> str:
     """The PT2E activation observer quantize.calibration_method asks for."""
-    method = quantize.calibration_method
-    return SPEC.calibration_methods[0] if method == "auto" else method
+    from mvdeploy.quantize import calibration_method
+
+    return calibration_method(SPEC.name, quantize.calibration_method)
 
 
 class _Trials:
