@@ -5,11 +5,15 @@ Not an export.formats choice: `export.save_program` writes it beside the other f
 
 from __future__ import annotations
 
+import io
+import json
+import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from mvdeploy.backends import FormatSpec, Job, Package, Recipe, Session, tensor_info
+from mvdeploy.errors import ArtifactError
 from mvdeploy.tensor_names import INPUT_NAME, OUTPUT_NAME
 
 
@@ -45,7 +49,7 @@ def load(path: Path, *, threads: int | None = None, accelerator: str = "cpu") ->
 
     if threads:
         torch.set_num_threads(threads)
-    module = torch.export.load(str(path)).module()
+    module = load_program(path).module()
 
     def infer(x):
         with torch.no_grad():
@@ -57,7 +61,7 @@ def load(path: Path, *, threads: int | None = None, accelerator: str = "cpu") ->
 def describe(path: Path) -> dict:
     import torch
 
-    program = torch.export.load(str(path))
+    program = load_program(path)
     nodes = [n for n in program.graph.nodes if n.op == "call_function"]
     inputs = [n for n in program.graph.nodes
               if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
@@ -75,3 +79,79 @@ def describe(path: Path) -> dict:
 
 
 
+
+
+# ---------------------------------------------------------------- reading a .pt2 safely
+#
+# torch.export.load unpickles parts of the archive with weights_only=False (sample inputs,
+# weights or constants stored with use_pickle, the legacy layout's state dict), unpickles
+# "custom" and "opaque" constants with plain pickle, and loads AOTInductor shared libraries:
+# any of these runs code from the file. So the archive is read into memory once (no second
+# read a swapped file could win), every member torch would unpickle is first opened with
+# torch's restricted unpickler (weights_only=True, which allows tensors and containers only),
+# and members that can only be code are refused. What passes unpickles to the same objects
+# under torch's own loader, which then reads the same bytes.
+
+_PLAIN_SUFFIXES = (".json", "archive_format", "archive_version", "byteorder", "version",
+                   "serialization_id")
+_CODE_MARKERS = ("aotinductor/", "custom_obj", "opaque_obj", ".so", ".dylib", ".dll")
+
+
+def _raw_payloads(archive: zipfile.ZipFile) -> set[str]:
+    """Members the payload configs declare as raw tensor bytes (read with as_strided)."""
+    raw = set()
+    for name in archive.namelist():
+        if not name.endswith(("_weights_config.json", "_constants_config.json")):
+            continue
+        try:
+            config = json.loads(archive.read(name)).get("config", {})
+            entries = [(m["path_name"], bool(m.get("use_pickle"))) for m in config.values()]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ArtifactError(f"{name} in the archive is not a torch.export payload config: "
+                                "the file is damaged; export it again") from None
+        folder = name.rsplit("/", 1)[0]
+        raw.update(f"{folder}/{path}" for path, pickled in entries if not pickled)
+    return raw
+
+
+def check_archive(data: bytes, where: object) -> None:
+    """Refuse a .pt2 whose loading could run code (see above); one line naming the member."""
+    import pickle
+
+    import torch
+
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise ArtifactError(f"{where} is not a .pt2 archive (not a zip file): it is damaged "
+                            "or another kind of file") from None
+    with archive:
+        raw = _raw_payloads(archive)
+        for name in archive.namelist():
+            if name.endswith("/") or name in raw or name.endswith(_PLAIN_SUFFIXES):
+                continue
+            if any(marker in name for marker in _CODE_MARKERS):
+                raise ArtifactError(
+                    f"{where} holds {name}, code that would run when the file is loaded: "
+                    "mvdeploy does not load it (export the model again with mvdeploy export)")
+            try:
+                torch.load(io.BytesIO(archive.read(name)), map_location="cpu",
+                           weights_only=True)
+            except pickle.UnpicklingError:
+                raise ArtifactError(
+                    f"{where} holds pickled Python objects in {name}, which could run code "
+                    "when loaded: mvdeploy does not unpickle them (export the model again "
+                    "with mvdeploy export)") from None
+            except Exception as exc:  # not a pickle torch could read: damaged or foreign
+                raise ArtifactError(f"{where}: cannot read {name} from the archive "
+                                    f"({type(exc).__name__}): the file is damaged; export "
+                                    "it again") from None
+
+
+def load_program(path: Path):
+    """torch.export.load on a .pt2 that `check_archive` has cleared, from the checked bytes."""
+    import torch
+
+    data = Path(path).read_bytes()
+    check_archive(data, path)
+    return torch.export.load(io.BytesIO(data))
