@@ -373,6 +373,8 @@ def inspect_command(artifact: str, as_json: bool) -> None:
         markup=False)
     if "max_rank" in info:
         console.print(f"max tensor rank: {info['max_rank']}")
+    if info.get("runs_on"):
+        console.print(f"runs on: {info['runs_on']}", markup=False, highlight=False)
     for key, value in (info.get("metadata") or {}).items():
         text = json.dumps(value) if not isinstance(value, str) else value
         console.print(f"metadata {key}: {text[:200]}{'…' if len(text) > 200 else ''}",

@@ -55,6 +55,9 @@ class ModelSection:
     num_classes: int = 1000  # for random initialisation; a checkpoint brings its own
 
 
+INPUT_CHANNELS = ("checkpoint", "RGB", "BGR")
+
+
 @dataclass(frozen=True)
 class ExportSection:
     formats: tuple[str, ...] = field(default_factory=default_formats)
@@ -62,6 +65,9 @@ class ExportSection:
     batch: int = 1
     dynamic_batch: bool = False  # ONNX only
     save_program: bool = True  # also write the torch.export program (.pt2)
+    # the channel order the artifacts take: "checkpoint" (what it was trained on), "RGB" or
+    # "BGR"; another order than the checkpoint's is folded into the stem convolution (exact)
+    input_channels: str = "checkpoint"
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,9 @@ class ValidateSection:
     fp32_max_rel: float = 1e-4
     fp16_min_snr_db: float = 40.0  # tolerance for float16 artifacts
     quantized_min_snr_db: float = 20.0  # tolerance for int8 / palettised artifacts
+    # compare the preprocessing with the checkpoint's own library (transformers, timm) on the
+    # photos, where it imports; a difference of more than one 8-bit level stops the export
+    check_preprocessing: bool = True
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,10 @@ class ExportConfig:
         metadata={"table": False})
     # [preprocessing] keys the user set; the others come from the checkpoint when it says
     preprocessing_set: frozenset[str] = field(default=frozenset(), metadata={"table": False})
+    # where the preprocessing came from, in words ("checkpoint (preprocessor_config.json)",
+    # "timm's default for ...", "assumed: ..."), recorded in the manifest
+    preprocessing_origin: str = field(default="the published default",
+                                      metadata={"table": False})
 
     def __getattr__(self, name: str) -> Any:
         """cfg.<format>: that format's options, e.g. cfg.onnx.opset."""
@@ -139,11 +152,14 @@ class ExportConfig:
     def format_options(self, fmt: str) -> Any:
         return self.options.get(fmt) or spec(fmt).options()
 
-    def with_checkpoint_preprocessing(self, checkpoint: Preprocessing | None) -> ExportConfig:
+    def with_checkpoint_preprocessing(self, checkpoint: Preprocessing | None,
+                                      origin: str) -> ExportConfig:
         """The checkpoint's preprocessing (else the published defaults) under the user's keys."""
         user = {k: getattr(self.preprocessing, k) for k in self.preprocessing_set}
         resolved = dataclasses.replace(checkpoint or Preprocessing(), **user)
-        cfg = dataclasses.replace(self, preprocessing=resolved)
+        if user:
+            origin = f"{origin}; set by the user: {', '.join(sorted(user))}"
+        cfg = dataclasses.replace(self, preprocessing=resolved, preprocessing_origin=origin)
         _check(cfg)  # e.g. coreml.image_input with the checkpoint's per-channel std
         return cfg
 
@@ -251,6 +267,9 @@ def _check(cfg: ExportConfig) -> None:
         raise ConfigError(f"export.formats lists a format twice: {', '.join(formats)}")
     if cfg.export.batch < 1:
         raise ConfigError("export.batch must be at least 1")
+    if cfg.export.input_channels not in INPUT_CHANNELS:
+        raise ConfigError(f"export.input_channels must be one of {', '.join(INPUT_CHANNELS)}, "
+                          f"got {cfg.export.input_channels!r}")
     if not cfg.export.out.strip():
         raise ConfigError("export.out is empty: give the folder the artifacts go to (--out)")
     fixed_batch = [f for f in formats if not spec(f).dynamic_batch]

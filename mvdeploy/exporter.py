@@ -32,7 +32,13 @@ from mvdeploy import __version__
 from mvdeploy.backends import Job, Outputs, get_backend, spec
 from mvdeploy.capture import Captured, capture, program_bytes
 from mvdeploy.config import ExportConfig
-from mvdeploy.data import find_images, find_labelled_images, load_images, sample_image_paths
+from mvdeploy.data import (
+    Preprocessing,
+    find_images,
+    find_labelled_images,
+    load_images,
+    sample_image_paths,
+)
 from mvdeploy.data import normalise as normalise_pixels
 from mvdeploy.errors import ConfigError, MvdeployError, NoSpaceError
 from mvdeploy.evaluate import LabelledReference, labelled_reference
@@ -40,6 +46,7 @@ from mvdeploy.files import failed_for_space, umask, write_atomic
 from mvdeploy.isolate import run_isolated
 from mvdeploy.manifest import build_manifest, read_manifest, write_json
 from mvdeploy.models import PATCH_PRESETS, GraphForm, create_model, parse_patch_sizes
+from mvdeploy.models.library_preprocessing import LibraryCheck, check_against_library
 from mvdeploy.models.macs import count_macs
 from mvdeploy.native_output import redirect_native_output
 from mvdeploy.quantize import (
@@ -232,7 +239,16 @@ def _preprocessing(cfg: ExportConfig, nhwc: bool) -> dict:
     height, width = cfg.height_width
     return {**asdict(cfg.preprocessing), "input_layout": "NHWC" if nhwc else "NCHW",
             "resize_shorter_side": cfg.preprocessing.shorter_side(height, width),
-            "crop": [height, width]}
+            "crop": [height, width], "origin": cfg.preprocessing_origin}
+
+
+def preprocessing_warning(prep: Preprocessing, origin: str) -> str:
+    """One line: which preprocessing a checkpoint that does not record its own gets."""
+    said = (f"{prep.channel_order}, {prep.resample}, crop_pct {prep.crop_pct:.4g}, "
+            f"scale {prep.scale:.4g}, mean {list(prep.mean)}, std {list(prep.std)}")
+    head = "preprocessing assumed" if origin.startswith("assumed") else "preprocessing"
+    return (f"{head}: {said} ({origin}); if the checkpoint was trained otherwise, set "
+            "--set preprocessing.KEY=VALUE")
 
 
 def _app_metadata(cfg: ExportConfig, model_info: dict, labels: list[str] | None,
@@ -268,6 +284,7 @@ class _Reference:
     photo_names: list[str]
     unreadable_photos: int
     labelled: LabelledReference | None  # accuracy folder (validate.labelled_images), streamed
+    library_check: dict  # the preprocessing against the checkpoint's own library
 
 
 def _split_images(cfg: ExportConfig) -> tuple[list[Path], list[Path] | None]:
@@ -361,7 +378,37 @@ def _reference(cfg: ExportConfig, model: torch.nn.Module, paths: list[Path]) -> 
                                       cfg.preprocessing)
     with torch.no_grad():
         logits = {k: model(torch.from_numpy(v)).numpy() for k, v in inputs.items()}
-    return _Reference(inputs, logits, [p.name for p in used], skipped, labelled)
+    return _Reference(inputs, logits, [p.name for p in used], skipped, labelled,
+                      _library_check(cfg, model, used))
+
+
+def _take_input_channels(cfg: ExportConfig, model: torch.nn.Module, reference: _Reference
+                         ) -> tuple[ExportConfig, _Reference]:
+    """export.input_channels: fold a channel flip into the stem, in place. The reference keeps
+    the logits of the model as trained; its inputs are flipped to the order the artifacts now
+    take, so validation proves the folded artifact is the same function."""
+    wanted, trained = cfg.export.input_channels, cfg.preprocessing.channel_order
+    if wanted in ("checkpoint", trained):
+        return cfg, reference
+    model.flip_input_channels_()
+    prep = replace(cfg.preprocessing, channel_order=wanted)
+    cfg = replace(cfg, preprocessing=prep, preprocessing_origin=(
+        f"{cfg.preprocessing_origin}; trained on {trained}, the artifact takes {wanted} "
+        "(the flip is folded into the stem convolution)"))
+    inputs = {k: np.ascontiguousarray(v[:, ::-1]) for k, v in reference.inputs.items()}
+    labelled = reference.labelled and replace(reference.labelled, preprocessing=prep)
+    return cfg, replace(reference, inputs=inputs, labelled=labelled)
+
+
+def _library_check(cfg: ExportConfig, model: torch.nn.Module, photos: list[Path]) -> dict:
+    if cfg.model.weights is None:
+        return asdict(LibraryCheck("", ran=False, note="seeded weights: no checkpoint"))
+    if not cfg.validate.check_preprocessing:
+        return asdict(LibraryCheck("", ran=False, note="validate.check_preprocessing = false"))
+    height, width = cfg.height_width
+    return asdict(check_against_library(model.checkpoint["source"], model.checkpoint_path,
+                                        model.cfg.name, cfg.preprocessing, photos, height,
+                                        width))
 
 
 @dataclass(frozen=True)
@@ -417,11 +464,14 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = no_progre
         model = create_model(cfg.model.name, patch_sizes=cfg.model.patch,
                              weights=cfg.model.weights,
                              num_classes=None if cfg.model.weights else cfg.model.num_classes)
-        cfg = cfg.with_checkpoint_preprocessing(getattr(model, "preprocessing", None))
+        cfg = cfg.with_checkpoint_preprocessing(model.preprocessing, model.preprocessing_origin)
         held_out, calibration_paths = _split_images(cfg)
-        reference = _reference(cfg, model, held_out)
+        reference = _reference(cfg, model, held_out)  # the model as trained
+        cfg, reference = _take_input_channels(cfg, model, reference)
         calibration, calibration_info = (_calibration(cfg, calibration_paths)
                                          if calibration_paths else (None, None))
+    if cfg.model.weights is not None and not cfg.preprocessing_origin.startswith("checkpoint"):
+        warn(preprocessing_warning(cfg.preprocessing, cfg.preprocessing_origin))
     if reference_spread(reference.logits).degenerate:  # said before the long conversions
         warn(DEGENERATE_WARNING)
     if reference.unreadable_photos:
@@ -607,6 +657,7 @@ def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> F
             validation["inputs"] = {"photos": reference.photo_names,
                                     "unreadable_photos": reference.unreadable_photos,
                                     "random": cfg.validate.random_inputs}
+            validation["preprocessing_check"] = reference.library_check
             if uses_calibration:
                 export_info["calibration"] = run.calibration_info
             if cfg.quantize.compare_speed and tolerance_kind(fmt, precision) == "quantized":

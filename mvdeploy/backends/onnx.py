@@ -155,7 +155,26 @@ def convert(job: Job) -> dict:
         info["fp32_size_bytes"] = float_path.stat().st_size
         float_path.unlink()
     onnx.checker.check_model(str(path))
-    return info
+    custom = custom_ops(onnx.load(str(path), load_external_data=False))
+    return {**info, "custom_ops": custom, "runs_on": runs_on(custom)}
+
+
+def custom_ops(model) -> dict[str, list[str]]:
+    """Ops outside the standard ONNX domains, by domain (e.g. com.microsoft: MultiHeadAttention)."""
+    found: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            found.setdefault(node.domain, set()).add(node.op_type)
+    return {domain: sorted(ops) for domain, ops in sorted(found.items())}
+
+
+def runs_on(custom: dict[str, list[str]]) -> str:
+    """Which runtimes read the graph, in words (README "Graph forms" has the measurements)."""
+    if not custom:
+        return "any ONNX runtime (standard ONNX ops only)"
+    ops = "; ".join(f"{d}: {', '.join(o)}" for d, o in custom.items())
+    return (f"onnxruntime, OpenVINO and tract (it uses {ops}); ncnn/pnnx and the ONNX "
+            "reference evaluator reject it: export with onnx.attention=standard for them")
 
 
 def _quantize(src: Path, dst: Path, job: Job) -> dict:
@@ -374,6 +393,7 @@ def describe(path: Path) -> dict:
                            for i in model.graph.initializer)
     inferred = onnx.shape_inference.infer_shapes(model)
     values = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    custom = custom_ops(model)
     return {
         "inputs": [info(v) for v in model.graph.input if v.name not in initializer_names],
         "outputs": [info(v) for v in model.graph.output],
@@ -385,5 +405,7 @@ def describe(path: Path) -> dict:
         "external_data": any(i.data_location == onnx.TensorProto.EXTERNAL
                              for i in model.graph.initializer),
         "metadata": decode_record({p.key: p.value for p in model.metadata_props}),
+        "custom_ops": custom,
+        "runs_on": runs_on(custom),
     }
 

@@ -335,6 +335,9 @@ class MobileViT(nn.Module):
         form = form or GraphForm()
         self.form = form
         self.class_labels: list[str] | None = None  # filled from checkpoints that carry them
+        self.preprocessing = None  # a checkpoint's Preprocessing (None: the published default)
+        self.preprocessing_origin = "the published default (seeded weights)"
+        self.checkpoint_path = None  # where load_pretrained read the weights
         c = cfg.channels
         self.stem = ConvBNAct(3, c[0], 3, stride=2)
         mv2 = {"expand_ratio": cfg.expand_ratio}
@@ -357,6 +360,13 @@ class MobileViT(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.head_conv = ConvBNAct(c[5], c[6], 1)
         self.classifier = nn.Linear(c[6], num_classes)
+
+    def flip_input_channels_(self) -> None:
+        """Reverse the stem convolution's input channels, in place: a model trained on BGR then
+        takes RGB (and back). Exact: conv(w, x[::-1]) = conv(w[:, ::-1], x), and the zero
+        padding is the same in either order."""
+        with torch.no_grad():
+            self.stem.conv.weight.copy_(self.stem.conv.weight.flip(1))
 
     def set_form(self, form: GraphForm) -> None:
         """Switch every block to another graph form: same weights, same outputs, other ops."""

@@ -252,6 +252,12 @@ def _infer_cfg(state: Mapping[str, torch.Tensor], source: Source, where: object)
     )
 
 
+# timm's own preprocessing for MobileViT v1, for a timm checkpoint that carries no
+# pretrained_cfg (timm/models/mobilevit.py `_cfg`, timm 1.0.31: crop_pct 0.9, bicubic, mean 0,
+# std 1; timm's transforms feed RGB scaled to [0, 1]).
+TIMM_MOBILEVIT_PREPROCESSING = Preprocessing(channel_order="RGB", crop_pct=0.9,
+                                             resample="bicubic")
+
 _HF_FIXED = {  # config.json values our architecture implements; anything else is refused
     "num_attention_heads": 4, "mlp_ratio": 2.0, "conv_kernel_size": 3, "hidden_act": "silu",
     "qkv_bias": True, "output_stride": 32, "num_channels": 3,
@@ -268,6 +274,7 @@ class CheckpointDir:
     labels: list[str] | None
     preprocessing: Preprocessing | None
     weights: Path
+    origin: str  # where `preprocessing` came from, in words (see load_pretrained)
 
 
 def _read_json(path: Path) -> dict:
@@ -295,11 +302,23 @@ def _read_directory(directory: Path) -> CheckpointDir:
         )
     if "architecture" in conf and "model_type" not in conf:
         cfg, labels, prep = _timm_config(conf, cfg_path)
-        return CheckpointDir("timm", cfg, labels, prep, weights)
+        if prep is None:
+            return CheckpointDir("timm", cfg, labels, TIMM_MOBILEVIT_PREPROCESSING, weights,
+                                 _timm_default_origin(cfg, f"{cfg_path} has no pretrained_cfg"))
+        return CheckpointDir("timm", cfg, labels, prep, weights,
+                             f"checkpoint ({cfg_path.name}: pretrained_cfg)")
     cfg, labels = _hf_config(conf, cfg_path)
     prep_path = directory / "preprocessor_config.json"
-    prep = _hf_preprocessing(_read_json(prep_path), prep_path) if prep_path.is_file() else None
-    return CheckpointDir("huggingface", cfg, labels, prep, weights)
+    if prep_path.is_file():
+        return CheckpointDir("huggingface", cfg, labels,
+                             _hf_preprocessing(_read_json(prep_path), prep_path), weights,
+                             f"checkpoint ({prep_path.name})")
+    return CheckpointDir("huggingface", cfg, labels, None, weights,
+                         f"assumed: {directory} has no preprocessor_config.json")
+
+
+def _timm_default_origin(cfg: MobileViTCfg, why: str) -> str:
+    return f"timm's default for {cfg.name} ({why})"
 
 
 def _hf_config(conf: dict, cfg_path: Path) -> tuple[MobileViTCfg, list[str] | None]:
@@ -409,8 +428,9 @@ def load_pretrained(path: str | Path, *, patch_sizes: PatchSizes = PATCH_PRESETS
     """Build the model a checkpoint describes (variant, classes, labels) and load it strictly.
 
     `path` is a file, a model directory, or a Hugging Face Hub id (`org/name[@revision]`,
-    through the standard hub cache). The model gets `class_labels`, `preprocessing` (None when
-    the checkpoint does not say) and `checkpoint` (where the weights came from).
+    through the standard hub cache). The model gets `class_labels`, `preprocessing` (None: the
+    published default), `preprocessing_origin` (where it came from, in words; "assumed: ..."
+    when nothing says) and `checkpoint` (where the weights came from).
 
     Patch sizes carry no weights, so any preset can be combined with any checkpoint; note that
     the published checkpoints were trained with patch 2 at every stage (preset A).
@@ -425,12 +445,14 @@ def load_pretrained(path: str | Path, *, patch_sizes: PatchSizes = PATCH_PRESETS
     if path.is_dir():
         found = _read_directory(path)
         cfg, labels, preprocessing = found.cfg, found.labels, found.preprocessing
+        origin = found.origin
         state = _read_tensor_file(found.weights)
         source = detect_source(state, path)
     else:
         state = _read_tensor_file(path)
         source = detect_source(state, path)
         cfg = _infer_cfg(state, source, path)
+        preprocessing, origin = _bare_file_preprocessing(source, cfg, path)
     classifier = foreign_keys("classifier.weight", source)[0]
     if classifier not in state:
         raise CheckpointError(f"{path} has no classifier weights ({classifier})")
@@ -444,8 +466,26 @@ def load_pretrained(path: str | Path, *, patch_sizes: PatchSizes = PATCH_PRESETS
     model.load_state_dict(remap_state_dict(state, model, source), strict=True)
     model.class_labels = labels
     model.preprocessing = preprocessing
+    model.preprocessing_origin = origin
     model.checkpoint = {**checkpoint, "source": source}
+    model.checkpoint_path = path  # the local file or folder (a hub id's snapshot)
     return model.eval()
+
+
+def _bare_file_preprocessing(source: Source, cfg: MobileViTCfg, path: Path
+                             ) -> tuple[Preprocessing | None, str]:
+    """A lone weights file says nothing about its inputs: its library's default, if it has one.
+
+    ml-cvnets evaluates MobileViT with the published preprocessing (BGR, bilinear, 288 -> 256:
+    what apple/mobilevit-*'s preprocessor_config.json records), timm with its own `_cfg`.
+    """
+    if source == "timm":
+        return TIMM_MOBILEVIT_PREPROCESSING, _timm_default_origin(
+            cfg, f"{path.name} is a bare state dict without pretrained_cfg")
+    if source == "mlcvnets":
+        return None, f"ml-cvnets' default, as Apple published it ({path.name} is a bare file)"
+    return None, f"assumed: {path.name} is a bare state dict that does not say how its " \
+                 "inputs were prepared"
 
 
 def save_checkpoint(model: MobileViT, path: str | Path, source: Source = "mvdeploy") -> Path:
