@@ -490,12 +490,14 @@ def eval_command(artifacts: tuple[str, ...], data: str, limit: int | None, weigh
 
 @app.command(name="snippet")
 @click.argument("artifact", type=click.Path())
-def snippet_command(artifact: str) -> None:
+@click.option("--client", default=None, help="Another client to write for: mediapipe (Kotlin) "
+              "or mediapipe-python, for a .tflite.")
+def snippet_command(artifact: str, client: str | None) -> None:
     """App code for an exported artifact (Swift for Core ML, Kotlin for Android runtimes),
     with the artifact's real tensor names, generated from its manifest."""
     from mvdeploy.snippets import load_manifest, snippet
 
-    _, code = snippet(load_manifest(artifact))
+    _, code = snippet(load_manifest(artifact), client)
     print(code, end="")
 
 

@@ -24,8 +24,8 @@ def load_manifest(artifact: str | Path) -> Manifest:
     return manifest
 
 
-def snippet(manifest: Manifest) -> tuple[str, str]:
-    """(language, code) for the manifest's artifact."""
+def snippet(manifest: Manifest, client: str | None = None) -> tuple[str, str]:
+    """(language, code) for the manifest's artifact; `client`: one of its snippet_clients."""
     from mvdeploy.backends import get_backend, specs
 
     fmt = manifest.format
@@ -35,7 +35,12 @@ def snippet(manifest: Manifest) -> tuple[str, str]:
         raise ArtifactError(
             "snippets exist for " + ", ".join(f"{s.title} ({s.snippet_language})" for s in offered)
             + f", not {fmt}; README shows how to run it from Python")
-    return spec.snippet_language, get_backend(fmt).snippet(manifest.to_dict())
+    if client is None:
+        return spec.snippet_language, get_backend(fmt).snippet(manifest.to_dict())
+    if client not in spec.snippet_clients:
+        raise ArtifactError(f"--client {client} is not offered for {spec.title}: choose from "
+                            f"{', '.join(spec.snippet_clients) or '(none; leave --client out)'}")
+    return spec.snippet_clients[client], get_backend(fmt).snippet(manifest.to_dict(), client)
 
 
 def crop_text(prep: dict) -> str:

@@ -97,7 +97,8 @@ def test_ios_config_gives_image_input_and_classifier(shipped, patch):
     info = inspect_artifact(_artifact(shipped(f"mobilevit_xxs_{patch}_ios"), "coreml"))
     (image,) = info["inputs"]
     assert image["name"] == "pixel_values" and image["dtype"] == "image"
-    assert image["color_layout"] == "BGR" and image["shape"] == [1, 3, 256, 256]
+    # trained on BGR; the config's export.input_channels = RGB folds the flip into the stem
+    assert image["color_layout"] == "RGB" and image["shape"] == [1, 3, 256, 256]
     assert "resize the shorter side to 288, centre-crop 256x256" in image["description"]
     assert [(o["name"], o["dtype"]) for o in info["outputs"]] == [
         ("classLabel", "string"), ("classLabel_probs", "dict[string, double]")]
@@ -110,9 +111,9 @@ def test_ios_config_gives_image_input_and_classifier(shipped, patch):
     assert record["patch_sizes"] == expected_patches and record["resolution"] == [256, 256]
     assert record["output"] == "classLabel_probs" and record["output_kind"] == "probabilities"
     assert record["labels"][:2] == ["class_0", "class_1"] and len(record["labels"]) == 1000
-    assert record["preprocessing"]["channel_order"] == "BGR"
+    assert record["preprocessing"]["channel_order"] == "RGB"
     assert record["preprocessing"]["resize_shorter_side"] == 288
-    assert meta["mvdeploy.patch"] == patch and meta["mvdeploy.channel_order"] == "BGR"
+    assert meta["mvdeploy.patch"] == patch and meta["mvdeploy.channel_order"] == "RGB"
 
 
 @pytest.mark.slow
@@ -183,7 +184,7 @@ def test_declared_preprocessing_matches_the_reference(shipped, hf_checkpoint, pa
 
 @pytest.mark.slow
 def test_coreml_image_classifier_runs_and_agrees_with_pytorch(shipped, capsys):
-    """Image input (BGR, scale built in) and classifier output, by numbers: off macOS through
+    """Image input (RGB, scale built in) and classifier output, by numbers: off macOS through
     the reference executor, fed the 8-bit photo a phone would hand Vision."""
     folder = shipped("mobilevit_xxs_B_ios")
     manifest = json.loads((folder / "coreml" / "manifest.json").read_text())

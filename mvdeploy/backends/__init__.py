@@ -10,7 +10,8 @@ limit, outputs, CLI flags) and the functions the pipeline calls by convention:
     load(path, *, threads=None, accelerator=None) -> Session
                                              the runtime: NCHW float32 batch -> scores
     describe(path) -> dict                   inputs, outputs, op histogram, max rank
-    snippet(manifest) -> str                 app code, where SPEC.snippet_language is set
+    snippet(manifest, client=None) -> str    app code, where SPEC.snippet_language is set
+                                             (client: one of SPEC.snippet_clients)
     plain_export(module, example, path)      the peer baseline, where SPEC.peer is true
     int8_trials(job, images, workdir) -> Trials
                                              where a recipe is `searched`: its int8
@@ -143,6 +144,8 @@ class FormatSpec:
     runtimes: tuple[Runtime, ...] = ()
     flags: tuple[Flag, ...] = ()
     snippet_language: str | None = None  # snippet(manifest) writes app code in this language
+    # other clients snippet(manifest, client=NAME) writes for: client name -> language
+    snippet_clients: Mapping[str, str] = field(default_factory=dict)
     peer: bool = False  # plain_export(): what a user gets by hand, for the peer baseline
     selectable: bool = True  # appears in export.formats (the .pt2 is saved separately)
     default: bool = True  # exported when --format is not given

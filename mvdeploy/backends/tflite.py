@@ -26,7 +26,15 @@ from mvdeploy.backends import (
     require,
     tensor_info,
 )
-from mvdeploy.errors import MissingDependencyError
+from mvdeploy.backends.tflite_metadata import (
+    LABEL_FILE,
+    STANDARD_NAME,
+    labels_of,
+    pack_files,
+    read_standard_metadata,
+    standard_metadata,
+)
+from mvdeploy.errors import ArtifactError, MissingDependencyError
 from mvdeploy.snippets import crop_text, kotlin_channel_expr
 from mvdeploy.tensor_names import INPUT_NAME, PROBS_NAME
 
@@ -46,7 +54,9 @@ def _types(s: dict) -> dict:
 
 SPEC = FormatSpec(
     name="tflite", title="TFLite (LiteRT)", suffix=".tflite", extra="tflite",
-    export_needs=(Package("litert-torch", "litert_torch", "PyTorch -> TFLite converter"),),
+    export_needs=(Package("litert-torch", "litert_torch", "PyTorch -> TFLite converter"),
+                  Package("mediapipe", "mediapipe.tasks.python.metadata.metadata_writers."
+                          "metadata_info", "standard TFLite metadata (MediaPipe's tables)")),
     run_needs=(Package("ai-edge-litert", "ai_edge_litert.interpreter", "LiteRT (TFLite) runtime"),
                Package("tflite-runtime", "tflite_runtime.interpreter",
                        "legacy TFLite runtime (fallback only)")),
@@ -75,6 +85,7 @@ SPEC = FormatSpec(
     flags=(Flag(("--channels-last",), "channels_last", is_flag=True,
                 help="TFLite: NHWC input [B, H, W, 3], as Android code usually feeds it."),),
     snippet_language="kotlin", peer=True,
+    snippet_clients={"mediapipe": "kotlin", "mediapipe-python": "python"},
     # PT2E activation observers: litert-torch's histogram (clips outliers) measured best
     calibration_methods=("histogram", "minmax"),
 )
@@ -193,7 +204,8 @@ def _schema():
 
 def embed_metadata(path: Path, metadata: dict) -> None:
     """Add (or replace) a metadata buffer named "mvdeploy" holding JSON, readable with the
-    TFLite flatbuffer schema alone; labels also go to labels.txt beside the file."""
+    TFLite flatbuffer schema alone, and the standard TFLITE_METADATA with the labels packed
+    (mvdeploy.backends.tflite_metadata); labels also go to labels.txt beside the file."""
     import json
 
     import flatbuffers
@@ -209,17 +221,22 @@ def embed_metadata(path: Path, metadata: dict) -> None:
                 raise RuntimeError("metadata embedding needs a .tflite under 2 GB")
             buf.data = np.frombuffer(data[buf.offset:buf.offset + buf.size], dtype=np.uint8)
             buf.offset, buf.size = 0, 0
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8)
-    model.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name = METADATA_NAME
-    entry.buffer = len(model.buffers) - 1
-    model.metadata = [m for m in model.metadata or []
-                      if m.name not in (METADATA_NAME, METADATA_NAME.encode())] + [entry]
+    entries = {METADATA_NAME: json.dumps(metadata).encode(),
+               STANDARD_NAME: standard_metadata(data, metadata)}
+    names = set(entries) | {n.encode() for n in entries}
+    model.metadata = [m for m in model.metadata or [] if m.name not in names]
+    for name, payload in entries.items():
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(payload, dtype=np.uint8)
+        model.buffers.append(buffer)
+        entry = schema.MetadataT()
+        entry.name = name
+        entry.buffer = len(model.buffers) - 1
+        model.metadata.append(entry)
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    path.write_bytes(builder.Output())
+    labels = ("\n".join(labels_of(metadata)) + "\n").encode()
+    path.write_bytes(pack_files(bytes(builder.Output()), {LABEL_FILE: labels}))
     if metadata.get("labels"):
         path.with_name("labels.txt").write_text("\n".join(metadata["labels"]) + "\n")
 
@@ -239,6 +256,8 @@ def read_metadata(path: Path) -> dict:
         raw = bytes(raw) if not isinstance(raw, int) else b""
         if name == METADATA_NAME:
             out[name] = json.loads(raw)
+        elif name == STANDARD_NAME:
+            out[name] = read_standard_metadata(raw, data)
         else:  # the converter's own entries are short strings or flags
             try:
                 out[name] = raw.rstrip(b"\0").decode()
@@ -329,8 +348,11 @@ def describe(path: Path) -> dict:
     }
 
 
-def snippet(manifest: dict) -> str:
-    """Kotlin for Android: LiteRT's Interpreter with the artifact's real tensor names."""
+def snippet(manifest: dict, client: str | None = None) -> str:
+    """Kotlin for Android: LiteRT's Interpreter with the artifact's real tensor names; or, with
+    client "mediapipe" / "mediapipe-python", MediaPipe Tasks' ImageClassifier."""
+    if client:
+        return _mediapipe_snippet(manifest, kotlin=client == "mediapipe")
     art, prep = manifest["artifact"], manifest["preprocessing"]
     (inp,) = art["inputs"]
     (out,) = art["outputs"]
@@ -392,4 +414,77 @@ fun classify(context: Context, photo: Bitmap): Pair<String, Float> {{
 {softmax}    val best = scores[0].indices.maxBy {{ scores[0][it] }}
     return {result} to scores[0][best]
 }}
+"""
+
+
+MEDIAPIPE_GRADLE = "com.google.mediapipe:tasks-vision:latest.release"
+
+
+def _mediapipe_snippet(manifest: dict, *, kotlin: bool) -> str:
+    """MediaPipe reads labels and normalisation from the file's TFLITE_METADATA. The resize and
+    centre crop are done before it, as in training: MediaPipe's own resize of a region of
+    interest is bilinear without antialiasing, which disagrees with the checkpoint's on
+    downscaled photos (README, "MediaPipe"); given the crop itself it matches PyTorch."""
+    art, prep = manifest["artifact"], manifest["preprocessing"]
+    height, width = prep["crop"]
+    short = prep["resize_shorter_side"]
+    how = f"As the model was trained: {crop_text(prep)}"
+    if prep["input_layout"] != "NHWC" or prep["channel_order"] != "RGB":
+        raise ArtifactError(f"{art['file']} takes {prep['input_layout']} {prep['channel_order']} "
+                            "input; MediaPipe feeds NHWC RGB images: export with "
+                            "tflite.channels_last = true and export.input_channels = RGB "
+                            "(the shipped *_android.toml configs do)")
+    if kotlin:
+        return f"""\
+// {art['file']} in src/main/assets: MediaPipe reads its labels and normalisation from the file.
+// Gradle: implementation("{MEDIAPIPE_GRADLE}")
+import android.content.Context
+import android.graphics.Bitmap
+import com.google.mediapipe.framework.image.BitmapImageBuilder
+import com.google.mediapipe.tasks.core.BaseOptions
+import com.google.mediapipe.tasks.vision.imageclassifier.ImageClassifier
+
+fun classify(context: Context, photo: Bitmap): Pair<String, Float> {{
+    val options = ImageClassifier.ImageClassifierOptions.builder()
+        .setBaseOptions(BaseOptions.builder().setModelAssetPath("{art['file']}").build())
+        .setMaxResults(5).build()
+    val classifier = ImageClassifier.createFromOptions(context, options)
+    // {how}, here rather than
+    // through MediaPipe's region of interest, whose resize differs on downscaled photos.
+    val shorter = minOf(photo.width, photo.height)
+    val resized = Bitmap.createScaledBitmap(photo, maxOf({width}, {short} * photo.width / shorter),
+        maxOf({height}, {short} * photo.height / shorter), true)
+    val crop = Bitmap.createBitmap(resized, (resized.width - {width}) / 2,
+        (resized.height - {height}) / 2, {width}, {height})
+    val result = classifier.classify(BitmapImageBuilder(crop).build())
+    classifier.close()
+    val best = result.classificationResult().classifications()[0].categories()[0]
+    return best.categoryName() to best.score()
+}}
+"""
+    return f"""\
+# {art['file']} with MediaPipe Tasks (pip install mediapipe): labels and normalisation come
+# from the file itself.
+import mediapipe as mp
+import numpy as np
+from mediapipe.tasks.python import vision
+from mediapipe.tasks.python.core.base_options import BaseOptions
+from PIL import Image
+
+classifier = vision.ImageClassifier.create_from_options(vision.ImageClassifierOptions(
+    base_options=BaseOptions(model_asset_path="{art['file']}"), max_results=5))
+
+
+def classify(path):
+    photo = Image.open(path).convert("RGB")
+    # {how}, here rather than
+    # through MediaPipe's region of interest, whose resize differs on downscaled photos.
+    w, h = photo.size
+    size = ({short}, int({short} * h / w)) if w <= h else (int({short} * w / h), {short})
+    size = (max({width}, size[0]), max({height}, size[1]))
+    photo = photo.resize(size, Image.Resampling.{prep['resample'].upper()})
+    left, top = (size[0] - {width}) // 2, (size[1] - {height}) // 2
+    crop = np.asarray(photo.crop((left, top, left + {width}, top + {height})))
+    result = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=crop))
+    return [(c.category_name, c.score) for c in result.classifications[0].categories]
 """
