@@ -13,6 +13,7 @@ import time
 import click
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -764,11 +765,12 @@ def _print_export_table(result, rows: list[dict]) -> None:
             _print_float_search(row["format"], row["float_search"])
     for row in rows:
         for failure in row["failures"]:
-            console.print(f"[red]{row['format']}: {failure}[/]")
-        if row["error"]:
-            console.print(f"[red]{row['format']} failed: {row['error']}[/] (log: {row['log']})")
+            console.print(f"[red]{row['format']}: {escape(failure)}[/]")
+        if row["error"]:  # escaped: 'pip install "mvdeploy[tflite]"' is not markup
+            console.print(f"[red]{row['format']} failed: {escape(row['error'])}[/] "
+                          f"(log: {escape(str(row['log']))})")
         if row["note"]:
-            console.print(f"[yellow]{row['format']}: {row['note']}[/]")
+            console.print(f"[yellow]{row['format']}: {escape(row['note'])}[/]")
         for acc in row["accuracy"].values():
             console.print(f"{row['format']}: top-1 accuracy on {acc['images']} labelled images "
                           f"{acc['artifact_top1']:.1%} (PyTorch {acc['reference_top1']:.1%}), "
