@@ -238,6 +238,12 @@ def test_snippets_name_the_real_tensors(shipped, stem, fmt, capsys):
     capsys.readouterr()  # whatever the fixture printed
     assert run(["snippet", str(artifact)]) == 0
     assert capsys.readouterr().out == code
+    if fmt == "tflite":  # the MediaPipe snippets README shows (tests/test_clients.py runs one)
+        for client, language in (("mediapipe", "kotlin"), ("mediapipe-python", "python")):
+            got_language, client_code = snippet(load_manifest(artifact), client)
+            assert got_language == language and f'"{artifact.name}"' in client_code
+            assert _snippet_block(client_code, language) in README, \
+                f"README's MediaPipe {language} snippet is stale"
 
 
 def test_snippet_needs_a_manifest_and_a_supported_format(tmp_path, capsys):
@@ -312,6 +318,7 @@ def test_readme_snippets_are_valid_shapes():
     assert {lang for lang, _ in blocks} == {"swift", "kotlin"}
     for _, code in blocks:
         assert re.match(r"// mobilevit_xxs_B_256x256\.(mlpackage|tflite|pte)", code)
+    assert "```python\n# mobilevit_xxs_B_256x256.tflite with MediaPipe Tasks" in README
 
 
 def test_readme_executorch_snippet_is_what_mvdeploy_writes():
