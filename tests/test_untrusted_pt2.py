@@ -67,13 +67,16 @@ def _rezip(clean: Path, out: Path, replace: dict[str, bytes]) -> Path:
     return out
 
 
-def _pickled_weight(clean: Path) -> dict[str, bytes]:
-    """The first weight switched to use_pickle, its payload a trapped pickle."""
+def _pickled_weight(clean: Path, member: str | None = None) -> dict[str, bytes]:
+    """The first weight switched to use_pickle, its payload a trapped pickle (optionally
+    renamed to `member`, e.g. a name that looks like a plain file)."""
     with zipfile.ZipFile(clean) as src:
         config_name = next(n for n in src.namelist() if n.endswith("_weights_config.json"))
         config = json.loads(src.read(config_name))
     first = next(iter(config["config"].values()))
     first["use_pickle"] = True
+    if member:
+        first["path_name"] = member
     folder = config_name.rsplit("/", 1)[0]
     return {config_name: json.dumps(config).encode(),
             f"{folder}/{first['path_name']}": _torch_saved_trap()}
@@ -83,11 +86,13 @@ def _traps(clean: Path) -> dict[str, dict[str, bytes]]:
     return {
         "sample inputs": {"archive/data/sample_inputs/model.pt": _torch_saved_trap()},
         "pickled weight": _pickled_weight(clean),
+        "pickled weight named like a plain file": _pickled_weight(clean, "archive_version"),
         "aotinductor library": {"archive/data/aotinductor/model/model.so": b"\x7fELF"},
     }
 
 
-@pytest.mark.parametrize("route", ["sample inputs", "pickled weight"])
+@pytest.mark.parametrize("route", ["sample inputs", "pickled weight",
+                                   "pickled weight named like a plain file"])
 def test_the_trap_is_real_under_torchs_own_loader(clean_pt2, tmp_path, sentinel, route):
     trapped = _rezip(clean_pt2, tmp_path / "trapped.pt2", _traps(clean_pt2)[route])
     with contextlib.suppress(Exception):  # the load may fail after the trap fired: fine
@@ -95,7 +100,9 @@ def test_the_trap_is_real_under_torchs_own_loader(clean_pt2, tmp_path, sentinel,
     assert sentinel.exists()  # so the tests below prove something
 
 
-@pytest.mark.parametrize("route", ["sample inputs", "pickled weight", "aotinductor library"])
+@pytest.mark.parametrize("route", ["sample inputs", "pickled weight",
+                                   "pickled weight named like a plain file",
+                                   "aotinductor library"])
 def test_a_booby_trapped_pt2_is_refused_and_runs_no_code(clean_pt2, tmp_path, sentinel, capsys,
                                                          route):
     trapped = _rezip(clean_pt2, tmp_path / "trapped.pt2", _traps(clean_pt2)[route])

@@ -92,26 +92,35 @@ def describe(path: Path) -> dict:
 # and members that can only be code are refused. What passes unpickles to the same objects
 # under torch's own loader, which then reads the same bytes.
 
-_PLAIN_SUFFIXES = (".json", "archive_format", "archive_version", "byteorder", "version",
-                   "serialization_id")
+# members torch reads as text or JSON, never unpickles (unless a payload config points at one)
+_PLAIN_NAMES = ("archive_format", "archive_version", "byteorder", ".data/version",
+                ".data/serialization_id", "version")
 _CODE_MARKERS = ("aotinductor/", "custom_obj", "opaque_obj", ".so", ".dylib", ".dll")
 
 
-def _raw_payloads(archive: zipfile.ZipFile) -> set[str]:
-    """Members the payload configs declare as raw tensor bytes (read with as_strided)."""
-    raw = set()
+def _payloads(archive: zipfile.ZipFile) -> tuple[set[str], set[str]]:
+    """(raw, pickled): members the payload configs declare as raw tensor bytes (read with
+    as_strided) and as pickles (use_pickle: torch.load with weights_only=False)."""
+    raw, pickled = set(), set()
     for name in archive.namelist():
         if not name.endswith(("_weights_config.json", "_constants_config.json")):
             continue
         try:
             config = json.loads(archive.read(name)).get("config", {})
-            entries = [(m["path_name"], bool(m.get("use_pickle"))) for m in config.values()]
+            entries = [(str(m["path_name"]), bool(m.get("use_pickle")))
+                       for m in config.values()]
         except (ValueError, KeyError, TypeError, AttributeError):
             raise ArtifactError(f"{name} in the archive is not a torch.export payload config: "
                                 "the file is damaged; export it again") from None
         folder = name.rsplit("/", 1)[0]
-        raw.update(f"{folder}/{path}" for path, pickled in entries if not pickled)
-    return raw
+        for path, is_pickle in entries:
+            (pickled if is_pickle else raw).add(f"{folder}/{path}")
+    return raw - pickled, pickled
+
+
+def _plain(name: str) -> bool:
+    return name.endswith(".json") or any(name == n or name.endswith("/" + n)
+                                         for n in _PLAIN_NAMES)
 
 
 def check_archive(data: bytes, where: object) -> None:
@@ -126,9 +135,9 @@ def check_archive(data: bytes, where: object) -> None:
         raise ArtifactError(f"{where} is not a .pt2 archive (not a zip file): it is damaged "
                             "or another kind of file") from None
     with archive:
-        raw = _raw_payloads(archive)
+        raw, pickled = _payloads(archive)
         for name in archive.namelist():
-            if name.endswith("/") or name in raw or name.endswith(_PLAIN_SUFFIXES):
+            if name.endswith("/") or name in raw or (_plain(name) and name not in pickled):
                 continue
             if any(marker in name for marker in _CODE_MARKERS):
                 raise ArtifactError(
