@@ -133,6 +133,10 @@ def quantized(tmp_path_factory, calibration_dir):
 BELOW_TOLERANCE_TODAY = {("coreml", "palettize-4", "A"), ("coreml", "palettize-4", "B"),
                          ("coreml", "w8a8", "A"), ("coreml", "w8a8", "B"),
                          ("onnx", "int8-dynamic", "B")}
+# At the tolerance's edge, so the CPU decides: onnxruntime's int8 kernels differ with and
+# without VNNI (20.3 dB here, 20.0 dB on a CI machine). Either outcome is honest; only an SNR
+# failure is allowed.
+AT_THE_EDGE = {("onnx", "int8-dynamic", "A")}
 
 
 WEIGHT_ONLY = ("int8-weights", "palettize-4", "palettize-6", "palettize-8")  # no activations
@@ -151,7 +155,7 @@ def test_recipe_produces_a_quantised_validated_artifact(quantized, recipe, forma
         assert r.error is None, r.error
         assert not r.report.degenerate  # the fidelity figures below can fail
         below = (r.format, recipe, patch) in BELOW_TOLERANCE_TODAY
-        if below:
+        if below or ((r.format, recipe, patch) in AT_THE_EDGE and not r.ok):
             assert r.report.failures and all(" SNR " in f for f in r.report.failures)
         else:
             assert r.ok, r.report.failures
