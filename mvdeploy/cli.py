@@ -158,7 +158,8 @@ def _export_overrides(**flags) -> dict:
     mapping = {
         "model": "model.name", "weights": "model.weights", "patch": "model.patch",
         "resolution": "model.resolution", "fold": "model.fold", "formats": "export.formats",
-        "out": "export.out", "batch": "export.batch", "dynamic_batch": "export.dynamic_batch",
+        "out": "export.out", "layout": "export.layout", "batch": "export.batch",
+        "dynamic_batch": "export.dynamic_batch",
         "images": "validate.images", "labelled": "validate.labelled_images",
         "precision": "quantize.precision",
         "calibration": "quantize.calibration_images",
@@ -223,6 +224,10 @@ _HELP = _export_help()
 @click.option("--resolution", "-r", metavar="HxW", help="HEIGHTxWIDTH or one number (x32).")
 @click.option("--format", "-f", "formats", metavar="LIST", help=_HELP["formats"])
 @click.option("--out", "-o", metavar="DIR", help="Output directory.")
+# the choices are config.LAYOUTS, written out: importing config here would slow --help
+@click.option("--layout", type=click.Choice(["mvdeploy", "hf"]),
+              help="hf: --out is also the folder optimum and transformers.js load "
+                   "(config.json, preprocessor_config.json, onnx/model.onnx).")
 @click.option("--batch", type=int, help="Fixed batch size of the artifacts (default 1).")
 @click.option("--dynamic-batch", is_flag=True, default=None, help=_HELP["dynamic_batch"])
 @_format_flags

@@ -56,6 +56,7 @@ class ModelSection:
 
 
 INPUT_CHANNELS = ("checkpoint", "RGB", "BGR")
+LAYOUTS = ("mvdeploy", "hf")
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,10 @@ class ExportSection:
     # the channel order the artifacts take: "checkpoint" (what it was trained on), "RGB" or
     # "BGR"; another order than the checkpoint's is folded into the stem convolution (exact)
     input_channels: str = "checkpoint"
+    # "hf": --out is also the folder Hugging Face clients load (optimum, transformers.js):
+    # config.json and preprocessor_config.json at its root, the ONNX as onnx/model.onnx
+    # (model_fp16, model_quantized); "mvdeploy": out/<format>/<stem>.<suffix> only
+    layout: str = "mvdeploy"
 
 
 @dataclass(frozen=True)
@@ -270,6 +275,13 @@ def _check(cfg: ExportConfig) -> None:
     if cfg.export.input_channels not in INPUT_CHANNELS:
         raise ConfigError(f"export.input_channels must be one of {', '.join(INPUT_CHANNELS)}, "
                           f"got {cfg.export.input_channels!r}")
+    if cfg.export.layout not in LAYOUTS:
+        raise ConfigError(f"export.layout must be one of {', '.join(LAYOUTS)}, "
+                          f"got {cfg.export.layout!r}")
+    if cfg.export.layout == "hf" and not any(spec(f).hf_file_names for f in formats):
+        able = [s.name for s in specs() if s.hf_file_names]
+        raise ConfigError(f"export.layout = hf is the folder Hugging Face clients load, which "
+                          f"read {', '.join(able)}: add it to export.formats")
     if not cfg.export.out.strip():
         raise ConfigError("export.out is empty: give the folder the artifacts go to (--out)")
     fixed_batch = [f for f in formats if not spec(f).dynamic_batch]

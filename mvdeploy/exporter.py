@@ -4,7 +4,11 @@ Output layout for `out/`:
 
     out/<stem>.pt2                      the torch.export program every format was made from
     out/<format>/<stem>.<suffix>        the artifact (.onnx, .tflite, .mlpackage)
+    out/<format>/app_metadata.json      what an app needs: input, labels, preprocessing
     out/<format>/manifest.json          config, versions, preprocessing, labels, validation
+
+With export.layout = "hf" the ONNX is out/onnx/model.onnx (model_fp16, model_quantized) and
+out/ also holds config.json and preprocessor_config.json (hf_layout.py).
 
 Each format is built in a hidden temporary folder and renamed into place only when complete,
 so a crash or Ctrl-C never leaves a half-written artifact behind.
@@ -43,6 +47,8 @@ from mvdeploy.data import normalise as normalise_pixels
 from mvdeploy.errors import ConfigError, MvdeployError, NoSpaceError
 from mvdeploy.evaluate import LabelledReference, labelled_reference
 from mvdeploy.files import failed_for_space, umask, write_atomic
+from mvdeploy.hf_layout import FILES as HF_FILES
+from mvdeploy.hf_layout import file_stem, write_hf_files
 from mvdeploy.isolate import run_isolated
 from mvdeploy.manifest import build_manifest, read_manifest, write_json
 from mvdeploy.models import PATCH_PRESETS, GraphForm, create_model, parse_patch_sizes
@@ -129,10 +135,13 @@ def _check_targets(out: Path, stem: str, cfg: ExportConfig, force: bool) -> None
     targets = [out / f for f in cfg.export.formats]
     if cfg.export.save_program:
         targets.append(out / f"{stem}.pt2")
+    if cfg.export.layout == "hf":
+        targets += [out / name for name in HF_FILES]
     taken = [t for t in targets if _occupied(t)]
     for folder in (t for t in taken if t.is_dir()):
         other = _artifact_in(folder)
-        if other and Path(other).stem != stem:  # --force replaces a result, never another one
+        # --force replaces a result, never another one
+        if other and Path(other).stem != file_stem(cfg, folder.name, stem):
             raise ConfigError(f"{folder} holds {other}, another model, patch or resolution: "
                               "--force replaces only the same artifact; choose another --out")
     if taken and not force:
@@ -425,6 +434,7 @@ class _Run:
     model_info: dict
     labels: list[str] | None
     force: bool  # replace what is in --out
+    hf_layout: dict | None  # export.layout = "hf": the files written and their check
 
 
 def graph_form(cfg: ExportConfig, fmt: str) -> GraphForm:
@@ -512,8 +522,13 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = no_progre
             _refuse_if_taken(program_path, force)
             write_atomic(program_path, data)
 
+    hf_layout = None
+    if cfg.export.layout == "hf":
+        with step(f"Writing {' and '.join(HF_FILES)} for Hugging Face clients"):
+            photos = [p for p in held_out if p.name in reference.photo_names]
+            hf_layout = write_hf_files(out, model, cfg, photos)
     run = _Run(cfg, out, stem, captures, reference, calibration, calibration_info, model_info,
-               model.class_labels, force)
+               model.class_labels, force, hf_layout)
     results = [_export_format(run, fmt, step=step, threads=threads)
                for fmt in cfg.export.formats]
     return ExportResult(out=out, program=program_path, formats=results)
@@ -538,6 +553,9 @@ def _search(run: _Run, backend, job: Job, tmp: Path) -> FloatSearch:
 
 
 SPEED_ROUNDS = 3
+# beside every artifact: the record formats with metadata embed (input and output names,
+# labels, preprocessing), for apps that cannot read embedded metadata (onnxruntime's JS API)
+APP_METADATA = "app_metadata.json"
 
 
 def _cpu_runtime(fmt_spec) -> tuple[str | None, str]:
@@ -608,7 +626,7 @@ def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> F
     cfg, reference, labels = run.cfg, run.reference, run.labels
     form = graph_form(cfg, fmt)
     model_info = {**run.model_info, "graph_form": asdict(form)}
-    final, stem, out = run.out / fmt, run.stem, run.out
+    final, stem, out = run.out / fmt, file_stem(cfg, fmt, run.stem), run.out
     backend, format_spec = get_backend(fmt), spec(fmt)
     options = cfg.format_options(fmt)
     result = FormatResult(fmt)
@@ -638,8 +656,9 @@ def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> F
                     result.float_search = _search(run, backend, job, tmp)
                 job = replace(job, float_groups=frozenset(result.float_search.best.float_groups))
             label = f"Converting to {fmt}" + (f" ({precision})" if precision != "fp32" else "")
-            record = (_app_metadata(cfg, model_info, labels, nhwc, outputs)
-                      if format_spec.metadata else None)
+            app = _app_metadata(cfg, model_info, labels, nhwc, outputs)
+            record = app if format_spec.metadata else None
+            write_json(tmp / APP_METADATA, app)
             with step(label), redirect_native_output(log), _full_disk_named(out, tmp, log):
                 export_info = run_isolated(_convert, backend, job, record, log=log)
             with step(f"Validating {fmt} against PyTorch"), redirect_native_output(log):
@@ -658,6 +677,8 @@ def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> F
                                     "unreadable_photos": reference.unreadable_photos,
                                     "random": cfg.validate.random_inputs}
             validation["preprocessing_check"] = reference.library_check
+            if run.hf_layout and format_spec.hf_file_names:
+                validation["hf_layout"] = run.hf_layout
             if uses_calibration:
                 export_info["calibration"] = run.calibration_info
             if cfg.quantize.compare_speed and tolerance_kind(fmt, precision) == "quantized":

@@ -156,6 +156,9 @@ class FormatSpec:
     accelerator_unavailable: Callable[[str], str | None] = lambda accelerator: None
     # quantize.calibration_method values its calibrated recipes take; the first is "auto"'s
     calibration_methods: tuple[str, ...] = ()
+    # export.layout = "hf": recipe -> the file name (no suffix) Hugging Face clients look for
+    # (transformers.js picks it by dtype, optimum by name); empty: not part of that layout
+    hf_file_names: Mapping[str, str] = field(default_factory=dict)
 
     def guess_precision(self, structure: dict) -> str:
         """The most specific recipe whose evidence the file shows (fp32 when none does)."""

@@ -103,6 +103,10 @@ SPEC = FormatSpec(
     runtimes=(Runtime("onnxruntime", ("cpu", "cuda"), aliases=("ort",)),),
     peer=True, accelerator_unavailable=unavailable,
     calibration_methods=("minmax", "entropy", "percentile"),
+    # transformers.js' DEFAULT_DTYPE_SUFFIX_MAPPING (utils/dtypes.js): fp32 "", fp16 "_fp16",
+    # q8 (8-bit) "_quantized", under onnx/; optimum looks for model.onnx, else any one .onnx
+    hf_file_names={"fp32": "model", "fp16": "model_fp16", "int8-dynamic": "model_quantized",
+                   "int8-static": "model_quantized"},
 )
 
 

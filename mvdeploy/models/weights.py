@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 
 from mvdeploy.data import Preprocessing
-from mvdeploy.errors import CheckpointError
+from mvdeploy.errors import CheckpointError, ConfigError
 from mvdeploy.models.hub import WEIGHT_FILES, download, looks_like_hub_id
 from mvdeploy.models.mobilevit import (
     MODEL_CFGS,
@@ -503,26 +503,36 @@ def save_checkpoint(model: MobileViT, path: str | Path, source: Source = "mvdepl
     return path
 
 
-def save_pretrained(model: MobileViT, directory: str | Path, *, resolution: tuple[int, int],
-                    preprocessing: Preprocessing | None = None) -> Path:
-    """Write a Hugging Face model directory that transformers and mvdeploy both load:
-    config.json (with id2label), preprocessor_config.json, model.safetensors."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    preprocessing = preprocessing or Preprocessing()
-    cfg, (height, width) = model.cfg, resolution
+def hf_model_config(model: MobileViT, resolution: tuple[int, int]) -> dict:
+    """transformers' config.json for `model` (MobileViTConfig, id2label from its labels).
+    transformers' MobileViT has one patch size for every stage: the first stage's is written,
+    and mvdeploy_patch_sizes keeps the real ones (a B model is not transformers' model)."""
+    cfg, (height, _) = model.cfg, resolution
     labels = model.class_labels or [str(i) for i in range(model.num_classes)]
-    patch = model.patch_sizes[0][0]
-    config = {
+    return {
         "architectures": ["MobileViTForImageClassification"], "model_type": "mobilevit",
         "hidden_sizes": list(cfg.hidden_sizes), "neck_hidden_sizes": list(cfg.channels),
-        "expand_ratio": cfg.expand_ratio, "image_size": height, "patch_size": patch,
-        "layer_norm_eps": cfg.layer_norm_eps, **_HF_FIXED,
+        "expand_ratio": cfg.expand_ratio, "image_size": height,
+        "patch_size": model.patch_sizes[0][0], "layer_norm_eps": cfg.layer_norm_eps,
+        **_HF_FIXED,
         "id2label": {str(i): name for i, name in enumerate(labels)},
         "label2id": {name: i for i, name in enumerate(labels)},
+        "mvdeploy_patch_sizes": [list(p) for p in model.patch_sizes],
     }
+
+
+def hf_processor_config(preprocessing: Preprocessing, resolution: tuple[int, int]) -> dict:
+    """preprocessor_config.json (MobileViTImageProcessor) for `preprocessing` at `resolution`,
+    the inverse of _hf_preprocessing. The processor has no mean/std (transformers 4.57 and 5
+    ignore do_normalize): a normalising preprocessing cannot be written, and is refused."""
+    height, width = resolution
+    if preprocessing.mean != (0.0, 0.0, 0.0) or preprocessing.std != (1.0, 1.0, 1.0):
+        raise ConfigError(
+            f"preprocessing mean {list(preprocessing.mean)} / std {list(preprocessing.std)} "
+            "cannot be written to a preprocessor_config.json: transformers' "
+            "MobileViTImageProcessor has no normalisation step")
     resample = {v: k for k, v in _PIL_RESAMPLE.items()}[preprocessing.resample]
-    processor = {
+    return {
         "image_processor_type": "MobileViTImageProcessor", "do_resize": True,
         "size": {"shortest_edge": preprocessing.shorter_side(height, width)},
         "resample": resample, "do_center_crop": True,
@@ -530,9 +540,16 @@ def save_pretrained(model: MobileViT, directory: str | Path, *, resolution: tupl
         "do_rescale": True, "rescale_factor": preprocessing.scale,
         "do_flip_channel_order": preprocessing.channel_order == "BGR",
     }
-    if preprocessing.mean != (0.0, 0.0, 0.0) or preprocessing.std != (1.0, 1.0, 1.0):
-        processor.update(do_normalize=True, image_mean=list(preprocessing.mean),
-                         image_std=list(preprocessing.std))
+
+
+def save_pretrained(model: MobileViT, directory: str | Path, *, resolution: tuple[int, int],
+                    preprocessing: Preprocessing | None = None) -> Path:
+    """Write a Hugging Face model directory that transformers and mvdeploy both load:
+    config.json (with id2label), preprocessor_config.json, model.safetensors."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = hf_model_config(model, resolution)
+    processor = hf_processor_config(preprocessing or Preprocessing(), resolution)
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (directory / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
     save_checkpoint(model, directory / "model.safetensors", source="huggingface")
