@@ -9,8 +9,10 @@ as a user's own program would. A client that is not installed is skipped, never 
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -201,3 +203,64 @@ def test_pixels_prepared_by_the_folders_processor_are_what_the_onnx_takes(folder
         np.testing.assert_array_equal(x, trained_on[:, ::-1])  # RGB here, BGR in training
         (logits,) = session.run(None, {"pixel_values": x.astype(np.float32)})
         assert np.abs(logits[0] - reference).max() <= 1e-4 * np.abs(reference).max(), path
+
+
+# ---------------------------------------------------------------- the README's client lines
+
+README_MARK = "<!-- run by tests/test_hf_layout.py -->"
+
+
+def _readme_block(language: str) -> str:
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(re.escape(README_MARK) + r"\n```(\w+)\n(.*?)^```", text, re.S | re.M)
+    (code,) = [body for lang, body in blocks if lang == language]
+    return code
+
+
+def _top(reference: np.ndarray) -> tuple[str, float]:
+    probs = np.exp(reference - reference.max())
+    probs /= probs.sum()
+    return str(int(probs.argmax())), float(probs.max())
+
+
+@pytest.mark.slow
+@pytest.mark.clients
+def test_the_readme_optimum_lines_classify_as_transformers_does(folder, transformers_logits,
+                                                                tmp_path):
+    site = CLIENTS / "optimum"
+    if not (site / "optimum" / "onnxruntime").is_dir():
+        pytest.skip(f"optimum is not in {site}: run .ci/install_clients")
+    photo, reference = next(iter(transformers_logits.items()))
+    code = _readme_block("python").replace('"mvdeploy_out/mobilevit_xxs_A_hf"', repr(str(folder)))
+    script = tmp_path / "readme_optimum.py"
+    script.write_text(code.replace('"photo.jpg"', repr(photo)))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "PYTHONPATH": str(site)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    best = ast.literal_eval(done.stdout.strip().splitlines()[-1])[0]
+    label, score = _top(reference)
+    assert best["label"] == label and abs(best["score"] - score) <= 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.clients
+def test_the_readme_transformers_js_lines_classify_the_photo(folder, tmp_path):
+    package = CLIENTS / "transformers-js"
+    if shutil.which("node") is None or not (package / "node_modules" / "@huggingface").is_dir():
+        pytest.skip(f"transformers.js is not in {package}: run .ci/install_clients")
+    photo = str(sample_image_paths()[0])
+    code = (_readme_block("js").replace('"mvdeploy_out/"', json.dumps(f"{folder.parent}/"))
+            .replace('"mobilevit_xxs_A_hf"', json.dumps(folder.name))
+            .replace('"photo.jpg"', json.dumps(photo)))
+    (tmp_path / "node_modules").symlink_to(package / "node_modules")  # as an app's own
+    (tmp_path / "readme_transformers.mjs").write_text(code)
+    done = subprocess.run(["node", "readme_transformers.mjs"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # console.log prints [ { label: '5', score: 0.41 }, ... ]: five results, best first
+    found = re.findall(r"label: '(\d)',\s+score: ([\d.e-]+)", done.stdout)
+    assert len(found) == 5 and float(found[0][1]) >= float(found[-1][1])
+    # the same photo through transformers.js' own classifier (its resize, see above)
+    got = _in_subprocess(["node", str(SCRIPTS / "transformers_js_classify.mjs"), str(package),
+                          str(folder), "fp32", photo])
+    assert found[0][0] == str(int(np.argmax(got["logits"][photo])))

@@ -31,7 +31,8 @@ from tests.helpers import APPLE_PREPROCESSOR, lay_out_hub_cache
 
 REPO = Path(__file__).resolve().parents[1]
 NOT_RUN = "<!-- readme-order: not run"
-SETUP = ({"python3", "-m", "venv"}, {"pip", "install"}, {"python", "-m", "pytest"})
+SETUP = ({"python3", "-m", "venv"}, {"pip", "install"}, {"python", "-m", "pytest"},
+         {".ci/install_clients"})
 HUB_IDS = {"apple/mobilevit-xx-small": "mobilevit_xxs", "apple/mobilevit-small": "mobilevit_s"}
 
 
