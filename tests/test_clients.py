@@ -161,3 +161,67 @@ def test_the_onnx_reference_evaluator_runs_the_portable_onnx(android):
     evaluator = ReferenceEvaluator(str(onnx_path))
     got = evaluator.run(None, {"pixel_values": rgb[:1]})[0]
     assert np.abs(got - logits[:1]).max() <= 1e-4 * np.abs(logits).max()
+
+
+# ---------------------------------------------------------------- the TFLite Task Library
+# tflite-support pins protobuf < 4 (mediapipe here needs 4+), so .ci/install_clients puts it
+# in .venv/clients/tflite-support and it runs in a subprocess, as an app's own program would.
+
+TASK_LIBRARY = REPO / ".venv" / "clients" / "tflite-support"
+
+
+@pytest.fixture(scope="module")
+def task_library(android, held_out) -> dict:
+    """Task Library ImageClassifier on the photos and the held-out digits, with the metadata
+    its MetadataDisplayer reads (Android Studio's ML Binding reads the same)."""
+    import subprocess
+    import sys
+
+    if not (TASK_LIBRARY / "tflite_support").is_dir():
+        pytest.skip(f"tflite-support is not in {TASK_LIBRARY}: run .ci/install_clients")
+    (tflite,) = (android / "tflite").glob("*.tflite")
+    prep = load_manifest(tflite).preprocessing
+    height, width = prep["crop"]
+    photos = [*sample_image_paths(), *sorted(held_out.rglob("*.png"))]
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).parent / "clients" / "task_library_classify.py"),
+         str(tflite), str(prep["resize_shorter_side"]), str(height), str(width),
+         prep["resample"], *map(str, photos)],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(TASK_LIBRARY)})
+    if "libusb-1.0.so.0" in done.stderr:  # a shared library its wheel links, from Debian
+        pytest.skip("tflite-support needs libusb-1.0 (apt-get install libusb-1.0-0)")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_task_library_reads_the_standard_metadata(task_library):
+    (subgraph,) = task_library["metadata"]["subgraph_metadata"]
+    (image,) = subgraph["input_tensor_metadata"]
+    assert image["content"]["content_properties"]["color_space"] == "RGB"
+    (unit,) = image["process_units"]
+    assert unit["options_type"] == "NormalizationOptions"
+    (output,) = subgraph["output_tensor_metadata"]
+    assert output["associated_files"][0]["type"] == "TENSOR_AXIS_LABELS"
+    assert task_library["packed"] == ["labels.txt"]
+
+
+def test_task_library_top1_on_rgb_photos_matches_pytorch(task_library):
+    paths = sample_image_paths()
+    reference = _pytorch_probabilities(paths)
+    for path, probs in zip(paths, reference, strict=True):
+        label, score = task_library["top"][str(path)]
+        assert label == str(int(probs.argmax())), path.name  # the labels: from the file
+        assert abs(score - probs.max()) <= 1e-4, path.name
+
+
+def test_task_library_held_out_accuracy_is_within_half_a_point_of_eval(android, held_out,
+                                                                       task_library, capsys):
+    (tflite,) = (android / "tflite").glob("*.tflite")
+    pairs = sorted((p, int(p.parent.name)) for p in held_out.rglob("*.png"))
+    top1 = np.mean([task_library["top"][str(p)][0] == str(label) for p, label in pairs])
+    capsys.readouterr()
+    assert run(["eval", str(tflite), "--data", str(held_out), "--json"]) == 0
+    printed = capsys.readouterr().out
+    (ours,) = json.loads(printed[: printed.rindex("]") + 1])
+    assert abs(top1 - ours["top1"]) <= 0.005, (top1, ours["top1"])
