@@ -210,9 +210,11 @@ def test_pixels_prepared_by_the_folders_processor_are_what_the_onnx_takes(folder
 README_MARK = "<!-- run by tests/test_hf_layout.py -->"
 
 
-def _readme_block(language: str) -> str:
+def _readme_block(language: str, name: str = "") -> str:
+    """The README block in `language` right after README_MARK (with ": name" when given)."""
     text = (REPO / "README.md").read_text()
-    blocks = re.findall(re.escape(README_MARK) + r"\n```(\w+)\n(.*?)^```", text, re.S | re.M)
+    mark = README_MARK if not name else README_MARK.replace(" -->", f": {name} -->")
+    blocks = re.findall(re.escape(mark) + r"\n```(\w+)\n(.*?)^```", text, re.S | re.M)
     (code,) = [body for lang, body in blocks if lang == language]
     return code
 
@@ -264,3 +266,51 @@ def test_the_readme_transformers_js_lines_classify_the_photo(folder, tmp_path):
     got = _in_subprocess(["node", str(SCRIPTS / "transformers_js_classify.mjs"), str(package),
                           str(folder), "fp32", photo])
     assert found[0][0] == str(int(np.argmax(got["logits"][photo])))
+
+
+@pytest.mark.slow
+@pytest.mark.clients
+def test_the_readme_onnxruntime_js_lines_classify_as_transformers(folder, transformers_logits,
+                                                                  tmp_path):
+    """onnxruntime-node (transformers.js' own copy), fed RGBA pixels cropped as a canvas would
+    hold them, with input name, labels and normalisation from app_metadata.json."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    from mvdeploy.data import Preprocessing, preprocess
+
+    package = CLIENTS / "transformers-js"
+    if shutil.which("node") is None or \
+            not (package / "node_modules" / "onnxruntime-node").is_dir():
+        pytest.skip(f"onnxruntime-node is not in {package}: run .ci/install_clients")
+    code = _readme_block("js", "onnxruntime").replace(
+        '"mvdeploy_out/mobilevit_xxs_A_hf/onnx/"', json.dumps(f"{folder}/onnx/"))
+    (tmp_path / "node_modules").symlink_to(package / "node_modules")
+    (tmp_path / "classify.mjs").write_text(code)
+    app = json.loads((folder / "onnx" / "app_metadata.json").read_text())["preprocessing"]
+    crop = Preprocessing(channel_order="RGB", resample=app["resample"],
+                         resize_shorter_side=app["resize_shorter_side"])  # the app's own
+    session = ort.InferenceSession(str(folder / "onnx" / "model.onnx"))
+    photos = list(transformers_logits)
+    scores = []
+    for i, path in enumerate(photos):
+        with Image.open(path) as image:
+            x = preprocess(image, 64, 64, crop)  # RGB, 0..1
+        rgba = np.concatenate([np.rint(x * 255), np.full((1, 64, 64), 255)]).astype(np.uint8)
+        (tmp_path / f"{i}.rgba").write_bytes(rgba.transpose(1, 2, 0).tobytes())
+        (logits,) = session.run(None, {"pixel_values": x[None]})
+        scores.append(float(logits.max()))
+    (tmp_path / "run.mjs").write_text(
+        'import { readFile } from "node:fs/promises";\n'
+        'import { classify } from "./classify.mjs";\n'
+        "const out = [];\n"
+        f"for (let i = 0; i < {len(photos)}; i++) "
+        "out.push(await classify(await readFile(`${i}.rgba`)));\n"
+        "console.log(JSON.stringify(out));\n")
+    done = subprocess.run(["node", "run.mjs"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    for (label, score), path, expected in zip(got, photos, scores, strict=True):
+        assert label == str(int(transformers_logits[path].argmax())), path
+        assert abs(score - expected) <= 1e-4 * max(1.0, abs(expected)), path
