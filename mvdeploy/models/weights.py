@@ -10,6 +10,7 @@ listing all of them, never a partial load. A checkpoint that says how its inputs
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -333,11 +334,12 @@ def _hf_config(conf: dict, cfg_path: Path) -> tuple[MobileViTCfg, list[str] | No
             raise CheckpointError(
                 f"{cfg_path}: {key}={conf[key]!r} is not supported (MobileViT v1 uses {expected!r})"
             )
-    hidden = tuple(conf.get("hidden_sizes", ()))
-    neck = tuple(conf.get("neck_hidden_sizes", ()))
+    hidden = _int_list(conf, "hidden_sizes", cfg_path)
+    neck = _int_list(conf, "neck_hidden_sizes", cfg_path)
+    expand_ratio = _number(conf, "expand_ratio", cfg_path, 4.0)
     for cfg in MODEL_CFGS.values():
         if (hidden, neck) == (cfg.hidden_sizes, cfg.channels):
-            if float(conf.get("expand_ratio", 4.0)) != cfg.expand_ratio:
+            if expand_ratio != cfg.expand_ratio:
                 raise CheckpointError(
                     f"{cfg_path}: expand_ratio={conf.get('expand_ratio')} does not match "
                     f"{cfg.name} (expects {cfg.expand_ratio})"
@@ -351,24 +353,55 @@ def _hf_config(conf: dict, cfg_path: Path) -> tuple[MobileViTCfg, list[str] | No
     id2label = conf.get("id2label")
     labels = None
     if isinstance(id2label, dict) and id2label:
+        if not all(isinstance(k, str) and k.strip().isdigit() for k in id2label):
+            bad = next(k for k in id2label if not (isinstance(k, str) and k.strip().isdigit()))
+            raise CheckpointError(f"{cfg_path}: id2label key {bad!r} is not a class index: "
+                                  'expected {"0": "label", "1": ...}')
         labels = [str(id2label[k]) for k in sorted(id2label, key=int)]
     return cfg, labels
 
 
+# A malformed config.json / preprocessor_config.json is one line naming the file, the key and
+# what is expected (the fault matrix of issue 27 item 6), never a Python exception.
+
+def _number(conf: dict, key: str, where: Path, default: float, *, positive: bool = True
+            ) -> float:
+    value = conf.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or (positive and value <= 0):
+        raise CheckpointError(f"{where}: {key}={value!r} must be a "
+                              f"{'positive ' if positive else ''}number")
+    return float(value)
+
+
+def _int_list(conf: dict, key: str, where: Path) -> tuple[int, ...]:
+    value = conf.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                              for v in value):
+        raise CheckpointError(f"{where}: {key}={value!r} must be a list of integers")
+    return tuple(value)
+
+
 def _size(value, key: str, where: Path) -> tuple[int, int | None]:
     """transformers writes sizes as an int, {"shortest_edge": n} or {"height": h, "width": w}."""
-    if isinstance(value, int):
-        return value, None
-    if isinstance(value, dict) and isinstance(value.get("shortest_edge"), int):
-        return value["shortest_edge"], None
-    if isinstance(value, dict) and isinstance(value.get("height"), int):
-        return value["height"], value.get("width")
-    raise CheckpointError(f"{where}: cannot read {key}={value!r}")
+    found = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        found = value, None
+    elif isinstance(value, dict) and isinstance(value.get("shortest_edge"), int):
+        found = value["shortest_edge"], None
+    elif isinstance(value, dict) and isinstance(value.get("height"), int):
+        found = value["height"], value.get("width")
+    if found is None or found[0] <= 0 or (found[1] is not None and
+                                          (not isinstance(found[1], int) or found[1] <= 0)):
+        raise CheckpointError(f"{where}: {key}={value!r} must be a positive size: an integer, "
+                              '{"shortest_edge": N} or {"height": H, "width": W}')
+    return found
 
 
 def _hf_preprocessing(conf: dict, where: Path) -> Preprocessing:
     """preprocessor_config.json (MobileViTImageProcessor) -> our Preprocessing."""
-    resample = _PIL_RESAMPLE.get(conf.get("resample", 2))
+    resample = conf.get("resample", 2)
+    resample = _PIL_RESAMPLE.get(resample) if isinstance(resample, int) else None
     if resample is None:
         raise CheckpointError(f"{where}: resample={conf['resample']} is not supported "
                               "(0 nearest, 2 bilinear, 3 bicubic)")
@@ -379,11 +412,27 @@ def _hf_preprocessing(conf: dict, where: Path) -> Preprocessing:
         crop_pct = min(1.0, crop / shorter)
     mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     if conf.get("do_normalize", False):
-        mean, std = tuple(conf["image_mean"]), tuple(conf["image_std"])
-    return Preprocessing(
-        channel_order="BGR" if conf.get("do_flip_channel_order", False) else "RGB",
-        scale=float(conf.get("rescale_factor", 1 / 255)) if conf.get("do_rescale", True) else 1.0,
-        mean=mean, std=std, crop_pct=crop_pct, resample=resample)
+        mean, std = (_three(conf, key, where) for key in ("image_mean", "image_std"))
+    scale = _number(conf, "rescale_factor", where, 1 / 255) if conf.get("do_rescale", True) \
+        else 1.0
+    try:
+        return Preprocessing(
+            channel_order="BGR" if conf.get("do_flip_channel_order", False) else "RGB",
+            scale=scale, mean=mean, std=std, crop_pct=crop_pct, resample=resample)
+    except ConfigError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+
+
+def _three(conf: dict, key: str, where: Path) -> tuple[float, float, float]:
+    """image_mean / image_std: three numbers, or one for all channels (transformers allows it)."""
+    value = conf.get(key)
+    values = [value] * 3 if isinstance(value, (int, float)) else value
+    if not isinstance(values, list) or len(values) != 3 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in values):
+        raise CheckpointError(f"{where}: do_normalize is true, so {key} must be 3 numbers "
+                              f"(got {value!r})")
+    return tuple(float(v) for v in values)
 
 
 def _timm_config(conf: dict, cfg_path: Path
