@@ -228,7 +228,8 @@ _HELP = _export_help()
 @click.option("--layout", type=click.Choice(["mvdeploy", "hf"]),
               help="hf: --out is also the folder optimum and transformers.js load "
                    "(config.json, preprocessor_config.json, onnx/model.onnx).")
-@click.option("--batch", type=int, help="Fixed batch size of the artifacts (default 1).")
+@click.option("--batch", type=click.IntRange(min=1),
+              help="Fixed batch size of the artifacts (default 1).")
 @click.option("--dynamic-batch", is_flag=True, default=None, help=_HELP["dynamic_batch"])
 @_format_flags
 # the choices are models.FOLD_IMPLS, written out: importing models would import torch
@@ -260,7 +261,7 @@ _HELP = _export_help()
 @click.option("--set", "sets", multiple=True, metavar="TABLE.KEY=VALUE",
               help="Override any config key, e.g. --set onnx.opset=20 (repeatable).")
 @click.option("--force", is_flag=True, help="Replace artifacts that already exist in --out.")
-@click.option("--threads", type=int, help="Threads for the validation runs.")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads for the validation runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def export(config: str | None, sets: tuple[str, ...], force: bool, threads: int | None,
            as_json: bool, **flags) -> None:
@@ -427,12 +428,13 @@ def predict_command(artifact: str, images: tuple[str, ...], top: int, as_json: b
 @click.option("--data", "-d", required=True, metavar="DIR",
               help="Labelled folder: one sub-folder per class, named by the model's label, "
                    "a class index, or an ImageNet-1k synset id (n01440764).")
-@click.option("--limit", "-n", type=int, metavar="N",
+@click.option("--limit", "-n", type=click.IntRange(min=1), metavar="N",
               help="Use N images spread evenly over the folder (default: all).")
 @click.option("--weights", "-w", metavar="CKPT",
               help="Also run the PyTorch model from this checkpoint (hub id or path) and report "
                    "its accuracy and each artifact's agreement with it.")
-@click.option("--threads", type=int, help="Runtime threads (default: the runtime's choice).")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Runtime threads (default: the runtime's choice).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per artifact.")
 def eval_command(artifacts: tuple[str, ...], data: str, limit: int | None, weights: str | None,
                  threads: int | None, as_json: bool) -> None:

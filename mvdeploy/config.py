@@ -8,6 +8,7 @@ and impossible combinations fail with a message naming the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -57,6 +58,9 @@ class ModelSection:
 
 INPUT_CHANNELS = ("checkpoint", "RGB", "BGR")
 LAYOUTS = ("mvdeploy", "hf")
+# a seeded model's classes: bounded up front, as the resolution is, so that a typo is one line
+# and not an allocation failure (the head of S at 10^12 classes would be 2.5 TB)
+MAX_CLASSES = 100_000
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return value
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # a NaN tolerance passes every check, and is not JSON
+                raise ConfigError(f"{key} must be a finite number, got {value!r}")
             return float(value)
     elif hint is str:
         if isinstance(value, str):
@@ -260,8 +266,9 @@ def _check(cfg: ExportConfig) -> None:
     if cfg.model.fold not in ("auto", *FOLD_IMPLS):
         raise ConfigError(f"model.fold must be auto or one of {', '.join(FOLD_IMPLS)}, "
                           f"got {cfg.model.fold!r}")
-    if cfg.model.num_classes < 1:
-        raise ConfigError("model.num_classes must be at least 1")
+    if not 1 <= cfg.model.num_classes <= MAX_CLASSES:
+        raise ConfigError(f"model.num_classes must be between 1 and {MAX_CLASSES} "
+                          f"(ImageNet-21k has 21,843), got {cfg.model.num_classes}")
     formats = cfg.export.formats
     known = export_formats()
     bad = [f for f in formats if f not in known]
@@ -272,6 +279,7 @@ def _check(cfg: ExportConfig) -> None:
         raise ConfigError(f"export.formats lists a format twice: {', '.join(formats)}")
     if cfg.export.batch < 1:
         raise ConfigError("export.batch must be at least 1")
+    wrap("export.batch", check_attention_memory, height, width, patches, cfg.export.batch)
     if cfg.export.input_channels not in INPUT_CHANNELS:
         raise ConfigError(f"export.input_channels must be one of {', '.join(INPUT_CHANNELS)}, "
                           f"got {cfg.export.input_channels!r}")

@@ -66,7 +66,7 @@ def format_patch_sizes(patch_sizes: PatchSizes) -> str:
 
 
 STAGE_STRIDES = (8, 16, 32)
-MAX_ATTENTION_BYTES = 4 * 2**30  # one image's largest attention matrix, float32
+MAX_ATTENTION_BYTES = 4 * 2**30  # the largest attention matrix of a whole batch, float32
 
 
 def attention_bytes(height: int, width: int, patch_sizes: PatchSizes, heads: int = 4) -> int:
@@ -81,11 +81,16 @@ def attention_bytes(height: int, width: int, patch_sizes: PatchSizes, heads: int
     return max(sizes)
 
 
-def check_attention_memory(height: int, width: int, patch_sizes: PatchSizes) -> None:
-    need = attention_bytes(height, width, patch_sizes)
+def check_attention_memory(height: int, width: int, patch_sizes: PatchSizes,
+                           batch: int = 1) -> None:
+    """Refuse up front what would fail as an allocation deep in PyTorch: one attention matrix
+    for the whole batch above MAX_ATTENTION_BYTES."""
+    need = attention_bytes(height, width, patch_sizes) * batch
     if need > MAX_ATTENTION_BYTES:
+        what = f"a batch of {batch} at " if batch > 1 else ""
+        fix = "a smaller batch" if batch > 1 and need / batch <= MAX_ATTENTION_BYTES else \
+            "a smaller resolution or larger patches (e.g. --patch B)"
         raise ConfigError(
-            f"{height}x{width} with patch sizes {format_patch_sizes(patch_sizes)} needs "
+            f"{what}{height}x{width} with patch sizes {format_patch_sizes(patch_sizes)} needs "
             f"{need / 2**30:.0f} GiB for one attention matrix (limit "
-            f"{MAX_ATTENTION_BYTES / 2**30:.0f} GiB): use a smaller resolution or larger "
-            "patches (e.g. --patch B)")
+            f"{MAX_ATTENTION_BYTES / 2**30:.0f} GiB): use {fix}")
