@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mvdeploy.errors import ConfigError
 
@@ -48,6 +48,9 @@ class Preprocessing:
             )
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError("preprocessing.mean and .std need 3 values each, std > 0")
+        if not (math.isfinite(self.scale) and self.scale > 0):  # 0: the model sees only zeros
+            raise ConfigError(f"preprocessing.scale must be a positive number (1/255 for 8-bit "
+                              f"pixels to 0..1), got {self.scale}")
         if not 0 < self.crop_pct <= 1:
             raise ConfigError(f"preprocessing.crop_pct must be in (0, 1], got {self.crop_pct}")
         if self.resize_shorter_side < 0:
@@ -77,6 +80,19 @@ def preprocess(image: Image.Image, height: int, width: int,
 
 
 _WIDE_GREY = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}
+
+
+# Photos are read as people see them: a phone stores a portrait shot sideways with an EXIF
+# Orientation tag, and galleries, browsers, UIImage and PIL's exif_transpose turn it upright.
+EXIF_ORIENTATION = "applied (PIL ImageOps.exif_transpose)"  # recorded in every manifest
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF Orientation tag says (a copy; unchanged without one)."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # a malformed EXIF block (any of several errors): the image as stored
+        return image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -144,7 +160,7 @@ def read_image(path: Path, height: int, width: int,
     """One image file -> float32 [3, height, width], or None when it cannot be read."""
     try:
         with Image.open(path) as image:
-            return preprocess(image, height, width, prep)
+            return preprocess(upright(image), height, width, prep)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
         return None
 

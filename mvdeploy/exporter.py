@@ -37,6 +37,7 @@ from mvdeploy.backends import Job, Outputs, get_backend, spec
 from mvdeploy.capture import Captured, capture, program_bytes
 from mvdeploy.config import ExportConfig
 from mvdeploy.data import (
+    EXIF_ORIENTATION,
     Preprocessing,
     find_images,
     find_labelled_images,
@@ -248,7 +249,8 @@ def _preprocessing(cfg: ExportConfig, nhwc: bool) -> dict:
     height, width = cfg.height_width
     return {**asdict(cfg.preprocessing), "input_layout": "NHWC" if nhwc else "NCHW",
             "resize_shorter_side": cfg.preprocessing.shorter_side(height, width),
-            "crop": [height, width], "origin": cfg.preprocessing_origin}
+            "crop": [height, width], "exif_orientation": EXIF_ORIENTATION,
+            "origin": cfg.preprocessing_origin}
 
 
 def preprocessing_warning(prep: Preprocessing, origin: str) -> str:

@@ -295,7 +295,7 @@ def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, text
     (["--set", "model.patch"], "--set expects table.key=value"),
     (["--weights", "/nonexistent.pt", "-f", "onnx"], "does not exist"),
     (["--images", "/nonexistent", "-f", "onnx"], "does not exist"),
-    (["--threads", "0", "-f", "onnx"], "--threads must be at least 1"),
+    (["--threads", "0", "-f", "onnx"], "Invalid value for '--threads': 0 is not in the range x>=1"),
     (["-f", "coreml", "--precision", "fp32", "--coreml-precision", "fp16"],
      "--precision fp32 and --coreml-precision (coreml.compute_precision) fp16 disagree"),
 ])

@@ -469,14 +469,14 @@ import mediapipe as mp
 import numpy as np
 from mediapipe.tasks.python import vision
 from mediapipe.tasks.python.core.base_options import BaseOptions
-from PIL import Image
+from PIL import Image, ImageOps
 
 classifier = vision.ImageClassifier.create_from_options(vision.ImageClassifierOptions(
     base_options=BaseOptions(model_asset_path="{art['file']}"), max_results=5))
 
 
 def classify(path):
-    photo = Image.open(path).convert("RGB")
+    photo = ImageOps.exif_transpose(Image.open(path)).convert("RGB")  # upright, as shown
     # {how}, here rather than
     # through MediaPipe's region of interest, whose resize differs on downscaled photos.
     w, h = photo.size

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mvdeploy.data import Preprocessing, preprocess
+from mvdeploy.data import Preprocessing, preprocess, upright
 from mvdeploy.errors import ConfigError
 from mvdeploy.native_output import redirect_native_output
 
@@ -116,8 +116,8 @@ def check_against_library(source: str, checkpoint: Path | None, arch: str,
     with redirect_native_output():  # the libraries log their import-time fallbacks
         found = make()
         for path in photos if found else []:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
+            with Image.open(path) as image:  # upright, as mvdeploy reads photos
+                images.append(upright(image).convert("RGB"))
             theirs.append(found[1](images[-1]))
     if found is None:
         return LibraryCheck(name, ran=False, note=f"{name} does not import here: not compared")

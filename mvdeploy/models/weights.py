@@ -364,6 +364,17 @@ def _hf_config(conf: dict, cfg_path: Path) -> tuple[MobileViTCfg, list[str] | No
 # A malformed config.json / preprocessor_config.json is one line naming the file, the key and
 # what is expected (the fault matrix of issue 27 item 6), never a Python exception.
 
+def _refuse_non_finite(state: dict, where: Path) -> None:
+    """A NaN or Inf weight makes every output NaN (or one class for every photo): a damaged or
+    diverged checkpoint, refused with the first such tensor's name."""
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() \
+                and not bool(torch.isfinite(tensor).all()):
+            count = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{where}: tensor {name} holds {count} NaN or Inf value(s): "
+                                  "the checkpoint is damaged or was saved from a diverged run")
+
+
 def _number(conf: dict, key: str, where: Path, default: float, *, positive: bool = True
             ) -> float:
     value = conf.get(key, default)
@@ -502,6 +513,7 @@ def load_pretrained(path: str | Path, *, patch_sizes: PatchSizes = PATCH_PRESETS
         source = detect_source(state, path)
         cfg = _infer_cfg(state, source, path)
         preprocessing, origin = _bare_file_preprocessing(source, cfg, path)
+    _refuse_non_finite(state, found.weights if path.is_dir() else path)
     classifier = foreign_keys("classifier.weight", source)[0]
     if classifier not in state:
         raise CheckpointError(f"{path} has no classifier weights ({classifier})")
