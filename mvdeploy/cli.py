@@ -708,8 +708,11 @@ def _bench_compare(old: str, new: str, *, threshold: float, as_json: bool) -> No
         print(json.dumps(rows, indent=2))
     else:
         table = Table(title=f"{new} vs {old} (p50 ms)", box=box.SIMPLE_HEAD)
-        for col in ("configuration", "old", "new", "new/old", "verdict"):
-            table.add_column(col)
+        # a narrow terminal wraps the configuration rather than cutting it: two rows that
+        # differ only at the end must not read the same
+        table.add_column("configuration", overflow="fold")
+        for col in ("old", "new", "new/old", "verdict"):
+            table.add_column(col, no_wrap=True)
         for r in rows:
             colour = {"regression": "red", "failed": "red", "improvement": "green"}.get(
                 r["verdict"], "yellow" if r["verdict"] != "same" else "white")

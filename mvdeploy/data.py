@@ -165,6 +165,25 @@ def read_image(path: Path, height: int, width: int,
         return None
 
 
+def unreadable_reason(path: Path) -> str:
+    """Why read_image gave None for `path`, in a few words for the user."""
+    if not path.exists():
+        return "no such file"
+    if path.is_dir():
+        return "a folder, not an image file"
+    try:
+        with Image.open(path) as image:
+            upright(image).load()
+    except Image.DecompressionBombError:
+        return (f"too large (over PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS:,} "
+                "pixels)")
+    except UnidentifiedImageError:
+        return "not an image file PIL can open"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    return "cannot be read"
+
+
 def load_images(paths: Iterable[Path], height: int, width: int,
                 prep: Preprocessing = Preprocessing(),
                 limit: int | None = None) -> tuple[np.ndarray, list[Path], int]:

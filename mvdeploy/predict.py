@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from mvdeploy.backends import get_backend, spec
-from mvdeploy.data import Preprocessing, read_image
+from mvdeploy.data import Preprocessing, read_image, unreadable_reason
 from mvdeploy.errors import ArtifactError, ConfigError
 from mvdeploy.inspect import inspect_artifact
 from mvdeploy.native_output import redirect_native_output
@@ -60,8 +60,9 @@ def predict(artifact: str | Path, images: list[str | Path], *, top: int = 5) -> 
             arrays.append(array)
             readable.append(image)
     if not arrays:
-        raise ConfigError(f"cannot read image {unreadable[0]}: not an image file PIL can open"
-                          + (f" (nor can {len(unreadable) - 1} others)" if len(unreadable) > 1
+        first = unreadable[0]
+        raise ConfigError(f"cannot read image {first}: {unreadable_reason(Path(first))}"
+                          + (f" (nor {len(unreadable) - 1} others)" if len(unreadable) > 1
                              else ""))
     batch = info["inputs"][0]["shape"][0]
     with redirect_native_output():  # runtimes log delegate creation on first use
@@ -76,5 +77,5 @@ def predict(artifact: str | Path, images: list[str | Path], *, top: int = 5) -> 
             {"class": int(i), "label": labels[i] if labels else f"class {i}",
              "probability": float(p[i])} for i in order]}
     for image in unreadable:
-        results[image] = {"image": str(image), "error": "not an image file PIL can open"}
+        results[image] = {"image": str(image), "error": unreadable_reason(Path(image))}
     return [results[image] for image in images]  # in the order given

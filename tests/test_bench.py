@@ -237,6 +237,46 @@ def test_compare_rejects_foreign_files_in_one_line(tmp_path, capfd):
     assert "latency that is not a number" in err and "\n" not in err
 
 
+
+@pytest.mark.parametrize("latency", ["12 ms", {"p50": 10.0, "p90": "slow"}])
+@pytest.mark.parametrize("command", ["--compare", "--report"])
+def test_a_latency_that_is_not_numbers_is_one_line_for_compare_and_report(tmp_path, capfd,
+                                                                          latency, command):
+    report = _report([_row("A", "onnxruntime", 10.0)])
+    report["results"][0]["latency_ms"] = latency
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(report))
+    argv = ["bench", "--compare", str(path), str(path)] if command == "--compare" else \
+        ["bench", "--report", str(path)]
+    assert run(argv) == 2
+    err = capfd.readouterr().err.strip()
+    assert "is not an mvdeploy benchmark result" in err and "\n" not in err
+    assert "internal error" not in err and "Traceback" not in err
+
+
+def test_compare_keeps_every_configuration_distinguishable_at_80_columns(tmp_path, capfd,
+                                                                         monkeypatch):
+    from rich.console import Console
+
+    from mvdeploy import cli
+
+    one, two = _row("A", "onnxruntime", 10.0), _row("A", "onnxruntime", 10.0)
+    two.update(BenchConfig("mobilevit_xxs", "2,2,2", (256, 256), "onnxruntime", "fp32",
+                           4).to_dict())  # only the thread count differs, late in the key
+    assert one["key"] != two["key"] and one["key"][:40] == two["key"][:40]
+    old = _report([one, two])
+    new = _report([_row("A", "onnxruntime", 10.0), {**two, "latency_ms": {
+        **two["latency_ms"], "p50": 20.0, "mean": 20.0}}])
+    for name, report in (("old", old), ("new", new)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(report))
+    monkeypatch.setattr(cli, "console", Console(width=80, force_terminal=False))
+    assert run(["bench", "--compare", str(tmp_path / "old.json"),
+                str(tmp_path / "new.json")]) == 1
+    printed = capfd.readouterr().out
+    assert max(len(line) for line in printed.splitlines()) <= 80
+    assert "…" not in printed  # wrapped, not cut: the part that differs is printed
+    assert "t2|b1" in printed and "t4|b1" in printed
+
 # ---------------------------------------------------------------- subprocesses
 
 

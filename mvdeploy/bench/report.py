@@ -160,14 +160,20 @@ def check_schema(data: Any) -> list[str]:
         except (KeyError, TypeError, ValueError) as exc:
             problems.append(f"results[{i}] is not a result row: {exc}")
             continue
+        latency = row.get("latency_ms") or {}
+        if not isinstance(latency, dict):
+            problems.append(f"results[{i}] has latency_ms {latency!r}, not a table of numbers")
+            continue
+        # every figure the reports print or plot must be a number (noisy is a flag)
+        odd = {k: v for k, v in latency.items() if v is not None and k != "noisy"
+               and (isinstance(v, bool) or not isinstance(v, (int, float)))}
+        if odd:
+            problems.append(f"results[{i}] has a latency that is not a number: {odd}")
+            continue
         if row["status"] == "ok":
-            latency = row.get("latency_ms") or {}
             figures = [latency.get(k) for k in ("p50", "mean") if latency.get(k) is not None]
             if not figures:
                 problems.append(f"results[{i}] is ok but has no latency")
-            elif not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                         for v in figures):
-                problems.append(f"results[{i}] has a latency that is not a number: {figures}")
         elif not row["error"]:
             problems.append(f"results[{i}] is {row['status']} without a reason")
     return problems
