@@ -358,6 +358,9 @@ def inspect_command(artifact: str, as_json: bool) -> None:
     from mvdeploy.inspect import inspect_artifact
 
     info = inspect_artifact(artifact)
+    if info.get("manifest_note"):
+        err_console.print(f"mvdeploy: warning: {info['manifest_note']}", markup=False,
+                          highlight=False, soft_wrap=True)  # one line, however long
     if as_json:
         print(json.dumps(info, indent=2, default=str))
         return

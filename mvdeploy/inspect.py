@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mvdeploy.backends import format_for_suffix, get_backend, spec, specs
 from mvdeploy.errors import ArtifactError, MvdeployError
-from mvdeploy.manifest import Manifest, digest, manifest_beside
+from mvdeploy.manifest import Manifest, digest, manifest_beside, manifest_mismatch
 from mvdeploy.native_output import redirect_native_output
 
 
@@ -44,4 +44,5 @@ def inspect_artifact(path: str | Path) -> dict:
     size, sha = digest(path)
     return {"format": fmt, "file": str(path), "size_bytes": size, "sha256": sha,
             "precision": _precision(fmt, desc, manifest), **desc,
-            "manifest": manifest.to_dict() if manifest else None}
+            "manifest": manifest.to_dict() if manifest else None,
+            "manifest_note": None if manifest else manifest_mismatch(path)}

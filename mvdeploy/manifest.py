@@ -130,7 +130,28 @@ def build_manifest(*, fmt: str, artifact: Path, model_info: dict, config: dict,
 
 
 def manifest_beside(artifact: Path) -> Manifest | None:
-    """The manifest.json next to `artifact` when it describes that very file, else None."""
+    """The manifest.json next to `artifact` when it describes that very file (its name and its
+    SHA-256), else None: an edited or stale manifest would give wrong preprocessing, labels or
+    precision with exit 0, so it is not trusted (manifest_mismatch says why)."""
+    manifest = _named_in_manifest(artifact)
+    if manifest is None or not artifact.exists() \
+            or manifest.artifact.get("sha256") != digest(artifact)[1]:
+        return None
+    return manifest
+
+
+def manifest_mismatch(artifact: Path) -> str | None:
+    """One line when a manifest.json beside `artifact` names it but does not match its bytes."""
+    manifest = _named_in_manifest(artifact)
+    if manifest is None or not artifact.exists() \
+            or manifest.artifact.get("sha256") == digest(artifact)[1]:
+        return None
+    return (f"{artifact.parent / 'manifest.json'} names {artifact.name} but its SHA-256 differs "
+            "(the file changed, or the manifest was edited or left from another export): "
+            "ignored; re-export to get a matching one")
+
+
+def _named_in_manifest(artifact: Path) -> Manifest | None:
     try:
         manifest = read_manifest(artifact.parent / "manifest.json")
     except ArtifactError:

@@ -29,10 +29,32 @@ def embedded_metadata(info: dict) -> dict:
         raise ArtifactError(f"{info['file']} is a {spec(info['format']).title} file, which "
                             "holds no preprocessing or labels: predict with one of the "
                             "artifacts mvdeploy export wrote (each has a manifest beside it)")
+    if not meta and info.get("manifest_note"):  # the only source, and it does not match
+        note = info["manifest_note"].removesuffix("; re-export to get a matching one")
+        raise ArtifactError(f"{note}, and it is the only record of the preprocessing: "
+                            "re-export")
     if not meta:
         raise ArtifactError(f"{info['file']} carries no mvdeploy metadata and has no manifest "
                             "beside it: export it with mvdeploy")
+    _check_record(meta, info)
     return meta
+
+
+def _check_record(meta: dict, info: dict) -> None:
+    """The record must fit the file it describes: as many labels as outputs, and the input's
+    own height and width (a record of another export would classify into the wrong names)."""
+    out_shape = (info.get("outputs") or [{}])[0].get("shape") or []  # a classifier: none
+    classes = out_shape[-1] if out_shape else None
+    labels = meta.get("labels")
+    if labels and isinstance(classes, int) and len(labels) != classes:
+        raise ArtifactError(f"the record for {info['file']} lists {len(labels)} labels but the "
+                            f"model has {classes} outputs: re-export it")
+    shape = (info.get("inputs") or [{}])[0].get("shape") or []
+    sizes = [d for d in shape[1:] if isinstance(d, int) and d != 3]
+    height, width = meta["resolution"]
+    if len(sizes) == 2 and sizes != [height, width]:
+        raise ArtifactError(f"the record for {info['file']} says {height}x{width} but the "
+                            f"model takes {sizes[0]}x{sizes[1]}: re-export it")
 
 
 def artifact_preprocessing(meta: dict) -> Preprocessing:

@@ -8,6 +8,7 @@ user would; the other shipped configs with random weights.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
@@ -253,6 +254,8 @@ def test_snippet_needs_a_manifest_and_a_supported_format(tmp_path, capsys):
                 "artifact": {"file": "model.onnx"}, "model": {}, "preprocessing": {},
                 "labels": None, "validated": True, "degenerate": False, "validation": {},
                 "tool": {}, "config": {}}
+    (tmp_path / "model.onnx").write_bytes(b"onnx")  # the manifest describes these very bytes
+    manifest["artifact"]["sha256"] = hashlib.sha256(b"onnx").hexdigest()
     (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "format": "onnx"}))
     assert run(["snippet", str(tmp_path / "model.onnx")]) == 2
     assert "not onnx" in capsys.readouterr().err
