@@ -196,7 +196,7 @@ def evaluate_artifacts(artifacts: list[str | Path], data: str | Path, *,
     An artifact that cannot run here (e.g. a Core ML program with an op the reference executor
     does not implement) gets an "error" entry instead.
     """
-    from mvdeploy.backends import BackendUnavailable, get_backend
+    from mvdeploy.backends import BackendUnavailable, get_backend, refused_by_runtime
     from mvdeploy.inspect import inspect_artifact
     from mvdeploy.native_output import redirect_native_output
     from mvdeploy.predict import artifact_preprocessing, embedded_metadata
@@ -216,8 +216,9 @@ def evaluate_artifacts(artifacts: list[str | Path], data: str | Path, *,
         batch = info["inputs"][0]["shape"][0]
         report = (lambda done, total, f=info["file"]: progress(f, done, total)) if progress \
             else None
-        with redirect_native_output():  # runtimes log delegate creation on first use
-            try:
+        with redirect_native_output(), \
+                refused_by_runtime(Path(info["file"]), info["format"]):  # one line, exit 2
+            try:  # runtimes log delegate creation on first use
                 run = get_backend(info["format"]).load(Path(info["file"]), threads=threads)
             except BackendUnavailable as exc:
                 results.append({**row, "error": str(exc)})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mvdeploy.backends import get_backend, spec
+from mvdeploy.backends import get_backend, refused_by_runtime, spec
 from mvdeploy.data import Preprocessing, read_image, unreadable_reason
 from mvdeploy.errors import ArtifactError, ConfigError
 from mvdeploy.inspect import inspect_artifact
@@ -87,8 +87,8 @@ def predict(artifact: str | Path, images: list[str | Path], *, top: int = 5) -> 
                           + (f" (nor {len(unreadable) - 1} others)" if len(unreadable) > 1
                              else ""))
     batch = info["inputs"][0]["shape"][0]
-    with redirect_native_output():  # runtimes log delegate creation on first use
-        runner = get_backend(info["format"]).load(Path(info["file"]))
+    with redirect_native_output(), refused_by_runtime(Path(info["file"]), info["format"]):
+        runner = get_backend(info["format"]).load(Path(info["file"]))  # runtimes log on load
         scores = run_batched(runner, np.stack(arrays), batch if isinstance(batch, int) else None)
     probs = softmax(scores) if meta.get("output_kind", "logits") == "logits" else scores
     labels = meta.get("labels")

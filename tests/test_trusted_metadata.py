@@ -1,6 +1,7 @@
-"""A manifest is trusted only for the very file it describes (issue 27, item 3): an edited or
-stale manifest.json made `inspect` call an fp32 ONNX "int8-static" and made `predict` on a .pte
-use the wrong preprocessing, exit 0."""
+"""A manifest is trusted only for the very file it describes, and a damaged artifact is one line
+(issue 27, item 3): an edited or stale manifest.json made `inspect` call an fp32 ONNX
+"int8-static" and made `predict` on a .pte use the wrong preprocessing, exit 0; a .mlpackage
+without its weights or an ONNX whose external data is gone was an internal error."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def exported(tmp_path_factory):
     import importlib.util
 
     out = tmp_path_factory.mktemp("trusted") / "out"
-    formats = "onnx,executorch" if importlib.util.find_spec("executorch") else "onnx"
+    formats = "onnx,coreml" + (",executorch" if importlib.util.find_spec("executorch") else "")
     assert run(["export", "--weights", str(checkpoint_dir()), "-r", "64", "-f", formats,
                 "-o", str(out), "--set", "export.save_program=false"]) == 0
     return out
@@ -80,3 +81,45 @@ def test_a_record_that_does_not_fit_its_file_is_refused(exported, tmp_path, caps
     assert run(["predict", str(artifact), str(sample_image_paths()[0])]) == 2
     err = capsys.readouterr().err.strip()
     assert says in err and "\n" not in err and "internal error" not in err
+
+
+def _predict_fails_in_one_line(capsys, artifact, says: str) -> None:
+    capsys.readouterr()
+    assert run(["predict", str(artifact), str(sample_image_paths()[0])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and "\n" not in err and "internal error" not in err, err
+
+
+@pytest.mark.slow
+def test_a_mlpackage_without_its_weights_is_one_line(exported, tmp_path, capsys):
+    folder = tmp_path / "coreml"
+    shutil.copytree(exported / "coreml", folder)
+    (package,) = folder.glob("*.mlpackage")
+    (weights,) = package.rglob("weight.bin")
+    weights.unlink()
+    _predict_fails_in_one_line(capsys, package, "Core ML cannot load or run")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["missing", "outside the folder"])
+def test_onnx_external_data_missing_or_outside_its_folder_is_one_line(exported, tmp_path,
+                                                                      capsys, where):
+    import onnx
+
+    (source,) = (exported / "onnx").glob("*.onnx")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    artifact = folder / source.name
+    onnx.save_model(onnx.load(str(source)), str(artifact), save_as_external_data=True,
+                    location="weights.bin", size_threshold=0)
+    if where == "missing":
+        (folder / "weights.bin").unlink()
+    else:  # the data exists, but outside the model's folder: onnxruntime refuses such paths
+        (folder / "weights.bin").rename(tmp_path / "elsewhere.bin")
+        model = onnx.load(str(artifact), load_external_data=False)
+        for tensor in model.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = "../elsewhere.bin"
+        onnx.save(model, str(artifact))
+    _predict_fails_in_one_line(capsys, artifact, "ONNX")

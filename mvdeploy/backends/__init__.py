@@ -25,9 +25,10 @@ line in FORMATS and its extra in pyproject.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mvdeploy.errors import ConfigError, MissingDependencyError, MvdeployError
+from mvdeploy.errors import ArtifactError, ConfigError, MissingDependencyError, MvdeployError
 from mvdeploy.tensor_names import OUTPUT_NAME
 
 if TYPE_CHECKING:
@@ -262,6 +263,21 @@ def packages() -> list[tuple[Package, str]]:
         for package in (*s.export_needs, *s.run_needs):
             seen.setdefault(package.distribution, (package, s.extra))
     return list(seen.values())
+
+
+@contextlib.contextmanager
+def refused_by_runtime(path: Path, fmt: str) -> Iterator[None]:
+    """A file the format's runtime will not load or run (weights missing or truncated, ONNX
+    external data missing or outside its folder, a damaged archive) is one line naming the
+    file and what the runtime said, exit 2: never an internal error."""
+    try:
+        yield
+    except MvdeployError:
+        raise
+    except Exception as exc:
+        said = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ArtifactError(f"{spec(fmt).title} cannot load or run {path}: {said[:240]} (the "
+                            "file is damaged, or misses a file it refers to)") from None
 
 
 def require(module: str, package: str, extra: str, purpose: str) -> ModuleType:
