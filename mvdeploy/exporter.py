@@ -234,14 +234,26 @@ def _convert(backend, job: Job, record: dict | None) -> dict:
 
 
 @contextlib.contextmanager
-def _full_disk_named(out: Path, partial: Path, log: Path) -> Iterator[None]:
+def _full_disk_named(out: Path, partial: Path, log: Path, weights_bytes: int
+                     ) -> Iterator[None]:
     """A converter that failed or died on a full disk: say so, not what the converter said.
-    Asked before the partial output is removed, which would free the space again."""
+    Asked before the partial output is removed, which would free the space again. Converters
+    also write scratch files to TMPDIR, and one that fails there says something else (Core
+    ML: "MIL FileWriter unknown error") after removing them: a TMPDIR that cannot hold the
+    weights once is taken for the cause."""
     try:
         yield
     except Exception as exc:
         if failed_for_space(exc, partial, log):
             raise NoSpaceError(out) from exc
+        scratch = Path(tempfile.gettempdir())
+        try:
+            free = shutil.disk_usage(scratch).free
+        except OSError:
+            free = None
+        if free is not None and free < weights_bytes:
+            raise NoSpaceError(f"{scratch} (TMPDIR, where converters write scratch files)") \
+                from exc
         raise
 
 
@@ -661,7 +673,9 @@ def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> F
             app = _app_metadata(cfg, model_info, labels, nhwc, outputs)
             record = app if format_spec.metadata else None
             write_json(tmp / APP_METADATA, app)
-            with step(label), redirect_native_output(log), _full_disk_named(out, tmp, log):
+            weights_bytes = 4 * model_info["params"]  # float32: what a converter writes once
+            with step(label), redirect_native_output(log), \
+                    _full_disk_named(out, tmp, log, weights_bytes):
                 export_info = run_isolated(_convert, backend, job, record, log=log)
             with step(f"Validating {fmt} against PyTorch"), redirect_native_output(log):
                 report = validate(fmt, artifact, inputs=reference.inputs,

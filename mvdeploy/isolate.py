@@ -102,7 +102,32 @@ def run_isolated(fn: Callable[..., T], *args: Any, log: Path | None = None) -> T
     raise error
 
 
+# exit handlers run last-registered first, so one registered in the child runs before every
+# handler it inherited; keeping a reference keeps the ctypes callback alive
+_EXIT_NOW = None
+
+
+def _exit_before_inherited_handlers() -> None:
+    """Native code that ends the child with exit() (LLVM's fatal-error path on a full disk)
+    runs the C exit handlers the parent registered, and some cannot run in a fork: the one
+    onnxruntime leaves after a validation joins a thread the child does not have, and the export
+    waited forever. glibc's on_exit hands the status to a handler registered here, which ends
+    the process at once with it, as _exit would."""
+    global _EXIT_NOW
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        on_exit = libc.on_exit
+    except (OSError, AttributeError):  # not glibc: nothing to register with
+        return
+    _EXIT_NOW = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p)(
+        lambda status, _arg: os._exit(status))
+    on_exit(_EXIT_NOW, None)
+
+
 def _child(writer, fn: Callable, args: tuple, scratch: str) -> None:
+    _exit_before_inherited_handlers()
     os.environ["TMPDIR"] = tempfile.tempdir = scratch  # Python's tempfile and native code
     # the parent decides what an interrupt means: here it only ends the process
     signal.signal(signal.SIGINT, signal.SIG_DFL)

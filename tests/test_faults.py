@@ -159,3 +159,58 @@ def test_bench_results_on_a_full_disk_are_one_line(tmp_path):
                                 before=f"cp '{results}' '{copy}' &&")
     _one_line_full_disk(done, tmp_path / "disk")
     assert all(not name.startswith(".") for name in left), left  # no partial files
+
+
+@needs_tmpfs
+@pytest.mark.slow
+def test_the_default_formats_on_a_full_disk_end_in_one_line(tmp_path):
+    """ONNX fits, TFLite does not: LLVM's fatal-error path calls exit() in the converter
+    child, which ran the exit handler onnxruntime's validation had left in the parent and
+    waited forever. Now it ends (the helper's timeout bounds it) with one line, the finished
+    ONNX kept and nothing half-written."""
+    done, left = _on_small_disk(tmp_path, "8m", ["export", "-r", "64",
+                                                 "--set", "export.save_program=false",
+                                                 "-o", str(tmp_path / "disk" / "out")])
+    _one_line_full_disk(done, tmp_path / "disk" / "out")
+    assert "Converting to tflite" in done.stderr
+    assert all(not name.split("/")[-1].startswith(".") for name in left), left
+    assert [n for n in left if n.startswith("out/") and n.count("/") == 1] == ["out/onnx"]
+
+
+@needs_tmpfs
+@pytest.mark.slow
+def test_a_full_tmpdir_is_named_not_reported_as_the_converters_own_error(tmp_path):
+    """Core ML on a full TMPDIR said "MIL FileWriter unknown error"."""
+    disk = tmp_path / "disk"
+    done, _ = _on_small_disk(tmp_path, "1m", ["export", "-r", "64", "-f", "coreml",
+                                              "--set", "export.save_program=false",
+                                              "-o", str(tmp_path / "out")],
+                             before=f"TMPDIR='{disk}'")
+    _one_line_full_disk(done, f"{disk} (TMPDIR, where converters write scratch files)")
+    assert not (tmp_path / "out" / "coreml").exists()
+
+
+EXIT_AFTER_ONNXRUNTIME = """
+import ctypes, os
+import numpy as np, onnxruntime
+from onnx import TensorProto, helper
+from mvdeploy.isolate import ChildCrashed, run_isolated
+graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+session = onnxruntime.InferenceSession(model.SerializeToString())
+session.run(None, {"x": np.ones((1, 4), np.float32)})  # as a validation leaves it
+try:
+    run_isolated(lambda: ctypes.CDLL(None).exit(5))  # what LLVM's fatal-error path does
+except ChildCrashed as exc:
+    print(exc, flush=True)
+os._exit(0)
+"""
+
+
+def test_a_converter_calling_exit_after_onnxruntime_ran_is_reported_not_stuck():
+    pytest.importorskip("onnxruntime")
+    done = subprocess.run([sys.executable, "-c", EXIT_AFTER_ONNXRUNTIME], capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+    assert done.stdout.strip() == "converter crashed (exit 5)", done.stderr[-2000:]
