@@ -325,6 +325,26 @@ def export(config: str | None, sets: tuple[str, ...], force: bool, threads: int 
 class Terminated(KeyboardInterrupt):
     """SIGTERM: unwinds like Ctrl-C, so no half-written folder stays behind."""
 
+    signum = signal.SIGTERM
+    said = "terminated (SIGTERM)"
+
+
+class HungUp(Terminated):
+    """SIGHUP (the terminal closed, an SSH connection dropped): the same as SIGTERM. Its
+    default ended the process at once, orphaning the converter child and leaving partial
+    files, a convert log and a scratch folder."""
+
+    signum = signal.SIGHUP
+    said = "hung up (SIGHUP)"
+
+
+_STOPPED_BY = {signal.SIGTERM: Terminated, signal.SIGHUP: HungUp}
+
+
+def _exit_code(exception: type) -> int:
+    """A shell's code for a process a signal stopped: 128 + the signal (130 for Ctrl-C)."""
+    return 128 + exception.signum if issubclass(exception, Terminated) else 130
+
 
 @contextlib.contextmanager
 def _interrupt_flag():
@@ -337,12 +357,13 @@ def _interrupt_flag():
     flag.exception = KeyboardInterrupt  # what to raise again: Terminated after SIGTERM
 
     def handler(signum, frame):
-        flag.exception = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        flag.exception = _STOPPED_BY.get(signum, KeyboardInterrupt)
         flag.set()
         raise flag.exception
 
-    # SIGTERM (a timeout, a CI cancel, `docker stop`) cleans up exactly like Ctrl-C
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # SIGTERM (a timeout, a CI cancel, `docker stop`) and SIGHUP clean up exactly like Ctrl-C
+    previous = {sig: signal.signal(sig, handler)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield flag
     finally:
@@ -657,10 +678,10 @@ def bench(suite, models, patches, resolutions, runtimes, precisions, threads, ba
         for path in written:
             console.print(f"wrote {path}", markup=False, highlight=False)
     if outcome.interrupted:
-        how = "terminated (SIGTERM)" if stop.exception is Terminated else "interrupted"
+        how = getattr(stop.exception, "said", "interrupted")
         err_console.print(f"mvdeploy: {how}: the results above are what was measured",
                           markup=False, highlight=False)
-        raise SystemExit(143 if stop.exception is Terminated else 130)
+        raise SystemExit(_exit_code(stop.exception))
     if any(r["status"] == "failed" for r in data["results"]):
         raise SystemExit(1)
 
@@ -835,10 +856,11 @@ def run(argv: list[str] | None = None) -> int:
                           soft_wrap=True)
         return 1
     except (KeyboardInterrupt, click.Abort) as exc:  # click turns Ctrl-C into Abort
-        if isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated):
-            err_console.print("mvdeploy: terminated (SIGTERM): nothing half-written was kept",
+        stopped = exc if isinstance(exc, Terminated) else exc.__cause__
+        if isinstance(stopped, Terminated):
+            err_console.print(f"mvdeploy: {stopped.said}: nothing half-written was kept",
                               markup=False, highlight=False)
-            return 143
+            return _exit_code(type(stopped))
         err_console.print("mvdeploy: interrupted", markup=False, highlight=False)
         return 130
     except SystemExit as exc:  # commands signal "ran, but something failed" with exit 1

@@ -327,11 +327,13 @@ def test_empty_image_folder_is_an_error(tmp_path, capsys):
     assert "no images" in capsys.readouterr().err
 
 
-def _export_until_converting(out: Path, formats: str, converting: str) -> subprocess.Popen:
+def _export_until_converting(out: Path, formats: str, converting: str,
+                             env: dict | None = None) -> subprocess.Popen:
     """`mvdeploy export` in a child, returned once `converting` has its partial folder."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "mvdeploy.cli", "export", "-r", "64", "-f", formats,
-         "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+         "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list(out.glob(f".{converting}.partial-*")):
         time.sleep(0.1)
@@ -354,14 +356,24 @@ def test_ctrl_c_leaves_no_half_written_artifact(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
-    """A timeout, CI cancel or `docker stop` sends SIGTERM: one line, exit 143, nothing left."""
-    proc = _export_until_converting(tmp_path, "onnx", "onnx")
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 143
+@pytest.mark.parametrize(("sig", "code", "said"), [
+    (signal.SIGTERM, 143, "mvdeploy: terminated (SIGTERM)"),  # a timeout, CI cancel, docker stop
+    (signal.SIGHUP, 129, "mvdeploy: hung up (SIGHUP)"),  # the terminal closed, SSH dropped
+], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_clean_up_like_ctrl_c(tmp_path, sig, code, said):
+    """One line, 128 + the signal, and nothing left: no partial folder, no convert log, no
+    converter scratch folder in TMPDIR, no converter child still running."""
+    out, scratch = tmp_path / "out", tmp_path / "tmp"
+    scratch.mkdir()
+    proc = _export_until_converting(out, "onnx", "onnx", env={"TMPDIR": str(scratch)})
+    proc.send_signal(sig)
+    assert proc.wait(timeout=120) == code
     err = proc.stderr.read().decode().strip().splitlines()
-    assert err[-1].startswith("mvdeploy: terminated") and "Traceback" not in "".join(err)
-    assert [p.name for p in tmp_path.iterdir() if p.suffix != ".pt2"] == []
+    assert err[-1].startswith(said) and "Traceback" not in "".join(err)
+    assert [p.name for p in out.iterdir() if p.suffix != ".pt2"] == []
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("mvdeploy-convert-")] == []
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+    assert children.stdout.strip() == ""
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from typing import Any
 
 from mvdeploy.backends import runtime_aliases
 from mvdeploy.bench.android import AndroidOptions
+from mvdeploy.bench.locks import another_bench_running, bench_locks
 from mvdeploy.bench.matrix import (
     ACCELERATORS,
     OPT_IN_RUNTIMES,
@@ -92,6 +93,9 @@ def plan(*, suite: str | None = None, models: Sequence[str] = (), patches: Seque
                           "it, or choose another --out")
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} is a file: choose a directory")
+    busy = another_bench_running()
+    if busy:
+        warnings.append(busy)
     cache_dir = Path(cache or os.environ.get("MVDEPLOY_CACHE")
                      or Path.home() / ".cache" / "mvdeploy" / "bench").expanduser()
     return Plan(matrix, merged_timing, out_dir, cache_dir, weights,
@@ -111,7 +115,8 @@ def run(plan: Plan, *, log: Callable[[str], None] = lambda text: None,
     from mvdeploy.bench import report as reports
     from mvdeploy.bench.runner import run_matrix
 
-    measured = run_matrix(plan.matrix, plan.timing, cache=plan.cache, weights=plan.weights,
-                          android_opts=plan.android, log=log, progress=progress)
-    data = reports.build_report(measured, timing=plan.timing, command=plan.command)
-    return Outcome(data, reports.write_all(data, plan.out), measured.interrupted)
+    with bench_locks(plan.out):  # one bench per --out; later benches hear of this one
+        measured = run_matrix(plan.matrix, plan.timing, cache=plan.cache, weights=plan.weights,
+                              android_opts=plan.android, log=log, progress=progress)
+        data = reports.build_report(measured, timing=plan.timing, command=plan.command)
+        return Outcome(data, reports.write_all(data, plan.out), measured.interrupted)
