@@ -63,3 +63,11 @@ def hf_xxs_export(hf_checkpoint, tmp_path_factory):
                                  "model.resolution": "64", "export.formats": formats,
                                  "export.out": str(tmp_path_factory.mktemp("hf_xxs_export"))})
     return run_export(cfg)
+
+
+@pytest.fixture(scope="session")
+def held_out_digits(tmp_path_factory) -> Path:
+    """The trained fixture's held-out digits as CLASS/*.png folders (445 images)."""
+    from mvdeploy.fixtures import write_digits
+
+    return write_digits(tmp_path_factory.mktemp("digits") / "held-out", "held-out")

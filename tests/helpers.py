@@ -71,3 +71,27 @@ def lay_out_hub_cache(cache: Path, repo: str, files: dict[str, Path | dict],
         else:
             shutil.copy(source, snapshot / name)
     return snapshot
+
+
+def export_with_fixture(config: str, out: Path) -> Path:
+    """export_configs/<config>.toml exported with the trained fixture, at its own 64x64."""
+    from mvdeploy.cli import run
+    from mvdeploy.fixtures import checkpoint_dir
+
+    repo = Path(__file__).resolve().parents[1]
+    assert run(["export", str(repo / "export_configs" / f"{config}.toml"),
+                "--set", f"model.weights={checkpoint_dir()}", "--set", "model.resolution=64",
+                "--set", f"export.out={out}"]) == 0
+    return out
+
+
+def eval_top1(model: Path, data: Path, capsys) -> float:
+    """`mvdeploy eval MODEL --data DATA --json`'s top-1 accuracy, as a user reads it."""
+    from mvdeploy.cli import run
+
+    capsys.readouterr()
+    assert run(["eval", str(model), "--data", str(data), "--json"]) == 0
+    printed = capsys.readouterr().out
+    (row,) = json.loads(printed[: printed.rindex("]") + 1])
+    assert row["images"] > 0
+    return row["top1"]

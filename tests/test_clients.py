@@ -20,10 +20,11 @@ import torch
 
 from mvdeploy.cli import run
 from mvdeploy.data import load_images, sample_image_paths
-from mvdeploy.fixtures import checkpoint_dir, write_digits
+from mvdeploy.fixtures import checkpoint_dir
 from mvdeploy.models import PATCH_PRESETS
 from mvdeploy.models.weights import load_pretrained
 from mvdeploy.snippets import load_manifest, snippet
+from tests.helpers import eval_top1, export_with_fixture
 
 pytestmark = [pytest.mark.clients, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
@@ -31,16 +32,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def android(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("android") / "out"
-    assert run(["export", str(REPO / "export_configs" / "mobilevit_xxs_B_android.toml"),
-                "--set", f"model.weights={checkpoint_dir()}", "--set", "model.resolution=64",
-                "--set", f"export.out={out}"]) == 0
-    return out
+    return export_with_fixture("mobilevit_xxs_B_android",
+                               tmp_path_factory.mktemp("android") / "out")
 
 
 @pytest.fixture(scope="module")
-def held_out(tmp_path_factory) -> Path:
-    return write_digits(tmp_path_factory.mktemp("digits") / "held-out", "held-out")
+def held_out(held_out_digits) -> Path:
+    return held_out_digits
 
 
 def _trained():
@@ -107,11 +105,8 @@ def test_mediapipe_held_out_accuracy_is_within_half_a_point_of_eval(android, hel
     pairs = sorted((p, int(p.parent.name)) for p in held_out.rglob("*.png"))
     correct = sum(classify(path)[0][0] == str(label) for path, label in pairs)
     mediapipe_top1 = correct / len(pairs)
-    capsys.readouterr()
-    assert run(["eval", str(tflite), "--data", str(held_out), "--json"]) == 0
-    printed = capsys.readouterr().out
-    (ours,) = json.loads(printed[: printed.rindex("]") + 1])
-    assert ours["images"] == len(pairs) and ours["top1"] >= 0.9
+    ours = {"top1": eval_top1(tflite, held_out, capsys)}
+    assert ours["top1"] >= 0.9
     assert abs(mediapipe_top1 - ours["top1"]) <= 0.005, (mediapipe_top1, ours["top1"])
 
 
@@ -220,8 +215,5 @@ def test_task_library_held_out_accuracy_is_within_half_a_point_of_eval(android, 
     (tflite,) = (android / "tflite").glob("*.tflite")
     pairs = sorted((p, int(p.parent.name)) for p in held_out.rglob("*.png"))
     top1 = np.mean([task_library["top"][str(p)][0] == str(label) for p, label in pairs])
-    capsys.readouterr()
-    assert run(["eval", str(tflite), "--data", str(held_out), "--json"]) == 0
-    printed = capsys.readouterr().out
-    (ours,) = json.loads(printed[: printed.rindex("]") + 1])
+    ours = {"top1": eval_top1(tflite, held_out, capsys)}
     assert abs(top1 - ours["top1"]) <= 0.005, (top1, ours["top1"])

@@ -26,7 +26,8 @@ from mvdeploy.cli import run
 from mvdeploy.config import load_config
 from mvdeploy.data import sample_image_paths
 from mvdeploy.errors import ConfigError
-from mvdeploy.fixtures import checkpoint_dir, write_digits
+from mvdeploy.fixtures import checkpoint_dir
+from tests.helpers import eval_top1, export_with_fixture
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS = REPO / ".venv" / "clients"
@@ -61,16 +62,13 @@ def test_normalising_preprocessing_is_refused_not_dropped(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("hf") / "mobilevit-digits"
-    assert run(["export", str(REPO / "export_configs" / "mobilevit_xxs_A_hf.toml"),
-                "--set", f"model.weights={checkpoint_dir()}", "--set", "model.resolution=64",
-                "--set", f"export.out={out}"]) == 0
-    return out
+    return export_with_fixture("mobilevit_xxs_A_hf", tmp_path_factory.mktemp("hf") /
+                               "mobilevit-digits")
 
 
 @pytest.fixture(scope="module")
-def held_out(tmp_path_factory) -> Path:
-    return write_digits(tmp_path_factory.mktemp("digits") / "held-out", "held-out")
+def held_out(held_out_digits) -> Path:
+    return held_out_digits
 
 
 @pytest.fixture(scope="module")
@@ -88,14 +86,6 @@ def transformers_logits() -> dict[str, np.ndarray]:
             out[str(path)] = model(pixel_values=x).logits[0].numpy()
     assert len({v.argmax() for v in out.values()}) > 1  # the reference tells photos apart
     return out
-
-
-def _eval_top1(model: Path, held_out: Path, capsys) -> float:
-    capsys.readouterr()
-    assert run(["eval", str(model), "--data", str(held_out), "--json"]) == 0
-    printed = capsys.readouterr().out
-    (ours,) = json.loads(printed[: printed.rindex("]") + 1])
-    return ours["top1"]
 
 
 def _accuracy(logits: dict[str, list[float]]) -> float:
@@ -151,7 +141,7 @@ def test_optimum_loads_the_folder_and_matches_transformers(folder, transformers_
 @pytest.mark.clients
 def test_optimum_held_out_accuracy_is_within_half_a_point_of_eval(folder, held_out, capsys):
     got = _optimum(folder, sorted(held_out.rglob("*.png")))
-    ours = _eval_top1(folder / "onnx" / "model.onnx", held_out, capsys)
+    ours = eval_top1(folder / "onnx" / "model.onnx", held_out, capsys)
     assert ours >= 0.9 and abs(_accuracy(got["logits"]) - ours) <= 0.005
 
 
@@ -181,7 +171,7 @@ def test_transformers_js_runs_the_folder_as_its_onnx_says(folder, held_out, caps
         assert np.abs(logits - expected[0]).max() <= 1e-4 * np.abs(expected).max(), path
     digits = {k: v for k, v in got["logits"].items() if k.endswith(".png")
               and Path(k).is_relative_to(held_out)}
-    ours = _eval_top1(folder / "onnx" / "model.onnx", held_out, capsys)
+    ours = eval_top1(folder / "onnx" / "model.onnx", held_out, capsys)
     assert abs(_accuracy(digits) - ours) <= TRANSFORMERS_JS_RESIZE_GAP
 
 
