@@ -769,23 +769,38 @@ def _format_row(r) -> dict:
     if r.report and "photos" in r.report.metrics:
         m = r.report.metrics["photos"]
         row.update(max_abs=m.max_abs, snr_db=m.snr_db, cosine=m.cosine,
-                   top1_agreement=m.top1_agreement, top5_agreement=m.top5_agreement)
+                   top1_agreement=m.top1_agreement, top5_agreement=m.top5_agreement,
+                   photos=m.samples, top1_same=round(m.top1_agreement * m.samples),
+                   decisive=m.decisive,
+                   top1_same_decisive=round(m.top1_agreement_decisive * m.decisive))
     return row
+
+
+def _top1_counts(row: dict) -> str:
+    """Counts, not a percentage beside "passed" that seems to contradict it: the gate counts
+    only decisive photos (reference top-1 not a near tie), so both are shown when they differ."""
+    if "photos" not in row:
+        return "-"
+    counts = f"{row['top1_same']}/{row['photos']}"
+    if row["decisive"] == row["photos"]:
+        return counts
+    return f"{counts} ({row['top1_same_decisive']}/{row['decisive']} decisive)"
 
 
 def _print_export_table(result, rows: list[dict]) -> None:
     table = Table(title=f"Exported to {result.out}", box=box.SIMPLE_HEAD)
     timed = any("speedup" in row for row in rows)
-    for col in ("format", "precision", "MB", "status", "max abs", "SNR dB", "top-1", "top-5",
-                *(["x fp32"] if timed else []), "s"):
+    for col in ("format", "precision", "MB", "status", "max abs", "SNR dB", "top-1 same",
+                "top-5", *(["x fp32"] if timed else []), "s"):
         table.add_column(col, no_wrap=True)
     for row in rows:
         status = {"passed": "[green]passed[/]", "structural": "[yellow]structural[/]"}.get(
             row["status"], f"[red]{row['status']}[/]")
-        shown = (("max_abs", "{:.1e}"), ("snr_db", "{:.1f}"), ("top1_agreement", "{:.0%}"),
+        shown = (("max_abs", "{:.1e}"), ("snr_db", "{:.1f}"), ("top1_agreement", None),
                  ("top5_agreement", "{:.0%}"))
         # agreement with a reference that gives one answer for everything proves nothing
         metrics = ["n/a" if row["degenerate"] and "agreement" in k
+                   else _top1_counts(row) if f is None
                    else f.format(row[k]) if k in row else "-" for k, f in shown]
         speed = ([f"{row['speedup']:.2f}" if "speedup" in row else "-"] if timed else [])
         table.add_row(row["format"], row["precision"] or "-", str(row.get("size_mb", "-")),

@@ -245,8 +245,16 @@ def test_cli_export_and_force(tmp_path, capsys):
     assert run(argv) == 2  # exists: refuse, change nothing
     assert "--force" in capsys.readouterr().err
     assert artifact.stat().st_mtime_ns == before
-    assert run([*argv, "--force"]) == 0
+    table = [a for a in argv if a != "--json"]
+    assert run([*table, "--force"]) == 0
     assert artifact.stat().st_mtime_ns != before
+    # the gate's figures as counts, with the decisive ones when some photos are near ties
+    row = json.loads(json.dumps(report["formats"][0]))
+    printed = capsys.readouterr().out
+    counts = f"{row['top1_same']}/{row['photos']}"
+    assert "top-1 same" in printed and counts in printed and row["photos"] == 6
+    if row["decisive"] < row["photos"]:
+        assert f"({row['top1_same_decisive']}/{row['decisive']} decisive)" in printed
     # another resolution into the same folder would delete this artifact: refused, even forced
     capsys.readouterr()
     after = artifact.stat().st_mtime_ns
