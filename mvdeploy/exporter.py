@@ -47,7 +47,7 @@ from mvdeploy.data import (
 from mvdeploy.data import normalise as normalise_pixels
 from mvdeploy.errors import ConfigError, MvdeployError, NoSpaceError
 from mvdeploy.evaluate import LabelledReference, labelled_reference
-from mvdeploy.files import failed_for_space, umask, write_atomic
+from mvdeploy.files import failed_for_space, nearly_full, umask, write_atomic
 from mvdeploy.hf_layout import FILES as HF_FILES
 from mvdeploy.hf_layout import file_stem, write_hf_files
 from mvdeploy.isolate import run_isolated
@@ -247,11 +247,7 @@ def _full_disk_named(out: Path, partial: Path, log: Path, weights_bytes: int
         if failed_for_space(exc, partial, log):
             raise NoSpaceError(out) from exc
         scratch = Path(tempfile.gettempdir())
-        try:
-            free = shutil.disk_usage(scratch).free
-        except OSError:
-            free = None
-        if free is not None and free < weights_bytes:
+        if nearly_full(scratch, below=weights_bytes):
             raise NoSpaceError(f"{scratch} (TMPDIR, where converters write scratch files)") \
                 from exc
         raise

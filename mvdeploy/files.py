@@ -36,9 +36,10 @@ def is_no_space(exc: BaseException | None) -> bool:
     return False
 
 
-def nearly_full(folder: Path) -> bool:
+def nearly_full(folder: Path, below: int = NEARLY_FULL_BYTES) -> bool:
+    """Less than `below` bytes free on the disk holding `folder` (False when unknown)."""
     try:
-        return shutil.disk_usage(folder).free < NEARLY_FULL_BYTES
+        return shutil.disk_usage(folder).free < below
     except OSError:
         return False
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mvdeploy.backends import format_for_suffix, get_backend, spec, specs
 from mvdeploy.errors import ArtifactError, MvdeployError
-from mvdeploy.manifest import Manifest, digest, manifest_beside, manifest_mismatch
+from mvdeploy.manifest import Manifest, digest, trusted_manifest
 from mvdeploy.native_output import redirect_native_output
 
 
@@ -40,9 +40,8 @@ def inspect_artifact(path: str | Path) -> dict:
                             f"{(first[0] if first else type(exc).__name__)[:160]}") from None
     if not desc.get("inputs"):
         raise ArtifactError(f"{path} has no inputs: it is empty or truncated, or not a model")
-    manifest = manifest_beside(path)
     size, sha = digest(path)
+    manifest, note = trusted_manifest(path, sha)
     return {"format": fmt, "file": str(path), "size_bytes": size, "sha256": sha,
             "precision": _precision(fmt, desc, manifest), **desc,
-            "manifest": manifest.to_dict() if manifest else None,
-            "manifest_note": None if manifest else manifest_mismatch(path)}
+            "manifest": manifest.to_dict() if manifest else None, "manifest_note": note}

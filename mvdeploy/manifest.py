@@ -130,25 +130,24 @@ def build_manifest(*, fmt: str, artifact: Path, model_info: dict, config: dict,
 
 
 def manifest_beside(artifact: Path) -> Manifest | None:
-    """The manifest.json next to `artifact` when it describes that very file (its name and its
-    SHA-256), else None: an edited or stale manifest would give wrong preprocessing, labels or
-    precision with exit 0, so it is not trusted (manifest_mismatch says why)."""
-    manifest = _named_in_manifest(artifact)
-    if manifest is None or not artifact.exists() \
-            or manifest.artifact.get("sha256") != digest(artifact)[1]:
-        return None
-    return manifest
+    """The manifest.json next to `artifact` when it describes that very file, else None."""
+    return trusted_manifest(artifact)[0]
 
 
-def manifest_mismatch(artifact: Path) -> str | None:
-    """One line when a manifest.json beside `artifact` names it but does not match its bytes."""
+def trusted_manifest(artifact: Path, sha256: str | None = None
+                     ) -> tuple[Manifest | None, str | None]:
+    """(the manifest.json next to `artifact` if it describes that very file, its name and its
+    SHA-256, else None; one line when one names the file but does not match its bytes). An
+    edited or stale manifest would give wrong preprocessing, labels or precision with exit 0,
+    so it is not trusted. `sha256`: the artifact's, when the caller has it already."""
     manifest = _named_in_manifest(artifact)
-    if manifest is None or not artifact.exists() \
-            or manifest.artifact.get("sha256") == digest(artifact)[1]:
-        return None
-    return (f"{artifact.parent / 'manifest.json'} names {artifact.name} but its SHA-256 differs "
-            "(the file changed, or the manifest was edited or left from another export): "
-            "ignored; re-export to get a matching one")
+    if manifest is None or not artifact.exists():
+        return None, None
+    if manifest.artifact.get("sha256") == (sha256 or digest(artifact)[1]):
+        return manifest, None
+    return None, (f"{artifact.parent / 'manifest.json'} names {artifact.name} but its SHA-256 "
+                  "differs (the file changed, or the manifest was edited or left from another "
+                  "export): ignored; re-export to get a matching one")
 
 
 def _named_in_manifest(artifact: Path) -> Manifest | None:

@@ -11,14 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from mvdeploy.errors import ArtifactError
-from mvdeploy.manifest import Manifest, manifest_beside, manifest_mismatch
+from mvdeploy.manifest import Manifest, trusted_manifest
 
 
 def load_manifest(artifact: str | Path) -> Manifest:
     path = Path(artifact).expanduser()
-    manifest = manifest_beside(path)
-    if manifest is None and manifest_mismatch(path):
-        raise ArtifactError(f"{manifest_mismatch(path)}: snippets are generated from it")
+    manifest, mismatch = trusted_manifest(path)
+    if mismatch:
+        raise ArtifactError(f"{mismatch}: snippets are generated from it")
     if manifest is None:
         raise ArtifactError(f"no readable manifest.json for {path.name} beside it (missing, "
                             "unreadable, or describing another file): snippets are generated "

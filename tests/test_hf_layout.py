@@ -118,10 +118,24 @@ def _in_subprocess(argv: list[str], env: dict | None = None) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _optimum(folder: Path, photos: list[Path]) -> dict:
+def _optimum_site() -> Path:
+    """optimum's folder beside the venv (its own transformers first on PYTHONPATH)."""
     site = CLIENTS / "optimum"
     if not (site / "optimum" / "onnxruntime").is_dir():
         pytest.skip(f"optimum is not in {site}: run .ci/install_clients")
+    return site
+
+
+def _node_package(module: str) -> Path:
+    """The Node folder .ci/install_clients wrote, with `module` in its node_modules."""
+    package = CLIENTS / "transformers-js"
+    if shutil.which("node") is None or not (package / "node_modules" / module).is_dir():
+        pytest.skip(f"{module} is not in {package}: run .ci/install_clients")
+    return package
+
+
+def _optimum(folder: Path, photos: list[Path]) -> dict:
+    site = _optimum_site()
     return _in_subprocess([sys.executable, str(SCRIPTS / "optimum_classify.py"), str(folder),
                            *map(str, photos)], env={"PYTHONPATH": str(site)})
 
@@ -154,9 +168,7 @@ TRANSFORMERS_JS_RESIZE_GAP = 0.01
 @pytest.mark.slow
 @pytest.mark.clients
 def test_transformers_js_runs_the_folder_as_its_onnx_says(folder, held_out, capsys):
-    package = CLIENTS / "transformers-js"
-    if shutil.which("node") is None or not (package / "node_modules" / "@huggingface").is_dir():
-        pytest.skip(f"transformers.js is not in {package}: run .ci/install_clients")
+    package = _node_package("@huggingface")
     photos = [*sample_image_paths(), *sorted(held_out.rglob("*.png"))]
     got = _in_subprocess(["node", str(SCRIPTS / "transformers_js_classify.mjs"), str(package),
                           str(folder), "fp32", *map(str, photos)])
@@ -219,9 +231,7 @@ def _top(reference: np.ndarray) -> tuple[str, float]:
 @pytest.mark.clients
 def test_the_readme_optimum_lines_classify_as_transformers_does(folder, transformers_logits,
                                                                 tmp_path):
-    site = CLIENTS / "optimum"
-    if not (site / "optimum" / "onnxruntime").is_dir():
-        pytest.skip(f"optimum is not in {site}: run .ci/install_clients")
+    site = _optimum_site()
     photo, reference = next(iter(transformers_logits.items()))
     code = _readme_block("python").replace('"mvdeploy_out/mobilevit_xxs_A_hf"', repr(str(folder)))
     script = tmp_path / "readme_optimum.py"
@@ -237,9 +247,7 @@ def test_the_readme_optimum_lines_classify_as_transformers_does(folder, transfor
 @pytest.mark.slow
 @pytest.mark.clients
 def test_the_readme_transformers_js_lines_classify_the_photo(folder, tmp_path):
-    package = CLIENTS / "transformers-js"
-    if shutil.which("node") is None or not (package / "node_modules" / "@huggingface").is_dir():
-        pytest.skip(f"transformers.js is not in {package}: run .ci/install_clients")
+    package = _node_package("@huggingface")
     photo = str(sample_image_paths()[0])
     code = (_readme_block("js").replace('"mvdeploy_out/"', json.dumps(f"{folder.parent}/"))
             .replace('"mobilevit_xxs_A_hf"', json.dumps(folder.name))
@@ -269,10 +277,7 @@ def test_the_readme_onnxruntime_js_lines_classify_as_transformers(folder, transf
 
     from mvdeploy.data import Preprocessing, preprocess
 
-    package = CLIENTS / "transformers-js"
-    if shutil.which("node") is None or \
-            not (package / "node_modules" / "onnxruntime-node").is_dir():
-        pytest.skip(f"onnxruntime-node is not in {package}: run .ci/install_clients")
+    package = _node_package("onnxruntime-node")
     code = _readme_block("js", "onnxruntime").replace(
         '"mvdeploy_out/mobilevit_xxs_A_hf/onnx/"', json.dumps(f"{folder}/onnx/"))
     (tmp_path / "node_modules").symlink_to(package / "node_modules")

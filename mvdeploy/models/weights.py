@@ -353,8 +353,9 @@ def _hf_config(conf: dict, cfg_path: Path) -> tuple[MobileViTCfg, list[str] | No
     id2label = conf.get("id2label")
     labels = None
     if isinstance(id2label, dict) and id2label:
-        if not all(isinstance(k, str) and k.strip().isdigit() for k in id2label):
-            bad = next(k for k in id2label if not (isinstance(k, str) and k.strip().isdigit()))
+        bad = next((k for k in id2label if not (isinstance(k, str) and k.strip().isdigit())),
+                   None)
+        if bad is not None:
             raise CheckpointError(f"{cfg_path}: id2label key {bad!r} is not a class index: "
                                   'expected {"0": "label", "1": ...}')
         labels = [str(id2label[k]) for k in sorted(id2label, key=int)]
@@ -375,13 +376,11 @@ def _refuse_non_finite(state: dict, where: Path) -> None:
                                   "the checkpoint is damaged or was saved from a diverged run")
 
 
-def _number(conf: dict, key: str, where: Path, default: float, *, positive: bool = True
-            ) -> float:
+def _number(conf: dict, key: str, where: Path, default: float) -> float:
     value = conf.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or (positive and value <= 0):
-        raise CheckpointError(f"{where}: {key}={value!r} must be a "
-                              f"{'positive ' if positive else ''}number")
+            or not math.isfinite(value) or value <= 0:
+        raise CheckpointError(f"{where}: {key}={value!r} must be a positive number")
     return float(value)
 
 
