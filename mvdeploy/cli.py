@@ -163,6 +163,7 @@ def _export_overrides(**flags) -> dict:
         "images": "validate.images", "labelled": "validate.labelled_images",
         "precision": "quantize.precision",
         "calibration": "quantize.calibration_images",
+        "selection": "quantize.selection_images",
         "calibration_method": "quantize.calibration_method",
         "min_snr": "quantize.min_snr_db", "sensitivity": "quantize.sensitivity",
         "max_top1_drop": "quantize.max_top1_drop",
@@ -238,8 +239,11 @@ _HELP = _export_help()
                    "nhwc and rank4 keep tensors at rank 4, permute makes rank 6).")
 @click.option("--precision", metavar="RECIPE", help=_HELP["precision"])
 @click.option("--calibration", metavar="DIR",
-              help="Photos to calibrate int8-static / w8a8 on (default: the bundled samples, "
-                   "half of them, the other half held out for the fidelity report).")
+              help="Photos to calibrate int8-static / w8a8 on (default: a share of the bundled "
+                   "samples, a demo; never the --images photos the report is measured on).")
+@click.option("--selection", metavar="DIR",
+              help="Photos int8-static's float-group search tunes on (default: a share of the "
+                   "--calibration images; never calibration or report photos).")
 @click.option("--calibration-method",
               type=click.Choice(["auto", "minmax", "entropy", "percentile", "histogram"]),
               help="Activation calibration: ONNX minmax|entropy|percentile, TFLite and Core ML "
@@ -254,7 +258,8 @@ _HELP = _export_help()
               help="Measure every layer group's int8 sensitivity (table, sensitivity.json and "
                    ".png in the format's folder) even when int8 already meets --min-snr.")
 @click.option("--images", metavar="DIR",
-              help="Validate on this folder of photos instead of the bundled samples.")
+              help="Validate (and gate) on this folder of photos instead of the bundled "
+                   "samples; nothing calibrates or tunes on them.")
 @click.option("--labelled", metavar="DIR",
               help="Folder of CLASS/*.jpg: report top-1 accuracy of each artifact and of "
                    "PyTorch (CLASS = a checkpoint label or a class index).")
@@ -788,7 +793,10 @@ def _top1_counts(row: dict) -> str:
 
 
 def _print_export_table(result, rows: list[dict]) -> None:
-    table = Table(title=f"Exported to {result.out}", box=box.SIMPLE_HEAD)
+    gate = next((row["photos"] for row in rows if "photos" in row), None)
+    table = Table(title=f"Exported to {result.out}" + (
+        f": validated on {gate} report photo(s), none used to calibrate or tune"
+        if gate is not None else ""), box=box.SIMPLE_HEAD)
     timed = any("speedup" in row for row in rows)
     for col in ("format", "precision", "MB", "status", "max abs", "SNR dB", "top-1 same",
                 "top-5", *(["x fp32"] if timed else []), "s"):
@@ -832,7 +840,8 @@ def _print_float_search(fmt: str, search: dict) -> None:
     """What int8-static kept float, and the sensitivity table when it was measured."""
     kept, target = search["float_groups"], search["target"]["min_snr_db"]
     verdict = "met" if search["reached"] else f"NOT met within {search['max_float_groups']} groups"
-    console.print(f"{fmt}: int8 target {target:g} dB {verdict}: {search['snr_db']:.1f} dB with "
+    console.print(f"{fmt}: int8 target {target:g} dB {verdict} on the search's "
+                  f"{search['selection_images']} selection photo(s): {search['snr_db']:.1f} dB with "
                   f"{len(kept)} of {search['groups']} layer groups float after "
                   f"{search['tries']} tries" + (f" ({', '.join(kept)})" if kept else ""),
                   markup=False, highlight=False)

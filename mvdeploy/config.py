@@ -92,8 +92,13 @@ class MetadataSection:
 @dataclass(frozen=True)
 class QuantizeSection:
     precision: str = ""  # empty: fp32, and coreml.compute_precision for Core ML
-    calibration_images: str = ""  # folder; empty: the bundled photos (split from held-out ones)
+    # folder; empty: the bundled photos, dealt out with the other sets (mvdeploy.image_sets)
+    calibration_images: str = ""
     calibration_samples: int = 128
+    # what the float-group search tunes on; empty: a share of the calibration folder's images
+    # (never calibration or report images: mvdeploy.image_sets)
+    selection_images: str = ""
+    selection_samples: int = 16
     # top a calibration set of fewer than 32 images up to this many with random resized crops
     # and mirror images of them (quantize.augmented_views); 0: off, the default, because on the
     # trained fixture they cost 0.7-2.7 dB (benchmarks/results/calibration_methods.md)
@@ -319,8 +324,9 @@ def _check(cfg: ExportConfig) -> None:
     if unknown:
         raise ConfigError(f"quantize.keep_float: unknown {', '.join(unknown)}; choose from "
                           f"{', '.join(KEEP_FLOAT_CHOICES)}")
-    if cfg.quantize.calibration_samples < 1:
-        raise ConfigError("quantize.calibration_samples must be at least 1")
+    if cfg.quantize.calibration_samples < 1 or cfg.quantize.selection_samples < 1:
+        raise ConfigError("quantize.calibration_samples and quantize.selection_samples must be "
+                          "at least 1")
     if cfg.quantize.calibration_views < 0 or cfg.quantize.max_float_groups < 0:
         raise ConfigError("quantize.calibration_views and quantize.max_float_groups must not "
                           "be negative")

@@ -17,7 +17,6 @@ so a crash or Ctrl-C never leaves a half-written artifact behind.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import shutil
@@ -39,16 +38,15 @@ from mvdeploy.config import ExportConfig
 from mvdeploy.data import (
     EXIF_ORIENTATION,
     Preprocessing,
-    find_images,
     find_labelled_images,
     load_images,
-    sample_image_paths,
 )
 from mvdeploy.data import normalise as normalise_pixels
 from mvdeploy.errors import ConfigError, MvdeployError, NoSpaceError
 from mvdeploy.evaluate import LabelledReference, labelled_reference
 from mvdeploy.files import failed_for_space, nearly_full, umask, write_atomic
 from mvdeploy.hf_layout import FILES as HF_FILES
+from mvdeploy.image_sets import BUNDLED, ImageSet, ImageSets, split_images
 from mvdeploy.hf_layout import file_stem, write_hf_files
 from mvdeploy.isolate import run_isolated
 from mvdeploy.manifest import build_manifest, read_manifest, write_json
@@ -304,56 +302,42 @@ class _Reference:
     unreadable_photos: int
     labelled: LabelledReference | None  # accuracy folder (validate.labelled_images), streamed
     library_check: dict  # the preprocessing against the checkpoint's own library
+    # what the float-group search tunes on: never validated, never in `inputs`
+    selection: np.ndarray | None = None
+    selection_logits: np.ndarray | None = None
 
 
-def _split_images(cfg: ExportConfig) -> tuple[list[Path], list[Path] | None]:
-    """Held-out validation photos, and calibration photos when a recipe needs them.
-
-    Fidelity is measured on images the calibration never saw: where both sets come from the
-    same photos (the bundled samples by default), every other one calibrates and the rest are
-    held out.
-    """
-    held_out = find_images(cfg.validate.images) if cfg.validate.images else sample_image_paths()
-    if not any(needs_calibration(f, cfg.precision(f)) for f in cfg.export.formats):
-        return held_out, None
-    folder = cfg.quantize.calibration_images
-    calibration = find_images(folder) if folder else sample_image_paths()
-    digests: dict[Path, str] = {}
-
-    def _digest_file(path: Path) -> str:  # by content: copies in other folders count as shared
-        if path not in digests:
-            digests[path] = hashlib.sha256(path.read_bytes()).hexdigest()
-        return digests[path]
-
-    if cfg.validate.labelled_images:  # accuracy images are never calibration images
-        labelled = {_digest_file(p) for p, _ in find_labelled_images(cfg.validate.labelled_images)}
-        calibration = [p for p in calibration if _digest_file(p) not in labelled]
-    held_digests = {_digest_file(p): p for p in held_out}
-    shared = [p for p in calibration if _digest_file(p) in held_digests]
-    if shared:
-        if len(shared) < 2:
-            raise ConfigError("calibration and validation share their only image: give "
-                              "quantize.calibration_images or validate.images another folder")
-        calibration = [p for p in calibration if p not in shared] + shared[::2]
-        used = {_digest_file(p) for p in shared[::2]}
-        held_out = [p for p in held_out if _digest_file(p) not in used]
-    return held_out, calibration
+def _split_images(cfg: ExportConfig) -> ImageSets:
+    """The report photos validation gates on, and, when a recipe needs them, calibration
+    photos and the selection photos the float-group search tunes on: disjoint by content
+    (mvdeploy.image_sets)."""
+    calibrate = any(needs_calibration(f, cfg.precision(f)) for f in cfg.export.formats)
+    search = any(spec(f).recipes[cfg.precision(f)].searched for f in cfg.export.formats)
+    labelled = ([p for p, _ in find_labelled_images(cfg.validate.labelled_images)]
+                if cfg.validate.labelled_images and calibrate else [])
+    return split_images(report_folder=cfg.validate.images,
+                        calibration_folder=cfg.quantize.calibration_images,
+                        selection_folder=cfg.quantize.selection_images,
+                        calibrate=calibrate, search=search, exclude=labelled,
+                        limits={"report": cfg.validate.max_images,
+                                "selection": cfg.quantize.selection_samples})
 
 
 # Below this many images, activation ranges rarely cover what the model meets in use: the
 # usual advice (ORT's and PT2E's calibration examples, Q-HyViT) is a few hundred; 32 is the floor.
 FEW_CALIBRATION_IMAGES = 32
+CALIBRATION_ADVICE = 128  # what the warnings ask for: quantize.calibration_samples' default
 
 
-def _calibration(cfg: ExportConfig, paths: list[Path]) -> tuple[Calibration, dict]:
+def _calibration(cfg: ExportConfig, image_set: ImageSet) -> tuple[Calibration, dict]:
     height, width = cfg.height_width
-    samples = cfg.quantize.calibration_samples
+    samples, paths = cfg.quantize.calibration_samples, image_set.paths
     if len(paths) > samples:  # spread over the sorted folder: its first files may be one class
         paths = [paths[i] for i in sorted({round(i * (len(paths) - 1) / (samples - 1))
                                            for i in range(samples)})] if samples > 1 else paths[:1]
     images, used, skipped = load_images(paths, height, width, cfg.preprocessing,
                                         limit=samples)
-    info = {"source": cfg.quantize.calibration_images or "bundled sample photos",
+    info = {"source": image_set.source, "split_with": list(image_set.shared_with),
             "images": len(used), "unreadable": skipped, "names": [p.name for p in used],
             "flat": int(np.sum(np.ptp(images.reshape(*images.shape[:2], -1), axis=2).max(1)
                                == 0))}
@@ -363,28 +347,35 @@ def _calibration(cfg: ExportConfig, paths: list[Path]) -> tuple[Calibration, dic
     return Calibration(images, [p.name for p in used]), info
 
 
-def _calibration_warnings(info: dict) -> list[str]:
+def _calibration_warnings(info: dict, sets: ImageSets) -> list[str]:
     """What makes int8 ranges unrepresentative, said before the conversions."""
     said = []
     if info["unreadable"]:
         said.append(f"{info['unreadable']} calibration image(s) could not be read and are not "
                     "used")
-    if info["images"] < FEW_CALIBRATION_IMAGES:
+    if info["source"] == BUNDLED:  # the default: say what its figure is worth
+        tuned = (f", tuned on {len(sets.selection.paths)} other(s)" if sets.selection else "")
+        said.append(f"int8 demo: calibrated on {info['images']} bundled sample photo(s){tuned} "
+                    f"and graded on {len(sets.report.paths)} more, so its fidelity figure holds "
+                    f"for photos like these, not yet for yours; give --calibration a folder of "
+                    f"{CALIBRATION_ADVICE} or more photos like your app's (and --images others "
+                    f"for the report)")
+    elif info["images"] < FEW_CALIBRATION_IMAGES:
         topped = (f", topped up to {info['views']} with crops and mirror images of them"
                   if info.get("views", 0) > info["images"] else "")
         said.append(f"calibrating on {info['images']} image(s) ({info['source']}){topped}: "
                     f"fewer than {FEW_CALIBRATION_IMAGES} photos rarely cover real inputs, so "
                     f"int8 ranges may clip; give --calibration a folder of "
-                    f"{FEW_CALIBRATION_IMAGES} or more photos like yours")
+                    f"{CALIBRATION_ADVICE} or more photos like yours")
     if info["flat"]:  # e.g. a 1x1 image, stretched to the input size
         said.append(f"{info['flat']} calibration image(s) are one flat colour after resizing "
                     "(e.g. 1x1 pixel): they tell int8 nothing about real ranges")
     return said
 
 
-def _reference(cfg: ExportConfig, model: torch.nn.Module, paths: list[Path]) -> _Reference:
+def _reference(cfg: ExportConfig, model: torch.nn.Module, sets: ImageSets) -> _Reference:
     height, width = cfg.height_width
-    photos, used, skipped = load_images(paths, height, width, cfg.preprocessing,
+    photos, used, skipped = load_images(sets.report.paths, height, width, cfg.preprocessing,
                                         limit=cfg.validate.max_images)
     inputs = {"photos": photos}
     if cfg.validate.random_inputs:  # random 8-bit images: also valid for image inputs
@@ -395,10 +386,20 @@ def _reference(cfg: ExportConfig, model: torch.nn.Module, paths: list[Path]) -> 
     if cfg.validate.labelled_images:
         labelled = labelled_reference(cfg.validate.labelled_images, model, height, width,
                                       cfg.preprocessing)
+    selection = selection_logits = None
+    if sets.selection is not None:
+        selection, chosen, _ = load_images(sets.selection.paths, height, width,
+                                           cfg.preprocessing)
+        if not chosen:
+            raise ConfigError(f"none of the {len(sets.selection.paths)} selection image(s) "
+                              f"({sets.selection.source}) could be read: give --selection a "
+                              "folder of readable photos")
     with torch.no_grad():
         logits = {k: model(torch.from_numpy(v)).numpy() for k, v in inputs.items()}
+        if selection is not None:
+            selection_logits = model(torch.from_numpy(selection)).numpy()
     return _Reference(inputs, logits, [p.name for p in used], skipped, labelled,
-                      _library_check(cfg, model, used))
+                      _library_check(cfg, model, used), selection, selection_logits)
 
 
 def _take_input_channels(cfg: ExportConfig, model: torch.nn.Module, reference: _Reference
@@ -416,7 +417,9 @@ def _take_input_channels(cfg: ExportConfig, model: torch.nn.Module, reference: _
         "(the flip is folded into the stem convolution)"))
     inputs = {k: np.ascontiguousarray(v[:, ::-1]) for k, v in reference.inputs.items()}
     labelled = reference.labelled and replace(reference.labelled, preprocessing=prep)
-    return cfg, replace(reference, inputs=inputs, labelled=labelled)
+    selection = (None if reference.selection is None
+                 else np.ascontiguousarray(reference.selection[:, ::-1]))
+    return cfg, replace(reference, inputs=inputs, labelled=labelled, selection=selection)
 
 
 def _library_check(cfg: ExportConfig, model: torch.nn.Module, photos: list[Path]) -> dict:
@@ -445,6 +448,7 @@ class _Run:
     labels: list[str] | None
     force: bool  # replace what is in --out
     hf_layout: dict | None  # export.layout = "hf": the files written and their check
+    image_sets: dict  # report / selection / calibration: sizes and sources (image_sets)
 
 
 def graph_form(cfg: ExportConfig, fmt: str) -> GraphForm:
@@ -485,11 +489,11 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = no_progre
                              weights=cfg.model.weights,
                              num_classes=None if cfg.model.weights else cfg.model.num_classes)
         cfg = cfg.with_checkpoint_preprocessing(model.preprocessing, model.preprocessing_origin)
-        held_out, calibration_paths = _split_images(cfg)
-        reference = _reference(cfg, model, held_out)  # the model as trained
+        sets = _split_images(cfg)
+        reference = _reference(cfg, model, sets)  # the model as trained
         cfg, reference = _take_input_channels(cfg, model, reference)
-        calibration, calibration_info = (_calibration(cfg, calibration_paths)
-                                         if calibration_paths else (None, None))
+        calibration, calibration_info = (_calibration(cfg, sets.calibration)
+                                         if sets.calibration else (None, None))
     if cfg.model.weights is not None and not cfg.preprocessing_origin.startswith("checkpoint"):
         warn(preprocessing_warning(cfg.preprocessing, cfg.preprocessing_origin))
     if reference_spread(reference.logits).degenerate:  # said before the long conversions
@@ -497,7 +501,7 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = no_progre
     if reference.unreadable_photos:
         warn(f"{reference.unreadable_photos} validation image(s) could not be read and are not "
              "used (see the manifest's validation inputs for the ones that were)")
-    for text in _calibration_warnings(calibration_info) if calibration_info else []:
+    for text in _calibration_warnings(calibration_info, sets) if calibration_info else []:
         warn(text)
     macs = count_macs(model, height, width)
     model_info = {
@@ -535,10 +539,10 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = no_progre
     hf_layout = None
     if cfg.export.layout == "hf":
         with step(f"Writing {' and '.join(HF_FILES)} for Hugging Face clients"):
-            photos = [p for p in held_out if p.name in reference.photo_names]
+            photos = [p for p in sets.report.paths if p.name in reference.photo_names]
             hf_layout = write_hf_files(out, model, cfg, photos)
     run = _Run(cfg, out, stem, captures, reference, calibration, calibration_info, model_info,
-               model.class_labels, force, hf_layout)
+               model.class_labels, force, hf_layout, sets.to_dict())
     results = [_export_format(run, fmt, step=step, threads=threads)
                for fmt in cfg.export.formats]
     return ExportResult(out=out, program=program_path, formats=results)
@@ -546,15 +550,15 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = no_progre
 
 def _search(run: _Run, backend, job: Job, tmp: Path) -> FloatSearch:
     """Which layer groups int8-static keeps float to meet quantize.min_snr_db, measured with
-    the format's own quantiser on the held-out photos (the validation ones)."""
+    the format's own quantiser on the selection photos: never the report photos validation
+    then gates on, so the gate measures photos nothing was tuned on."""
     quantize = run.cfg.quantize
     workdir = tmp / ".float-search"
     workdir.mkdir()
     try:
-        photos = run.reference.inputs["photos"]
-        trials = backend.int8_trials(job, photos, workdir)
+        trials = backend.int8_trials(job, run.reference.selection, workdir)
         return search_float_groups(
-            trials, run.reference.logits["photos"],
+            trials, run.reference.selection_logits,
             FidelityTarget(quantize.min_snr_db, quantize.min_top1_agreement),
             max_float_groups=quantize.max_float_groups, sensitivity=quantize.sensitivity,
             say=lambda text: print(text, flush=True))  # into the conversion log
@@ -687,7 +691,10 @@ def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> F
             validation = report.to_dict()
             validation["inputs"] = {"photos": reference.photo_names,
                                     "unreadable_photos": reference.unreadable_photos,
-                                    "random": cfg.validate.random_inputs}
+                                    "random": cfg.validate.random_inputs,
+                                    # disjoint: the gate saw only "report"
+                                    "sets": {role: info for role, info in run.image_sets.items()
+                                             if role == "report" or uses_calibration}}
             validation["preprocessing_check"] = reference.library_check
             if run.hf_layout and format_spec.hf_file_names:
                 validation["hf_layout"] = run.hf_layout

@@ -101,3 +101,26 @@ def predict(artifact: str | Path, images: list[str | Path], *, top: int = 5) -> 
     for image in unreadable:
         results[image] = {"image": str(image), "error": unreadable_reason(Path(image))}
     return [results[image] for image in images]  # in the order given
+
+
+def fidelity(artifact: str | Path, program: str | Path, images: list[Path]):
+    """validate.Metrics of `artifact` against the .pt2 `program` it was exported from, on
+    `images` preprocessed as the artifact declares: how it holds on photos of the user's
+    choosing, e.g. ones the export never saw. Returns (metrics, images used)."""
+    from mvdeploy.data import load_images
+    from mvdeploy.validate import compare
+
+    info = inspect_artifact(artifact)
+    meta = embedded_metadata(info)
+    height, width = meta["resolution"]
+    x, used, _ = load_images(images, height, width, artifact_preprocessing(meta))
+    if not used:
+        raise ConfigError(f"none of the {len(images)} image(s) could be read")
+    batch = info["inputs"][0]["shape"][0]
+    with redirect_native_output(), refused_by_runtime(Path(info["file"]), info["format"]):
+        runner = get_backend(info["format"]).load(Path(info["file"]))
+        got = run_batched(runner, x, batch if isinstance(batch, int) else None)
+    reference = run_batched(get_backend("torch").load(Path(program)), x, 1)
+    if meta.get("output_kind", "logits") != "logits":
+        reference = softmax(reference)
+    return compare(reference, got), used

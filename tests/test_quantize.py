@@ -18,7 +18,7 @@ from mvdeploy.cli import run
 from mvdeploy.config import load_config
 from mvdeploy.data import sample_image_paths
 from mvdeploy.errors import ConfigError
-from mvdeploy.exporter import _split_images, run_export
+from mvdeploy.exporter import run_export
 from mvdeploy.validate import compare
 
 BUNDLED = {p.stem for p in sample_image_paths()}
@@ -64,30 +64,6 @@ def test_compare_metrics():
     assert compare(ref, swapped).top1_agreement == 0.0
     assert compare(ref, swapped).top5_agreement == 1.0
     assert compare(ref, ref).snr_db == 300.0  # identical: capped, JSON has no infinity
-
-
-def test_default_calibration_and_held_out_photos_are_disjoint():
-    cfg = load_config(overrides={"quantize.precision": "int8-static",
-                                 "export.formats": "onnx"})
-    held_out, calibration = _split_images(cfg)
-    assert set(held_out).isdisjoint(calibration)
-    assert len(held_out) + len(calibration) == len(sample_image_paths())
-    assert len(held_out) >= 3
-
-
-def test_calibration_folder_with_held_out_copies_is_split(tmp_path):
-    for path in sample_image_paths():
-        shutil.copy(path, tmp_path / path.name)
-    cfg = load_config(overrides={"quantize.precision": "int8-static", "export.formats": "onnx",
-                                 "quantize.calibration_images": str(tmp_path)})
-    held_out, calibration = _split_images(cfg)
-    held = {p.read_bytes() for p in held_out}
-    assert held.isdisjoint({p.read_bytes() for p in calibration})
-
-
-def test_no_calibration_for_float_recipes():
-    cfg = load_config(overrides={"quantize.precision": "fp16"})
-    assert _split_images(cfg)[1] is None
 
 
 # ---------------------------------------------------------------- slow: every recipe, A and B

@@ -153,37 +153,36 @@ def observer(quantize) -> str:
 class _Trials:
     """The PT2E int8 graph litert-torch converts, run in PyTorch: its quantize/dequantize pairs
     compute what LiteRT's int8 kernels do (measured 35 dB apart on XXS), without a 15-second
-    conversion per try. The chosen arrangement is then converted and validated on LiteRT."""
+    conversion per try. Calibrated once (quantize.CalibratedPT2E); the chosen arrangement is
+    then converted and validated on LiteRT."""
 
     # LiteRT's kernels round a little differently: aim this much higher (measured: the
     # simulation up to 1.0 dB above LiteRT on XXS, seeded and trained)
     margin_db = 1.5
 
     def __init__(self, job: Job, images: np.ndarray) -> None:
-        from mvdeploy.quantize import node_group
+        from mvdeploy.quantize import CalibratedPT2E, node_group
 
         self.job, self.images = job, images
         self.groups = list(dict.fromkeys(
             g for g in map(node_group, job.captured.module.graph.nodes) if g))
+        self.calibrated = CalibratedPT2E(job.captured.module, job.calibration,
+                                         per_channel=job.quantize.per_channel,
+                                         input_name=INPUT_NAME, observer=observer(job.quantize))
 
     def logits(self, float_groups: frozenset[str] = frozenset(),
                only: str | None = None) -> np.ndarray:
         import torch
 
-        from mvdeploy.quantize import pt2e_quantize
-
-        job = self.job
-        module, _ = pt2e_quantize(job.captured.module, job.calibration,
-                                  per_channel=job.quantize.per_channel, input_name=INPUT_NAME,
-                                  observer=observer(job.quantize), float_groups=float_groups,
-                                  only=only)
         from mvdeploy.validate import run_batched
+
+        module = self.calibrated.quantized(float_groups, only)
 
         def run(x: np.ndarray) -> np.ndarray:
             with torch.no_grad():
                 return next(iter(module(**{INPUT_NAME: torch.from_numpy(x)}).values())).numpy()
 
-        return run_batched(run, self.images, job.captured.example.shape[0])
+        return run_batched(run, self.images, self.job.captured.example.shape[0])
 
 
 def int8_trials(job: Job, images: np.ndarray, workdir: Path) -> _Trials:
