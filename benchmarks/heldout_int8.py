@@ -2,10 +2,10 @@
 
 Each row is a real `mvdeploy export --precision int8-static` (its own calibration, selection and
 report sets, mvdeploy.image_sets), then the same artifact measured against the export's own
-.pt2 on 17 photos that are not in the package and that no set of the export drew from:
-scikit-image's photos other than the six mvdeploy bundles (colour and greyscale: camera,
-coins, moon, motorcycle, ...; its synthetic images left out), scikit-learn's two sample photos
-and matplotlib's Grace Hopper. All install with the dev extra, offline.
+.pt2 on 11 photos that are not in the package and that no set of the export drew from:
+scikit-image's photos other than the twelve mvdeploy bundles (brick, cell, gravel,
+microaneurysms, moon, the motorcycle pair, page; its synthetic images left out), scikit-learn's
+two sample photos and matplotlib's Grace Hopper. All install with the dev extra, offline.
 
     python benchmarks/heldout_int8.py --out benchmarks/results
 """
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from mvdeploy.config import load_config
-from mvdeploy.data import sample_image_paths
+from mvdeploy.data import quantization_pool_paths
 from mvdeploy.exporter import run_export
 from mvdeploy.files import write_atomic
 from mvdeploy.predict import fidelity
@@ -29,13 +29,13 @@ SYNTHETIC = {"chessboard_GRAY", "chessboard_RGB", "color", "logo", "phantom", "h
 
 
 def unseen_photos(folder: Path) -> list[Path]:
-    """Copy the photos described above into `folder` (sorted; 17 with today's packages)."""
+    """Copy the photos described above into `folder` (sorted; 11 with today's packages)."""
     import matplotlib
     import skimage.data
     import sklearn.datasets
 
     folder.mkdir(parents=True, exist_ok=True)
-    bundled = {p.stem for p in sample_image_paths()}
+    bundled = {p.stem for p in quantization_pool_paths()}
     sources = [p for p in sorted(Path(skimage.data.__file__).parent.glob("*.png"))
                if p.stem not in bundled | SYNTHETIC]
     sources += sorted((Path(sklearn.datasets.__file__).parent / "images").glob("*.jpg"))
@@ -65,6 +65,7 @@ def measure(overrides: dict, unseen: list[Path], out: Path) -> list[dict]:
             "calibration": sets["calibration"]["images"],
             "calibration_source": sets["calibration"]["source"],
             "selection": sets["selection"]["images"], "report": sets["report"]["images"],
+            "report_names": sets["report"]["names"], "unseen_names": [p.name for p in used],
             "float_groups": len(search.get("float_groups", [])),
             "groups": search.get("groups"), "size_ratio_to_fp32": r.size_ratio_to_fp32,
             "validated": r.ok, "search_snr_db": search.get("snr_db"),

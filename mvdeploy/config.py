@@ -126,7 +126,7 @@ class QuantizeSection:
 class ValidateSection:
     images: str = ""  # folder of photos; empty: the sample photos shipped with mvdeploy
     labelled_images: str = ""  # folder of class_name/*.jpg: top-1 accuracy, artifact vs PyTorch
-    max_images: int = 8
+    max_images: int = 12
     random_inputs: int = 2
     # float32: max |artifact - PyTorch| <= fp32_max_rel * max |PyTorch| on every input set
     fp32_max_rel: float = 1e-4

@@ -125,6 +125,15 @@ def sample_image_paths() -> list[Path]:
     return sorted(Path(str(p)) for p in folder.iterdir() if Path(str(p)).suffix == ".jpg")
 
 
+def quantization_pool_paths() -> list[Path]:
+    """What a quantised export without folders deals into calibration, selection and report
+    sets: the sample photos, then six unlike them (greyscale, microscopy, texture, text), so
+    the report is not graded only on colour photos like the calibration's."""
+    folder = resources.files("mvdeploy") / "sample_images" / "quantization_pool"
+    more = sorted(Path(str(p)) for p in folder.iterdir() if Path(str(p)).suffix == ".jpg")
+    return sample_image_paths() + more
+
+
 def find_images(folder: str | Path) -> list[Path]:
     """Image files under `folder`, recursively, in a deterministic order."""
     root = Path(folder).expanduser()

@@ -335,8 +335,8 @@ def _calibration(cfg: ExportConfig, image_set: ImageSet) -> tuple[Calibration, d
     if len(paths) > samples:  # spread over the sorted folder: its first files may be one class
         paths = [paths[i] for i in sorted({round(i * (len(paths) - 1) / (samples - 1))
                                            for i in range(samples)})] if samples > 1 else paths[:1]
-    images, used, skipped = load_images(paths, height, width, cfg.preprocessing,
-                                        limit=samples)
+    images, used, skipped = _load_set(cfg, replace(image_set, paths=paths), "to calibrate on",
+                                      "--calibration", limit=samples)
     info = {"source": image_set.source, "split_with": list(image_set.shared_with),
             "images": len(used), "unreadable": skipped, "names": [p.name for p in used],
             "flat": int(np.sum(np.ptp(images.reshape(*images.shape[:2], -1), axis=2).max(1)
@@ -373,10 +373,22 @@ def _calibration_warnings(info: dict, sets: ImageSets) -> list[str]:
     return said
 
 
+def _load_set(cfg: ExportConfig, image_set: ImageSet, purpose: str, flag: str,
+              limit: int | None = None) -> tuple[np.ndarray, list[Path], int]:
+    """data.load_images, with an error that names the set and the flag that feeds it."""
+    height, width = cfg.height_width
+    try:
+        return load_images(image_set.paths, height, width, cfg.preprocessing, limit=limit)
+    except ConfigError:
+        raise ConfigError(f"none of the {len(image_set.paths)} image(s) {purpose} "
+                          f"({image_set.source}) could be read: point {flag} at a folder of "
+                          "readable photos") from None
+
+
 def _reference(cfg: ExportConfig, model: torch.nn.Module, sets: ImageSets) -> _Reference:
     height, width = cfg.height_width
-    photos, used, skipped = load_images(sets.report.paths, height, width, cfg.preprocessing,
-                                        limit=cfg.validate.max_images)
+    photos, used, skipped = _load_set(cfg, sets.report, "to validate on", "--images",
+                                      limit=cfg.validate.max_images)
     inputs = {"photos": photos}
     if cfg.validate.random_inputs:  # random 8-bit images: also valid for image inputs
         rng = np.random.default_rng(0)
@@ -388,12 +400,8 @@ def _reference(cfg: ExportConfig, model: torch.nn.Module, sets: ImageSets) -> _R
                                       cfg.preprocessing)
     selection = selection_logits = None
     if sets.selection is not None:
-        selection, chosen, _ = load_images(sets.selection.paths, height, width,
-                                           cfg.preprocessing)
-        if not chosen:
-            raise ConfigError(f"none of the {len(sets.selection.paths)} selection image(s) "
-                              f"({sets.selection.source}) could be read: give --selection a "
-                              "folder of readable photos")
+        flag = "--selection" if cfg.quantize.selection_images else "--calibration"
+        selection = _load_set(cfg, sets.selection, "the search would tune on", flag)[0]
     with torch.no_grad():
         logits = {k: model(torch.from_numpy(v)).numpy() for k, v in inputs.items()}
         if selection is not None:

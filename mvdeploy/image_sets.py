@@ -6,7 +6,8 @@ A search graded on the photos it was tuned on reports what it was tuned to: on i
 weights, 30 dB "passed" on the tuning photos measured 20 dB on eleven others. So no image is in
 two sets, compared by content (a copy in another folder is the same image). Each set comes from
 its own folder when given (validate.images, quantize.selection_images,
-quantize.calibration_images), else from a shared pool: the bundled photos, or the calibration
+quantize.calibration_images), else from a shared pool: the bundled photos (with six unlike the
+sample photos when a recipe calibrates: data.quantization_pool_paths), or the calibration
 folder for the selection set. A pool several sets draw from is dealt out in file order, so each
 set gets a share in proportion to its weight until it is full.
 """
@@ -17,7 +18,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from mvdeploy.data import find_images, sample_image_paths
+from mvdeploy.data import find_images, quantization_pool_paths, sample_image_paths
 from mvdeploy.errors import ConfigError
 
 BUNDLED = "bundled sample photos"
@@ -25,6 +26,9 @@ ROLES = ("report", "selection", "calibration")
 # shares of a pool the sets split: calibration needs the most images, the other two a few
 WEIGHTS = {"report": 1, "selection": 1, "calibration": 2}
 # what a user names to give each set its own folder
+# a calibration folder smaller than this keeps its images; the selection set is then dealt
+# from the bundled photos
+MIN_TO_SHARE = 4
 FLAGS = {"report": "--images", "selection": "--selection", "calibration": "--calibration"}
 
 
@@ -66,10 +70,13 @@ def split_images(*, report_folder: str, calibration_folder: str, selection_folde
                "selection": selection_folder if search else ""}
     wanted = [r for r in ROLES if r == "report" or (r == "calibration" and calibrate)
               or (r == "selection" and search)]
-    bundled = sample_image_paths()
+    # a float export reports on the sample photos; a quantised one deals the wider pool
+    bundled = quantization_pool_paths() if calibrate else sample_image_paths()
     candidates = {r: find_images(folders[r]) if folders[r] else bundled for r in wanted}
     sources = {r: folders[r] or BUNDLED for r in wanted}
-    if search and not selection_folder and calibrate:  # tuning data comes from the tuning side
+    # tuning data comes from the tuning side, unless it is too small to share
+    if (search and not selection_folder and calibrate
+            and len(candidates["calibration"]) >= MIN_TO_SHARE):
         candidates["selection"] = candidates["calibration"]
         sources["selection"] = sources["calibration"]
     digests: dict[Path, str] = {}

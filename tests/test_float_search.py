@@ -8,11 +8,14 @@ the real quantisers (ORT, PT2E for LiteRT) and runtimes.
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mvdeploy.cli import run
+from mvdeploy.data import sample_image_paths
 from mvdeploy.quantize import (
     FidelityTarget,
     augmented_views,
@@ -183,7 +186,7 @@ def test_an_unreachable_target_exits_1_with_the_best_attempt_explained(tmp_path,
                 "--set", "quantize.compare_speed=false", "-o", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 1
-    assert "onnx: int8 target 90 dB NOT met within 2 groups" in out
+    assert "onnx: int8 target 90 dB NOT met within 2 groups on the search's 3 selection" in out
     assert "int8 sensitivity" in out and "stages.1.0" in out
     manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
     assert manifest["validated"] is False
@@ -197,3 +200,33 @@ def test_an_unreachable_target_exits_1_with_the_best_attempt_explained(tmp_path,
     assert [row["kept_float"] for row in table["groups"]][:3] == [True, True, False]
     pytest.importorskip("matplotlib")
     assert (tmp_path / "onnx" / "sensitivity.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_a_search_tuned_to_its_selection_photos_fails_the_gate_on_others(tmp_path, capsys):
+    """Calibration and selection colour photos, report greyscale ones the seeded weights never
+    saw: the search meets 30 dB on what it tuned on, and the gate, which sees only the report
+    set, says the target was not reached there (exit 1, artifact kept, validated false)."""
+    skimage_data = Path(pytest.importorskip("skimage.data").__file__).parent
+    tuning, report = tmp_path / "tuning", tmp_path / "report"
+    tuning.mkdir(), report.mkdir()
+    for path in sample_image_paths():
+        shutil.copy(path, tuning / path.name)
+    for name in ("brick", "gravel", "moon", "page"):
+        shutil.copy(skimage_data / f"{name}.png", report / f"{name}.png")
+    code = run(["export", "-r", "64", "-f", "onnx", "--precision", "int8-static",
+                "--calibration", str(tuning), "--images", str(report), "--set",
+                "quantize.compare_speed=false", "-o", str(tmp_path / "out"), "--json"])
+    assert code == 1
+    manifest = json.loads((tmp_path / "out" / "onnx" / "manifest.json").read_text())
+    search, validation = manifest["artifact"]["float_search"], manifest["validation"]
+    assert search["reached"] and search["snr_db"] >= 30  # on the selection photos
+    assert manifest["validated"] is False and (tmp_path / "out" / "onnx").is_dir()
+    assert any("SNR" in f and "< 30 dB" in f for f in validation["failures"])
+    sets = validation["inputs"]["sets"]
+    assert validation["inputs"]["photos"] == sorted(p.name for p in report.iterdir())
+    assert sets["report"]["images"] == 4 == validation["metrics"]["photos"]["samples"]
+    tuned = set(sets["selection"]["names"]) | set(sets["calibration"]["names"])
+    assert tuned and tuned <= {p.name for p in sample_image_paths()}
+    assert not set(sets["selection"]["names"]) & set(sets["calibration"]["names"])
+    assert search["selection_images"] == sets["selection"]["images"] >= 2

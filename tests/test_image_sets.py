@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mvdeploy.config import load_config
-from mvdeploy.data import sample_image_paths
+from mvdeploy.data import quantization_pool_paths, sample_image_paths
 from mvdeploy.errors import ConfigError
 from mvdeploy.exporter import _split_images
 from mvdeploy.image_sets import BUNDLED
@@ -34,11 +34,15 @@ def test_the_default_deals_the_bundled_photos_into_three_disjoint_sets():
     sets = _sets(**{"quantize.precision": "int8-static"})
     _assert_disjoint(sets)
     sizes = [len(s.paths) for s in (sets.report, sets.selection, sets.calibration)]
-    assert sizes == [2, 2, 2] and sum(sizes) == len(sample_image_paths())
+    assert sizes == [3, 3, 6] and sum(sizes) == len(quantization_pool_paths()) == 12
     assert sets.calibration.source == BUNDLED
     assert set(sets.report.shared_with) == {"calibration", "selection"}
+    # graded on colour photos and on ones unlike them, as the calibration is
+    samples = set(sample_image_paths())
+    for image_set in (sets.report, sets.selection, sets.calibration):
+        assert samples & set(image_set.paths) and set(image_set.paths) - samples
     recorded = sets.to_dict()
-    assert recorded["report"]["images"] == 2 and recorded["selection"]["source"] == BUNDLED
+    assert recorded["report"]["images"] == 3 and recorded["selection"]["source"] == BUNDLED
 
 
 def test_copies_in_another_folder_count_as_the_same_photo(tmp_path):
@@ -47,7 +51,7 @@ def test_copies_in_another_folder_count_as_the_same_photo(tmp_path):
     sets = _sets(**{"quantize.precision": "int8-static",
                     "quantize.calibration_images": str(tmp_path)})
     _assert_disjoint(sets)
-    assert sum(len(s.paths) for s in (sets.report, sets.selection, sets.calibration)) == 6
+    assert sum(len(s.paths) for s in (sets.report, sets.selection, sets.calibration)) == 12
 
 
 def test_a_calibration_folder_of_its_own_gives_the_selection_a_share_of_it(tmp_path):
@@ -59,7 +63,7 @@ def test_a_calibration_folder_of_its_own_gives_the_selection_a_share_of_it(tmp_p
     sets = _sets(**{"quantize.precision": "int8-static",
                     "quantize.calibration_images": str(tmp_path)})
     _assert_disjoint(sets)
-    assert [p.name for p in sets.report.paths] == [p.name for p in sample_image_paths()]
+    assert sets.report.paths == quantization_pool_paths()  # the folder is not theirs to share
     assert sets.selection.source == str(tmp_path) == sets.calibration.source
     # calibration takes two images for each one the selection takes, until it is full
     assert len(sets.calibration.paths) >= 2 * len(sets.selection.paths) - 2 > 0
@@ -89,14 +93,14 @@ def test_a_calibrated_recipe_without_a_search_has_no_selection_set():
     _assert_disjoint(sets)
 
 
-def test_one_photo_for_three_sets_is_refused_in_one_line(tmp_path):
+def test_one_photo_for_two_sets_is_refused_in_one_line(tmp_path):
     shutil.copy(sample_image_paths()[0], tmp_path / "only.jpg")
     with pytest.raises(ConfigError) as caught:
         _sets(**{"quantize.precision": "int8-static", "validate.images": str(tmp_path),
                  "quantize.calibration_images": str(tmp_path)})
     message = str(caught.value)
-    assert "\n" not in message and "no image is left for the selection set" in message
-    assert "--selection" in message
+    assert "\n" not in message and "no image is left for the calibration set" in message
+    assert "--calibration" in message
 
 
 def test_labelled_accuracy_images_never_calibrate_or_tune(tmp_path):
