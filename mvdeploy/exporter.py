@@ -46,8 +46,8 @@ from mvdeploy.errors import ConfigError, MvdeployError, NoSpaceError
 from mvdeploy.evaluate import LabelledReference, labelled_reference
 from mvdeploy.files import failed_for_space, nearly_full, umask, write_atomic
 from mvdeploy.hf_layout import FILES as HF_FILES
-from mvdeploy.image_sets import BUNDLED, ImageSet, ImageSets, split_images
 from mvdeploy.hf_layout import file_stem, write_hf_files
+from mvdeploy.image_sets import BUNDLED, ImageSet, ImageSets, split_images
 from mvdeploy.isolate import run_isolated
 from mvdeploy.manifest import build_manifest, read_manifest, write_json
 from mvdeploy.models import PATCH_PRESETS, GraphForm, create_model, parse_patch_sizes
@@ -330,7 +330,6 @@ CALIBRATION_ADVICE = 128  # what the warnings ask for: quantize.calibration_samp
 
 
 def _calibration(cfg: ExportConfig, image_set: ImageSet) -> tuple[Calibration, dict]:
-    height, width = cfg.height_width
     samples, paths = cfg.quantize.calibration_samples, image_set.paths
     if len(paths) > samples:  # spread over the sorted folder: its first files may be one class
         paths = [paths[i] for i in sorted({round(i * (len(paths) - 1) / (samples - 1))

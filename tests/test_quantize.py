@@ -16,9 +16,10 @@ import pytest
 from mvdeploy.backends import spec
 from mvdeploy.cli import run
 from mvdeploy.config import load_config
-from mvdeploy.data import sample_image_paths
+from mvdeploy.data import quantization_pool_paths, sample_image_paths
 from mvdeploy.errors import ConfigError
 from mvdeploy.exporter import run_export
+from mvdeploy.quantize import needs_calibration
 from mvdeploy.validate import compare
 
 BUNDLED = {p.stem for p in sample_image_paths()}
@@ -112,7 +113,10 @@ BELOW_TOLERANCE_TODAY = {("coreml", "palettize-4", "A"), ("coreml", "palettize-4
 # At the tolerance's edge, so the CPU decides: onnxruntime's int8 kernels differ with and
 # without VNNI (20.3 dB here, 20.0 dB on a CI machine). Either outcome is honest; only an SNR
 # failure is allowed.
-AT_THE_EDGE = {("onnx", "int8-dynamic", "A")}
+AT_THE_EDGE = {("onnx", "int8-dynamic", "A"),
+               # the search tunes on a third of skimage's photos and the gate grades the
+               # bundled pool, which nothing tuned on: 29.8 dB against the 30 dB target here
+               ("onnx", "int8-static", "A"), ("tflite", "int8-static", "A")}
 
 
 WEIGHT_ONLY = ("int8-weights", "palettize-4", "palettize-6", "palettize-8")  # no activations
@@ -152,10 +156,13 @@ def test_recipe_produces_a_quantised_validated_artifact(quantized, recipe, forma
                         "fp16": "cast"}.get(recipe, "constexpr_lut_to_dense")
             assert ops.get(evidence, 0) > 0
         photos = manifest["validation"]["metrics"]["photos"]
-        assert manifest["validation"]["inputs"]["photos"] == sorted(
-            p.name for p in sample_image_paths())  # all held out: calibration used skimage's
+        graded = quantization_pool_paths() if needs_calibration(r.format, recipe) else (
+            sample_image_paths())  # all of them: calibration and selection used skimage's
+        assert manifest["validation"]["inputs"]["photos"] == [p.name for p in graded]
         if below:
             assert photos["snr_db"] < 20 and manifest["validated"] is False
+        elif not r.ok:  # at the edge: honestly failed, and close
+            assert photos["snr_db"] >= 25 and manifest["validated"] is False
         else:
             assert photos["snr_db"] >= {"fp16": 40, "int8-static": 30}.get(recipe, 20)
             # near ties (the seeded logits have some) may swap; decisive photos may not
