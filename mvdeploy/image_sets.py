@@ -14,21 +14,21 @@ set gets a share in proportion to its weight until it is full.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from mvdeploy.data import find_images, quantization_pool_paths, sample_image_paths
 from mvdeploy.errors import ConfigError
+from mvdeploy.manifest import digest
 
 BUNDLED = "bundled sample photos"
 ROLES = ("report", "selection", "calibration")
 # shares of a pool the sets split: calibration needs the most images, the other two a few
 WEIGHTS = {"report": 1, "selection": 1, "calibration": 2}
-# what a user names to give each set its own folder
 # a calibration folder smaller than this keeps its images; the selection set is then dealt
 # from the bundled photos
 MIN_TO_SHARE = 4
+# what a user names to give each set its own folder
 FLAGS = {"report": "--images", "selection": "--selection", "calibration": "--calibration"}
 
 
@@ -55,7 +55,7 @@ class ImageSets:
 
 def _digest(path: Path, cache: dict[Path, str]) -> str:
     if path not in cache:
-        cache[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+        cache[path] = digest(path)[1]
     return cache[path]
 
 

@@ -66,6 +66,14 @@ def artifact_preprocessing(meta: dict) -> Preprocessing:
     return Preprocessing(**values)
 
 
+def _scores(info: dict, x: np.ndarray) -> np.ndarray:
+    """The artifact `info` describes (inspect_artifact), run on `x` at its own batch size."""
+    batch = info["inputs"][0]["shape"][0]
+    with redirect_native_output(), refused_by_runtime(Path(info["file"]), info["format"]):
+        runner = get_backend(info["format"]).load(Path(info["file"]))  # runtimes log on load
+        return run_batched(runner, x, batch if isinstance(batch, int) else None)
+
+
 def predict(artifact: str | Path, images: list[str | Path], *, top: int = 5) -> list[dict]:
     if top < 1:
         raise ConfigError("--top must be at least 1")
@@ -86,10 +94,7 @@ def predict(artifact: str | Path, images: list[str | Path], *, top: int = 5) -> 
         raise ConfigError(f"cannot read image {first}: {unreadable_reason(Path(first))}"
                           + (f" (nor {len(unreadable) - 1} others)" if len(unreadable) > 1
                              else ""))
-    batch = info["inputs"][0]["shape"][0]
-    with redirect_native_output(), refused_by_runtime(Path(info["file"]), info["format"]):
-        runner = get_backend(info["format"]).load(Path(info["file"]))  # runtimes log on load
-        scores = run_batched(runner, np.stack(arrays), batch if isinstance(batch, int) else None)
+    scores = _scores(info, np.stack(arrays))
     probs = softmax(scores) if meta.get("output_kind", "logits") == "logits" else scores
     labels = meta.get("labels")
     results = {}
@@ -113,13 +118,8 @@ def fidelity(artifact: str | Path, program: str | Path, images: list[Path]):
     info = inspect_artifact(artifact)
     meta = embedded_metadata(info)
     height, width = meta["resolution"]
-    x, used, _ = load_images(images, height, width, artifact_preprocessing(meta))
-    if not used:
-        raise ConfigError(f"none of the {len(images)} image(s) could be read")
-    batch = info["inputs"][0]["shape"][0]
-    with redirect_native_output(), refused_by_runtime(Path(info["file"]), info["format"]):
-        runner = get_backend(info["format"]).load(Path(info["file"]))
-        got = run_batched(runner, x, batch if isinstance(batch, int) else None)
+    x, used, _ = load_images(images, height, width, artifact_preprocessing(meta))  # or raises
+    got = _scores(info, x)
     reference = run_batched(get_backend("torch").load(Path(program)), x, 1)
     if meta.get("output_kind", "logits") != "logits":
         reference = softmax(reference)
