@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -95,3 +98,25 @@ def eval_top1(model: Path, data: Path, capsys) -> float:
     (row,) = json.loads(printed[: printed.rindex("]") + 1])
     assert row["images"] > 0
     return row["top1"]
+
+
+def once_across_workers(tmp_path_factory, name: str, build: Callable[[Path], Any]) -> Any:
+    """`build(folder)` once per test run, even when pytest-xdist's workers each ask: the first
+    builds under a lock in the folder the workers share, the others read its pickled result.
+    For session fixtures several test files use (an export takes minutes on 2 cores)."""
+    import pickle
+
+    from filelock import FileLock  # a dependency of torch
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    done = root / f"{name}.pickle"
+    with FileLock(str(root / f"{name}.lock")):
+        if done.is_file():
+            return pickle.loads(done.read_bytes())
+        folder = root / name
+        folder.mkdir()
+        result = build(folder)
+        done.write_bytes(pickle.dumps(result))
+        return result
+

@@ -87,7 +87,8 @@ def test_eval_reproduces_the_fixture_accuracy(fixture_artifacts, held_out, capsy
         assert r["images"] == TRAINING["held_out_images"] and r["unreadable"] == 0
         assert r["reference"]["top1"] == pytest.approx(TRAINING["held_out_top1"], abs=one_image)
         assert r["top1"] >= 0.9 and abs(r["top1"] - r["reference"]["top1"]) <= one_image
-        assert r["top5"] >= r["top1"] and r["agreement"]["top1"] >= 1 - one_image
+        assert abs(r["top5"] - r["reference"]["top5"]) <= one_image
+        assert r["agreement"]["top1"] >= 1 - one_image
 
 
 @pytest.mark.slow

@@ -192,7 +192,7 @@ def test_inspect_every_format(xxs_export, fmt, capsys):
     assert info["format"] == fmt and info["precision"] == ("fp16" if fmt == "coreml" else "fp32")
     assert [i["name"] for i in info["inputs"]] == ["pixel_values"]
     assert info["outputs"][0]["shape"] == [1, 10]
-    assert info["manifest"]["validation"]["status"] in ("passed", "structural")
+    assert info["manifest"]["validation"]["status"] == "passed"  # Core ML too: reference executor
     assert sum(info["ops"].values()) > 100 and info["max_rank"] <= 4
     assert run(["inspect", str(r.artifact)]) == 0
     assert "pixel_values" in capsys.readouterr().out
@@ -216,7 +216,8 @@ def test_inspect_rejects_corrupt_or_foreign_files(tmp_path, capsys, name):
 
 @pytest.mark.parametrize(("name", "patch", "resolution", "formats"),
                          [("mobilevit_xs", "B", "256", "coreml"),  # ONNX, TFLite: test_app
-                          ("mobilevit_s", "A", "320x256", "onnx,tflite,coreml")])
+                          # S through TFLite: test_app's mobilevit_s_B_android (CI time)
+                          ("mobilevit_s", "A", "320x256", "onnx,coreml")])
 @pytest.mark.slow
 def test_larger_variants_export(name, patch, resolution, formats, tmp_path):
     cfg = load_config(overrides={"model.name": name, "model.patch": patch,

@@ -122,9 +122,16 @@ AT_THE_EDGE = {("onnx", "int8-dynamic", "A"),
 WEIGHT_ONLY = ("int8-weights", "palettize-4", "palettize-6", "palettize-8")  # no activations
 
 
+# the same path as a neighbour (CI time): B for fp16 / int8-dynamic (A proves the recipe, the
+# patch-B exports of test_export prove the layout), palettize-6 between palettize-4 and -8
+EXTENDED_RUNS = {("fp16", "B"), ("int8-dynamic", "B"), ("palettize-6", "A")}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("recipe", "formats", "patch"), [
-    (recipe, formats, patch) for recipe, formats in RUNS
+    pytest.param(recipe, formats, patch, marks=pytest.mark.extended)
+    if (recipe, patch) in EXTENDED_RUNS else (recipe, formats, patch)
+    for recipe, formats in RUNS
     # weight-only compression does not see the patch layout: patch A proves it (CI time); so
     # does int8-static, whose search runs ~35 quantisations a format (B: the committed
     # benchmarks/results/quantization.md)
@@ -159,12 +166,13 @@ def test_recipe_produces_a_quantised_validated_artifact(quantized, recipe, forma
         graded = quantization_pool_paths() if needs_calibration(r.format, recipe) else (
             sample_image_paths())  # all of them: calibration and selection used skimage's
         assert manifest["validation"]["inputs"]["photos"] == [p.name for p in graded]
+        tolerance = {"fp16": 40, "int8-static": 30}.get(recipe, 20)
         if below:
             assert photos["snr_db"] < 20 and manifest["validated"] is False
-        elif not r.ok:  # at the edge: honestly failed, and close
-            assert photos["snr_db"] >= 25 and manifest["validated"] is False
+        elif not r.ok:  # at the edge: honestly failed, and close to the recipe's tolerance
+            assert photos["snr_db"] >= tolerance - 5 and manifest["validated"] is False
         else:
-            assert photos["snr_db"] >= {"fp16": 40, "int8-static": 30}.get(recipe, 20)
+            assert photos["snr_db"] >= tolerance
             # near ties (the seeded logits have some) may swap; decisive photos may not
             assert photos["top1_agreement_decisive"] >= 0.95 and photos["cosine"] > 0.99
         if recipe == "int8-static":
@@ -262,7 +270,10 @@ def test_cli_warns_about_a_calibration_set_that_cannot_represent_the_data(tmp_pa
                 "--set", "quantize.max_float_groups=0", "--set", "quantize.compare_speed=false",
                 "--set", "quantize.calibration_views=64"])
     err = capfd.readouterr().err
-    assert code in (0, 1)  # whether a one-pixel calibration still validates is not the point
+    manifest = json.loads((tmp_path / "out" / "onnx" / "manifest.json").read_text())
+    calibration = manifest["artifact"]["calibration"]
+    assert calibration["images"] == 1 and calibration["views"] == 64
+    assert code == (0 if manifest["validated"] else 1)  # written either way, exit says which
     assert "calibrating on 1 image(s)" in err and "fewer than 32" in err
     assert "topped up to 64 with crops and mirror images" in err
     assert "1 calibration image(s) are one flat colour" in err
