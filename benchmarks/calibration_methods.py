@@ -8,8 +8,8 @@ and topped up to 64 views with random resized crops and mirror images
 (the bundled pool dealt into calibration and report sets, mvdeploy.image_sets; the committed
 results were measured with three bundled photos calibrating and three held out) and the
 trained digits fixture at 64x64 (calibrated on 20 training digits, held out on 2 digits per
-class). The defaults (`quantize.calibration_method = "auto"`, `calibration_views = 64`)
-follow this table.
+class). The defaults (`quantize.calibration_method = "auto"`; `calibration_views = 0`, no
+augmented views) follow this table.
 
     python benchmarks/calibration_methods.py --out benchmarks/results
 """

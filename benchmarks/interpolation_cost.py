@@ -6,7 +6,7 @@ MACs, so 224 can be compared with 256 where nothing is resized.
 
     python benchmarks/interpolation_cost.py --threads 2 --runs 50 --out benchmarks/results
 
-This is a focused measurement for the README; the general harness is `mvdeploy bench`.
+This is a focused measurement for docs/model.md; the general harness is `mvdeploy bench`.
 """
 
 from __future__ import annotations

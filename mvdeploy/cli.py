@@ -123,8 +123,8 @@ def models(patch: tuple[str, ...], resolution: str, weights: str | None, as_json
     console.print(table)
     console.print("GMACs include the attention matmuls; attn: QK^T and AV alone. resized: "
                   "strides of the stages whose feature map the patch does not divide, so it is "
-                  "resized up and back (extra latency, see README). paper: published GMACs and "
-                  "ImageNet top-1 at 256x256, patch A.")
+                  "resized up and back (extra latency, see docs/model.md). paper: published "
+                  "GMACs and ImageNet top-1 at 256x256, patch A.")
 
 
 @app.command()

@@ -3,7 +3,7 @@ backend module, in the language its SPEC names).
 
 Generated from the artifact's manifest (file name, tensor names, shapes, preprocessing), so
 the names in the code are the names in the file; the tests compile nothing but check exactly
-that against an exported artifact. README's snippets come from here too.
+that against an exported artifact. The snippets in docs/apps.md come from here too.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def snippet(manifest: Manifest, client: str | None = None) -> tuple[str, str]:
     if spec is None:
         raise ArtifactError(
             "snippets exist for " + ", ".join(f"{s.title} ({s.snippet_language})" for s in offered)
-            + f", not {fmt}; README shows how to run it from Python")
+            + f", not {fmt}; docs/export.md shows how to run it from Python")
     if client is None:
         return spec.snippet_language, get_backend(fmt).snippet(manifest.to_dict())
     if client not in spec.snippet_clients:

@@ -28,7 +28,8 @@ from mvdeploy.snippets import load_manifest, snippet
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = sorted(ROOT.joinpath("export_configs").glob("*.toml"))
-README = ROOT.joinpath("README.md").read_text()
+# the page that shows the app snippets (README.md links it)
+APPS_PAGE = ROOT.joinpath("docs", "apps.md").read_text()
 
 
 @pytest.fixture(scope="session")
@@ -246,17 +247,18 @@ def test_snippets_name_the_real_tensors(shipped, stem, fmt, capsys):
         height, width = inp["shape"][1:3]
         assert "i * 3 + c" in code  # NHWC indexing for the NHWC input
         assert f"IntArray({width} * {height})" in code
-    # README shows exactly this code, so the docs cannot drift from the exporter
-    assert _snippet_block(code, language) in README, f"README's {language} snippet is stale"
+    # docs/apps.md shows exactly this code, so the docs cannot drift from the exporter
+    assert _snippet_block(code, language) in APPS_PAGE, \
+        f"docs/apps.md's {language} snippet is stale"
     capsys.readouterr()  # whatever the fixture printed
     assert run(["snippet", str(artifact)]) == 0
     assert capsys.readouterr().out == code
-    if fmt == "tflite":  # the MediaPipe snippets README shows (tests/test_clients.py runs one)
+    if fmt == "tflite":  # the MediaPipe snippets docs/apps.md shows (test_clients.py runs one)
         for client, language in (("mediapipe", "kotlin"), ("mediapipe-python", "python")):
             got_language, client_code = snippet(load_manifest(artifact), client)
             assert got_language == language and f'"{artifact.name}"' in client_code
-            assert _snippet_block(client_code, language) in README, \
-                f"README's MediaPipe {language} snippet is stale"
+            assert _snippet_block(client_code, language) in APPS_PAGE, \
+                f"docs/apps.md's MediaPipe {language} snippet is stale"
 
 
 def test_snippet_needs_a_manifest_and_a_supported_format(tmp_path, capsys):
@@ -327,17 +329,17 @@ def test_preprocessing_matches_transformers_on_real_photos():
                                    err_msg=path.name)
 
 
-def test_readme_snippets_are_valid_shapes():
-    """Each README snippet block names the artifact it belongs to in its first line."""
-    blocks = re.findall(r"```(swift|kotlin)\n(.*?)```", README, flags=re.S)
+def test_apps_page_snippets_are_valid_shapes():
+    """Each snippet block of docs/apps.md names the artifact it belongs to in its first line."""
+    blocks = re.findall(r"```(swift|kotlin)\n(.*?)```", APPS_PAGE, flags=re.S)
     assert {lang for lang, _ in blocks} == {"swift", "kotlin"}
     for _, code in blocks:
         assert re.match(r"// mobilevit_xxs_B_256x256\.(mlpackage|tflite|pte)", code)
-    assert "```python\n# mobilevit_xxs_B_256x256.tflite with MediaPipe Tasks" in README
+    assert "```python\n# mobilevit_xxs_B_256x256.tflite with MediaPipe Tasks" in APPS_PAGE
 
 
-def test_readme_executorch_snippet_is_what_mvdeploy_writes():
-    """The README's ExecuTorch block comes from the generator, for the XXS B 256 artifact of the
+def test_apps_page_executorch_snippet_is_what_mvdeploy_writes():
+    """docs/apps.md's ExecuTorch block comes from the generator, for the XXS B 256 artifact of the
     benchmark (seeded weights: no labels; the published preprocessing)."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -356,5 +358,6 @@ def test_readme_executorch_snippet_is_what_mvdeploy_writes():
                                           "dtype": "float32"}]},
                 "preprocessing": _preprocessing(cfg, nhwc=False), "labels": None}
     code = get_backend("executorch").snippet(manifest)
-    assert _snippet_block(code, "kotlin") in README, "README's ExecuTorch snippet is stale"
+    assert _snippet_block(code, "kotlin") in APPS_PAGE, \
+        "docs/apps.md's ExecuTorch snippet is stale"
     assert "Module.load(file.absolutePath)" in code and "longArrayOf(1, 3, 256, 256)" in code

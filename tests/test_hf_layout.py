@@ -207,15 +207,16 @@ def test_pixels_prepared_by_the_folders_processor_are_what_the_onnx_takes(folder
         assert np.abs(logits[0] - reference).max() <= 1e-4 * np.abs(reference).max(), path
 
 
-# ---------------------------------------------------------------- the README's client lines
+# ---------------------------------------------------------------- the apps page's client lines
 
-README_MARK = "<!-- run by tests/test_hf_layout.py -->"
+APPS_PAGE = REPO / "docs" / "apps.md"  # where the client lines are shown (README.md links it)
+RUN_MARK = "<!-- run by tests/test_hf_layout.py -->"
 
 
-def _readme_block(language: str, name: str = "") -> str:
-    """The README block in `language` right after README_MARK (with ": name" when given)."""
-    text = (REPO / "README.md").read_text()
-    mark = README_MARK if not name else README_MARK.replace(" -->", f": {name} -->")
+def _page_block(language: str, name: str = "") -> str:
+    """The block of docs/apps.md in `language` right after RUN_MARK (with ": name" when given)."""
+    text = APPS_PAGE.read_text()
+    mark = RUN_MARK if not name else RUN_MARK.replace(" -->", f": {name} -->")
     blocks = re.findall(re.escape(mark) + r"\n```(\w+)\n(.*?)^```", text, re.S | re.M)
     (code,) = [body for lang, body in blocks if lang == language]
     return code
@@ -229,11 +230,11 @@ def _top(reference: np.ndarray) -> tuple[str, float]:
 
 @pytest.mark.slow
 @pytest.mark.clients
-def test_the_readme_optimum_lines_classify_as_transformers_does(folder, transformers_logits,
-                                                                tmp_path):
+def test_the_apps_page_optimum_lines_classify_as_transformers_does(folder, transformers_logits,
+                                                                   tmp_path):
     site = _optimum_site()
     photo, reference = next(iter(transformers_logits.items()))
-    code = _readme_block("python").replace('"mvdeploy_out/mobilevit_xxs_A_hf"', repr(str(folder)))
+    code = _page_block("python").replace('"mvdeploy_out/mobilevit_xxs_A_hf"', repr(str(folder)))
     script = tmp_path / "readme_optimum.py"
     script.write_text(code.replace('"photo.jpg"', repr(photo)))
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
@@ -246,10 +247,10 @@ def test_the_readme_optimum_lines_classify_as_transformers_does(folder, transfor
 
 @pytest.mark.slow
 @pytest.mark.clients
-def test_the_readme_transformers_js_lines_classify_the_photo(folder, tmp_path):
+def test_the_apps_page_transformers_js_lines_classify_the_photo(folder, tmp_path):
     package = _node_package("@huggingface")
     photo = str(sample_image_paths()[0])
-    code = (_readme_block("js").replace('"mvdeploy_out/"', json.dumps(f"{folder.parent}/"))
+    code = (_page_block("js").replace('"mvdeploy_out/"', json.dumps(f"{folder.parent}/"))
             .replace('"mobilevit_xxs_A_hf"', json.dumps(folder.name))
             .replace('"photo.jpg"', json.dumps(photo)))
     (tmp_path / "node_modules").symlink_to(package / "node_modules")  # as an app's own
@@ -268,8 +269,8 @@ def test_the_readme_transformers_js_lines_classify_the_photo(folder, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.clients
-def test_the_readme_onnxruntime_js_lines_classify_as_transformers(folder, transformers_logits,
-                                                                  tmp_path):
+def test_the_apps_page_onnxruntime_js_lines_classify_as_transformers(folder, transformers_logits,
+                                                                     tmp_path):
     """onnxruntime-node (transformers.js' own copy), fed RGBA pixels cropped as a canvas would
     hold them, with input name, labels and normalisation from app_metadata.json."""
     import onnxruntime as ort
@@ -278,7 +279,7 @@ def test_the_readme_onnxruntime_js_lines_classify_as_transformers(folder, transf
     from mvdeploy.data import Preprocessing, preprocess
 
     package = _node_package("onnxruntime-node")
-    code = _readme_block("js", "onnxruntime").replace(
+    code = _page_block("js", "onnxruntime").replace(
         '"mvdeploy_out/mobilevit_xxs_A_hf/onnx/"', json.dumps(f"{folder}/onnx/"))
     (tmp_path / "node_modules").symlink_to(package / "node_modules")
     (tmp_path / "classify.mjs").write_text(code)

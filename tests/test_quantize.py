@@ -103,8 +103,8 @@ def quantized(tmp_path_factory, calibration_dir):
     return get
 
 
-# On input-sensitive weights these recipes do not reach their 20 dB tolerance (see README,
-# Quantisation): the artifact is written, quantised and honestly marked failed. Core ML's
+# On input-sensitive weights these recipes do not reach their 20 dB tolerance (see
+# docs/quantisation.md): the artifact is written, quantised and honestly marked failed. Core ML's
 # numbers come from the reference executor off macOS. int8-static is not here: its search keeps
 # layer groups float until the 30 dB target is met.
 BELOW_TOLERANCE_TODAY = {("coreml", "palettize-4", "A"), ("coreml", "palettize-4", "B"),

@@ -1,16 +1,22 @@
-"""The README's commands, in the order a new user meets them, on a fresh clone.
+"""The commands of README.md and the docs pages, in the order a new user meets them, on a fresh
+clone.
 
-Every line of a ```bash block is a command a reader may paste. Two checks:
+The pages are read in one fixed order: README.md, then DOC_PAGES below (the order README.md's
+documentation table lists them), as if a reader went through them one after the other; each
+command is reported as `file:line`. Every line of a ```bash block is a command a reader may
+paste. Two checks:
 
 - always (fast): each mvdeploy command parses; what it reads exists in the clone or was written
-  by an earlier command; and no command writes where an earlier one did unless it says --force
-  (two README examples once shared an output folder, so the second one stopped with exit 2).
+  by an earlier command (on this page or an earlier one); and no command writes where an earlier
+  one did unless it says --force (two README examples once shared an output folder, so the
+  second one stopped with exit 2).
 - with MVDEPLOY_README_RUN=1 (about 15 minutes): each command runs, in order, in a copy of the
   repository's tracked files, against a Hugging Face cache laid out by the test (no network),
   and exits 0.
 
 A block right after `<!-- readme-order: not run (why) -->` is checked but not run: the digits
-fixture's retraining (it rewrites the shipped checkpoint) and the full patch-size study.
+fixture's retraining (it rewrites the shipped checkpoint), the full patch-size study and the
+peer study.
 """
 
 from __future__ import annotations
@@ -30,6 +36,12 @@ from mvdeploy.errors import MvdeployError
 from tests.helpers import APPLE_PREPROCESSOR, lay_out_hub_cache
 
 REPO = Path(__file__).resolve().parents[1]
+# the docs pages after README.md, in reading order: a page's commands may read what an earlier
+# page's wrote (quantisation.md grades on the digits accuracy.md writes). Every docs/*.md is here.
+DOC_PAGES = ("docs/export.md", "docs/python.md", "docs/apps.md", "docs/accuracy.md",
+             "docs/quantisation.md", "docs/benchmark.md", "docs/model.md", "docs/checkpoints.md",
+             "docs/architecture.md", "docs/testing.md", "docs/roadmap.md", "docs/reference.md")
+PAGES = ("README.md", *DOC_PAGES)
 NOT_RUN = "<!-- readme-order: not run"
 SETUP = ({"python3", "-m", "venv"}, {"pip", "install"}, {"python", "-m", "pytest"},
          {".ci/install_clients"})
@@ -39,16 +51,21 @@ HUB_IDS = {"apple/mobilevit-xx-small": "mobilevit_xxs", "apple/mobilevit-small":
 @dataclass(frozen=True)
 class Command:
     argv: tuple[str, ...]
-    line: int  # in README.md
+    file: str  # one of PAGES
+    line: int  # in that file
     runs: bool  # False in a block marked "not run"
 
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
     def __str__(self) -> str:
-        return f"README.md:{self.line}: {shlex.join(self.argv)}"
+        return f"{self.where}: {shlex.join(self.argv)}"
 
 
-def readme_commands() -> list[Command]:
-    """Every command in README's bash blocks, in order; `a && b` is two commands."""
-    text = (REPO / "README.md").read_text()
+def page_commands(page: str) -> list[Command]:
+    """Every command in one page's bash blocks, in order; `a && b` is two commands."""
+    text = (REPO / page).read_text()
     commands = []
     for block in re.finditer(r"^```bash\n(.*?)^```", text, re.S | re.M):
         before = text[:block.start()].rstrip().splitlines()[-1]
@@ -58,9 +75,14 @@ def readme_commands() -> list[Command]:
             for part in line.split("&&"):
                 argv = shlex.split(part, comments=True)
                 if argv and not any(words <= set(argv) for words in SETUP) and argv[0] != ".":
-                    commands.append(Command(tuple(argv), first_line + offset,
+                    commands.append(Command(tuple(argv), page, first_line + offset,
                                             not before.startswith(NOT_RUN)))
     return commands
+
+
+def readme_commands() -> list[Command]:
+    """The commands of README.md and then of each of DOC_PAGES, in that order."""
+    return [command for page in PAGES for command in page_commands(page)]
 
 
 def _norm(path: str) -> PurePosixPath:
@@ -112,7 +134,7 @@ def _bench_effects(args: list[str]) -> Effects:
 
 
 def effects(command: Command) -> Effects:
-    """What one README command reads and writes (relative to the clone's root)."""
+    """What one command reads and writes (relative to the clone's root)."""
     argv = list(command.argv)
     if argv[0] == "python":
         script, *args = argv[1:]
@@ -153,7 +175,7 @@ def test_readme_commands_read_what_exists_and_never_collide(monkeypatch):
     monkeypatch.chdir(REPO)  # config files and checkpoints are relative to the clone
     tracked, written, produced = _tracked(), {}, set()
     commands = readme_commands()
-    assert len(commands) >= 20, "the README's command blocks were not found"
+    assert len(commands) >= 20, "the pages' command blocks were not found"
     for command in commands:
         try:
             effect = effects(command)
@@ -165,17 +187,27 @@ def test_readme_commands_read_what_exists_and_never_collide(monkeypatch):
         for path in effect.writes:
             earlier = written.get(path)
             assert earlier is None or effect.force, (
-                f"{command} writes {path}, already written at README.md:{earlier}")
-            written[path] = command.line
+                f"{command} writes {path}, already written at {earlier}")
+            written[path] = command.where
         produced.update(effect.produces)
+
+
+def test_doc_pages_are_every_docs_page():
+    """A page missing from DOC_PAGES would have its commands go unchecked."""
+    assert len(set(DOC_PAGES)) == len(DOC_PAGES)
+    assert set(DOC_PAGES) == {f"docs/{p.name}" for p in (REPO / "docs").glob("*.md")}
 
 
 def test_readme_commands_are_found_in_order():
     commands = readme_commands()
-    lines = [c.line for c in commands]
-    assert lines == sorted(lines)
-    first = commands[0]  # the install line's export, after pip install
-    assert first.argv[:2] == ("mvdeploy", "export") and "apple/mobilevit-xx-small" in first.argv
+    places = [(PAGES.index(c.file), c.line) for c in commands]
+    assert places == sorted(places)
+    assert commands[0].file == "README.md"
+    # the quick start's first export works offline (the shipped fixture), the next is the Hub's
+    first, second = [c for c in commands if c.argv[:2] == ("mvdeploy", "export")][:2]
+    assert first.file == second.file == "README.md"
+    assert "mvdeploy/fixtures/mobilevit_xxs_digits" in first.argv
+    assert "apple/mobilevit-xx-small" in second.argv
     assert not [c for c in commands if c.argv[0] in ("pip", "python3")]
     long_suites = ("benchmarks/patch_size_study.toml", "benchmarks/peer_study.toml")
     assert [c for c in commands if not c.runs] == [
@@ -187,7 +219,7 @@ def test_readme_commands_are_found_in_order():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("MVDEPLOY_README_RUN"),
-                    reason="runs every README command (about 15 minutes): "
+                    reason="runs every command of README.md and DOC_PAGES (about 15 minutes): "
                            "MVDEPLOY_README_RUN=1 python -m pytest tests/test_readme.py")
 def test_readme_runs_top_to_bottom(tmp_path, hf_checkpoint):
     clone = tmp_path / "clone"

@@ -173,7 +173,7 @@ def custom_ops(model) -> dict[str, list[str]]:
 
 
 def runs_on(custom: dict[str, list[str]]) -> str:
-    """Which runtimes read the graph, in words (README "Graph forms" has the measurements)."""
+    """Which runtimes read the graph, in words (docs/model.md, "Graph forms": measurements)."""
     if not custom:
         return "any ONNX runtime (standard ONNX ops only)"
     ops = "; ".join(f"{d}: {', '.join(o)}" for d, o in custom.items())

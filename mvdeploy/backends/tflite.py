@@ -423,7 +423,7 @@ def _mediapipe_snippet(manifest: dict, *, kotlin: bool) -> str:
     """MediaPipe reads labels and normalisation from the file's TFLITE_METADATA. The resize and
     centre crop are done before it, as in training: MediaPipe's own resize of a region of
     interest is bilinear without antialiasing, which disagrees with the checkpoint's on
-    downscaled photos (README, "MediaPipe"); given the crop itself it matches PyTorch."""
+    downscaled photos (docs/apps.md, "MediaPipe"); given the crop itself it matches PyTorch."""
     art, prep = manifest["artifact"], manifest["preprocessing"]
     height, width = prep["crop"]
     short = prep["resize_shorter_side"]
