@@ -216,8 +216,9 @@ def test_inspect_rejects_corrupt_or_foreign_files(tmp_path, capsys, name):
 
 @pytest.mark.parametrize(("name", "patch", "resolution", "formats"),
                          [("mobilevit_xs", "B", "256", "coreml"),  # ONNX, TFLite: test_app
-                          # S through TFLite: test_app's mobilevit_s_B_android (CI time)
-                          ("mobilevit_s", "A", "320x256", "onnx,coreml")])
+                          # S through ONNX and TFLite in CI: test_app's mobilevit_s_B_android
+                          pytest.param("mobilevit_s", "A", "320x256", "onnx,tflite,coreml",
+                                       marks=pytest.mark.extended)])
 @pytest.mark.slow
 def test_larger_variants_export(name, patch, resolution, formats, tmp_path):
     cfg = load_config(overrides={"model.name": name, "model.patch": patch,
