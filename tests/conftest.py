@@ -24,6 +24,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: a worker sees what a
     _worker_tmp.mkdir(exist_ok=True)
     os.environ["TMPDIR"] = str(_worker_tmp)
     tempfile.tempdir = None  # recomputed from TMPDIR
+    # two workers on two cores: a second OpenMP thread per worker only waits for a core
+    torch.set_num_threads(1)
 
 EXTENDED_RUN = "MVDEPLOY_EXTENDED=1 python -m pytest -m extended"
 

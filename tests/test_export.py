@@ -215,8 +215,10 @@ def test_inspect_rejects_corrupt_or_foreign_files(tmp_path, capsys, name):
 
 
 @pytest.mark.parametrize(("name", "patch", "resolution", "formats"),
-                         [("mobilevit_xs", "B", "256", "coreml"),  # ONNX, TFLite: test_app
-                          # S through ONNX and TFLite in CI: test_app's mobilevit_s_B_android
+                         # extended (CI time): the XXS exports prove each format's path, and
+                         # test_app's mobilevit_s_B_android takes S through ONNX and TFLite
+                         [pytest.param("mobilevit_xs", "B", "256", "coreml",
+                                       marks=pytest.mark.extended),
                           pytest.param("mobilevit_s", "A", "320x256", "onnx,tflite,coreml",
                                        marks=pytest.mark.extended)])
 @pytest.mark.slow
