@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 
@@ -120,3 +121,7 @@ def once_across_workers(tmp_path_factory, name: str, build: Callable[[Path], Any
         done.write_bytes(pickle.dumps(result))
         return result
 
+
+def extended(*values) -> Any:
+    """A parametrize case of the `extended` tier, which CI skips (tests/conftest.py)."""
+    return pytest.param(*values, marks=pytest.mark.extended)

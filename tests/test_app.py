@@ -25,6 +25,7 @@ from mvdeploy.errors import ConfigError
 from mvdeploy.inspect import inspect_artifact
 from mvdeploy.models import create_model
 from mvdeploy.snippets import load_manifest, snippet
+from tests.helpers import extended
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = sorted(ROOT.joinpath("export_configs").glob("*.toml"))
@@ -63,14 +64,14 @@ def _artifact(out: Path, fmt: str) -> Path:
 
 # paths that another config proves in CI (CI time): XS and S iOS as XXS B iOS, XS Android as
 # XXS and S Android, patch A's Android and iOS as patch B's (test_export exports A everywhere)
-PATCH_A = pytest.param("A", marks=pytest.mark.extended)  # the A configs: extended, see above
+PATCH_A = extended("A")  # the A configs: extended, see above
 EXTENDED_CONFIGS = {"mobilevit_xs_B_android", "mobilevit_xs_B_ios", "mobilevit_s_B_ios",
                     "mobilevit_xxs_A_android", "mobilevit_xxs_A_ios"}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", [
-    pytest.param(c, marks=pytest.mark.extended) if c.stem in EXTENDED_CONFIGS else c
+    extended(c) if c.stem in EXTENDED_CONFIGS else c
     for c in CONFIGS], ids=[c.stem for c in CONFIGS])
 def test_shipped_config_exports(config, shipped):
     cfg = load_config(config)

@@ -27,6 +27,7 @@ from mvdeploy.exporter import artifact_stem, run_export
 from mvdeploy.inspect import inspect_artifact
 from mvdeploy.models import create_model
 from mvdeploy.models.weights import save_checkpoint
+from tests.helpers import extended
 
 FORMATS = ("onnx", "tflite", "coreml")
 
@@ -217,10 +218,8 @@ def test_inspect_rejects_corrupt_or_foreign_files(tmp_path, capsys, name):
 @pytest.mark.parametrize(("name", "patch", "resolution", "formats"),
                          # extended (CI time): the XXS exports prove each format's path, and
                          # test_app's mobilevit_s_B_android takes S through ONNX and TFLite
-                         [pytest.param("mobilevit_xs", "B", "256", "coreml",
-                                       marks=pytest.mark.extended),
-                          pytest.param("mobilevit_s", "A", "320x256", "onnx,tflite,coreml",
-                                       marks=pytest.mark.extended)])
+                         [extended("mobilevit_xs", "B", "256", "coreml"),
+                          extended("mobilevit_s", "A", "320x256", "onnx,tflite,coreml")])
 @pytest.mark.slow
 def test_larger_variants_export(name, patch, resolution, formats, tmp_path):
     cfg = load_config(overrides={"model.name": name, "model.patch": patch,

@@ -25,6 +25,7 @@ from mvdeploy.validate import (
     reference_spread,
     validate,
 )
+from tests.helpers import extended
 
 
 def _skimage_photos() -> list[Path]:
@@ -164,7 +165,7 @@ def _revalidate(artifact: Path, model: torch.nn.Module, prep, height: int, width
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [  # XS and S: the same check on wider layers (CI time)
-    pytest.param(n, marks=pytest.mark.extended) if n != "mobilevit_xxs" else n
+    extended(n) if n != "mobilevit_xxs" else n
     for n in list_models()] + ["fixture"])
 def test_right_export_passes_and_a_wrong_weight_fails(name, tmp_path):
     if name == "fixture":

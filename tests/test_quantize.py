@@ -21,6 +21,7 @@ from mvdeploy.errors import ConfigError
 from mvdeploy.exporter import run_export
 from mvdeploy.quantize import needs_calibration
 from mvdeploy.validate import compare
+from tests.helpers import extended
 
 BUNDLED = {p.stem for p in sample_image_paths()}
 
@@ -129,8 +130,8 @@ EXTENDED_RUNS = {("fp16", "B"), ("int8-dynamic", "B"), ("palettize-6", "A")}
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("recipe", "formats", "patch"), [
-    pytest.param(recipe, formats, patch, marks=pytest.mark.extended)
-    if (recipe, patch) in EXTENDED_RUNS else (recipe, formats, patch)
+    extended(recipe, formats, patch) if (recipe, patch) in EXTENDED_RUNS
+    else (recipe, formats, patch)
     for recipe, formats in RUNS
     # weight-only compression does not see the patch layout: patch A proves it (CI time); so
     # does int8-static, whose search runs ~35 quantisations a format (B: the committed
