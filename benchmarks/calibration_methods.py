@@ -5,8 +5,8 @@ observers) with everything quantised (`quantize.max_float_groups = 0`: no layer 
 validated on held-out images against float PyTorch. Two calibration sets: the images alone,
 and topped up to 64 views with random resized crops and mirror images
 (`quantize.calibration_views`). Two weights: mvdeploy's seeded input-sensitive XXS A at 256x256
-(the bundled pool dealt into calibration and report sets, mvdeploy.image_sets; the committed
-results were measured with three bundled photos calibrating and three held out) and the
+(the bundled pool dealt into calibration and report sets, mvdeploy.pipeline.image_sets; the
+committed results were measured with three bundled photos calibrating and three held out) and the
 trained digits fixture at 64x64 (calibrated on 20 training digits, held out on 2 digits per
 class). The defaults (`quantize.calibration_method = "auto"`; `calibration_views = 0`, no
 augmented views) follow this table.
@@ -22,10 +22,10 @@ import tempfile
 from pathlib import Path
 
 from mvdeploy.backends import spec
-from mvdeploy.config import load_config
-from mvdeploy.exporter import run_export
 from mvdeploy.files import write_atomic
 from mvdeploy.fixtures import checkpoint_dir, write_digits
+from mvdeploy.pipeline.config import load_config
+from mvdeploy.pipeline.exporter import run_export
 
 
 def rows_for(weights: str, base: dict, tmp: Path) -> list[dict]:

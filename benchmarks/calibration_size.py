@@ -15,11 +15,11 @@ import json
 import tempfile
 from pathlib import Path
 
-from mvdeploy.config import load_config
 from mvdeploy.data import sample_image_paths
-from mvdeploy.exporter import run_export
 from mvdeploy.files import write_atomic
 from mvdeploy.fixtures import checkpoint_dir, write_digits
+from mvdeploy.pipeline.config import load_config
+from mvdeploy.pipeline.exporter import run_export
 
 PER_CLASS = (1, 3, 13, 51)
 

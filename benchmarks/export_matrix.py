@@ -26,11 +26,11 @@ import tempfile
 from pathlib import Path
 
 from mvdeploy.backends import spec
-from mvdeploy.config import load_config, parse_override
 from mvdeploy.data import sample_image_paths
-from mvdeploy.exporter import run_export
-from mvdeploy.manifest import library_versions, read_manifest
 from mvdeploy.models import list_models
+from mvdeploy.pipeline.config import load_config, parse_override
+from mvdeploy.pipeline.exporter import run_export
+from mvdeploy.pipeline.manifest import library_versions, read_manifest
 
 
 def skimage_calibration_folder() -> str:

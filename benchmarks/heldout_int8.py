@@ -1,7 +1,7 @@
 """Does an int8-static export's reported fidelity hold on photos it never saw?
 
 Each row is a real `mvdeploy export --precision int8-static` (its own calibration, selection and
-report sets, mvdeploy.image_sets), then the same artifact measured against the export's own
+report sets, mvdeploy.pipeline.image_sets), then the same artifact measured against the export's own
 .pt2 on 11 photos that are not in the package and that no set of the export drew from:
 scikit-image's photos other than the twelve mvdeploy bundles (brick, cell, gravel,
 microaneurysms, moon, the motorcycle pair, page; its synthetic images left out), scikit-learn's
@@ -19,11 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from mvdeploy.config import load_config
 from mvdeploy.data import quantization_pool_paths
-from mvdeploy.exporter import run_export
 from mvdeploy.files import write_atomic
-from mvdeploy.predict import fidelity
+from mvdeploy.pipeline.config import load_config
+from mvdeploy.pipeline.exporter import run_export
+from mvdeploy.readback.predict import fidelity
 
 SYNTHETIC = {"chessboard_GRAY", "chessboard_RGB", "color", "logo", "phantom", "horse"}
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mvdeploy.config import load_config
 from mvdeploy.data import load_images, sample_image_paths
-from mvdeploy.exporter import run_export
 from mvdeploy.files import write_atomic
+from mvdeploy.pipeline.config import load_config
+from mvdeploy.pipeline.exporter import run_export
 
 VARIANTS = {  # name -> config overrides
     "fp32": {"quantize.precision": "fp32"},

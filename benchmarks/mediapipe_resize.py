@@ -29,7 +29,7 @@ from mvdeploy.data import load_images, sample_image_paths  # noqa: E402
 from mvdeploy.fixtures import checkpoint_dir, write_digits  # noqa: E402
 from mvdeploy.models import PATCH_PRESETS  # noqa: E402
 from mvdeploy.models.weights import load_pretrained  # noqa: E402
-from mvdeploy.snippets import load_manifest, snippet  # noqa: E402
+from mvdeploy.readback.snippets import load_manifest, snippet  # noqa: E402
 
 
 def _scores(result, classes: int) -> np.ndarray:

@@ -28,10 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mvdeploy.backends import Job, get_backend, spec
+from mvdeploy.backends import ArtifactMetadata, Job, QuantizeOptions, get_backend, spec
+from mvdeploy.backends.capture import capture
 from mvdeploy.bench.peer import transformers_model
-from mvdeploy.capture import capture
-from mvdeploy.config import MetadataSection, QuantizeSection
 from mvdeploy.data import Preprocessing
 from mvdeploy.files import write_atomic
 from mvdeploy.models import PLAIN_FORM, GraphForm, create_model
@@ -55,8 +54,8 @@ def export(fmt: str, name: str, patch: str, weights: Path, form: GraphForm | Non
                                 ("standard" if form == PLAIN_FORM else "fused"))
     get_backend(fmt).convert(Job(
         captured=capture(model, example), path=path, options=options, recipe="fp32",
-        quantize=QuantizeSection(), calibration=None, preprocessing=Preprocessing(),
-        metadata=MetadataSection(), model=name, patch=patch, resolution=(RESOLUTION,) * 2))
+        quantize=QuantizeOptions(), calibration=None, preprocessing=Preprocessing(),
+        metadata=ArtifactMetadata(), model=name, patch=patch, resolution=(RESOLUTION,) * 2))
     return path
 
 

@@ -1,10 +1,13 @@
 """mvdeploy: a deployment toolkit for MobileViT (Core ML, ONNX, TFLite/LiteRT, ExecuTorch).
 
 Importing the package stays light: backends and their heavy dependencies load on demand.
-`mvdeploy.export(...)` and `mvdeploy.benchmark(...)` are the one-call API (mvdeploy.api).
+`mvdeploy.export(...)` and `mvdeploy.benchmark(...)` are the one-call API (mvdeploy.api); they
+import it when called, the one documented upward import of the layout (docs/architecture.md).
 """
 
-__version__ = "0.1.0"
+from mvdeploy.version import __version__
+
+__all__ = ["__version__", "benchmark", "export"]
 
 
 def export(*args, **kwargs):

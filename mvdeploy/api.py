@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mvdeploy.exporter import ExportResult, Step
+    from mvdeploy.pipeline.exporter import ExportResult, Step
 
 
 def export(model: str | None = None, *, weights: str | None = None,
@@ -31,8 +31,8 @@ def export(model: str | None = None, *, weights: str | None = None,
     other config key as "table.key" (e.g. {"onnx.opset": 20, "validate.max_images": 4}).
     Bad settings raise mvdeploy.errors.ConfigError before any work starts.
     """
-    from mvdeploy.config import load_config
-    from mvdeploy.exporter import no_progress, run_export
+    from mvdeploy.pipeline.config import load_config
+    from mvdeploy.pipeline.exporter import no_progress, run_export
 
     given = {"model.name": model, "model.weights": weights, "model.patch": patch,
              "model.resolution": None if resolution is None else str(resolution),

@@ -17,9 +17,9 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from mvdeploy import __version__
 from mvdeploy.errors import MvdeployError, NoSpaceError, RuntimeFailure
 from mvdeploy.files import is_no_space
+from mvdeploy.version import __version__
 
 PIPE_WIDTH = 200  # CI logs and pipes: wide enough that no number or key is cut with "…"
 
@@ -131,7 +131,7 @@ def models(patch: tuple[str, ...], resolution: str, weights: str | None, as_json
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def doctor(as_json: bool) -> None:
     """Show which converters and runtimes import, and what to install for the rest."""
-    from mvdeploy.doctor import as_dict, diagnose
+    from mvdeploy.readback.doctor import as_dict, diagnose
 
     components, backends = diagnose()
     if as_json:
@@ -193,7 +193,7 @@ def _format_flags(command):
 def _export_help() -> dict[str, str]:
     """Help text that lists what the registry knows, so it never goes stale."""
     from mvdeploy.backends import specs
-    from mvdeploy.config import default_formats
+    from mvdeploy.pipeline.config import default_formats
 
     chosen = [s for s in specs() if s.selectable]
     recipes: dict[str, list[str]] = {}
@@ -279,8 +279,8 @@ def export(config: str | None, sets: tuple[str, ...], force: bool, threads: int 
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from mvdeploy import api
-    from mvdeploy.config import load_config, parse_override
     from mvdeploy.native_output import terminal_stream
+    from mvdeploy.pipeline.config import load_config, parse_override
 
     overrides = _export_overrides(**flags)
     overrides.update(parse_override(s) for s in sets)
@@ -381,7 +381,7 @@ def _interrupt_flag():
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
 def inspect_command(artifact: str, as_json: bool) -> None:
     """Show an artifact's inputs, outputs, precision, size, ops, metadata and manifest."""
-    from mvdeploy.inspect import inspect_artifact
+    from mvdeploy.readback.inspect import inspect_artifact
 
     info = inspect_artifact(artifact)
     if info.get("manifest_note"):
@@ -432,7 +432,7 @@ def inspect_command(artifact: str, as_json: bool) -> None:
 def predict_command(artifact: str, images: tuple[str, ...], top: int, as_json: bool) -> None:
     """Top-k classes for photos, with the artifact's own preprocessing (Core ML off macOS:
     through mvdeploy's reference executor)."""
-    from mvdeploy.predict import predict
+    from mvdeploy.readback.predict import predict
 
     results = predict(artifact, list(images), top=top)
     if as_json:
@@ -476,8 +476,8 @@ def eval_command(artifacts: tuple[str, ...], data: str, limit: int | None, weigh
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from mvdeploy.evaluate import evaluate_artifacts
     from mvdeploy.native_output import terminal_stream
+    from mvdeploy.readback.evaluate import evaluate_artifacts
 
     progress_console = _console(file=terminal_stream(2), stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(),
@@ -532,7 +532,7 @@ def eval_command(artifacts: tuple[str, ...], data: str, limit: int | None, weigh
 def snippet_command(artifact: str, client: str | None) -> None:
     """App code for an exported artifact (Swift for Core ML, Kotlin for Android runtimes),
     with the artifact's real tensor names, generated from its manifest."""
-    from mvdeploy.snippets import load_manifest, snippet
+    from mvdeploy.readback.snippets import load_manifest, snippet
 
     _, code = snippet(load_manifest(artifact), client)
     print(code, end="")

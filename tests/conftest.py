@@ -83,8 +83,8 @@ def hf_xxs_export(hf_checkpoint, tmp_path_factory):
     ONNX, TFLite and (with its extra) ExecuTorch: one export that several test modules read."""
     import importlib.util
 
-    from mvdeploy.config import load_config
-    from mvdeploy.exporter import run_export
+    from mvdeploy.pipeline.config import load_config
+    from mvdeploy.pipeline.exporter import run_export
 
     _, directory = hf_checkpoint("mobilevit_xxs")
     formats = ["onnx", "tflite"]

@@ -40,7 +40,7 @@ def check_installed() -> None:
 
 
 def convert(job: Job) -> dict:
-    from mvdeploy.capture import program_bytes
+    from mvdeploy.backends.capture import program_bytes
 
     job.path.write_bytes(program_bytes(job.captured))
     _fail_as_asked(job.options.note)

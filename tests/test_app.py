@@ -19,12 +19,12 @@ import pytest
 import torch
 
 from mvdeploy.cli import run
-from mvdeploy.config import load_config
 from mvdeploy.data import Preprocessing, normalise, sample_image_paths
 from mvdeploy.errors import ConfigError
-from mvdeploy.inspect import inspect_artifact
 from mvdeploy.models import create_model
-from mvdeploy.snippets import load_manifest, snippet
+from mvdeploy.pipeline.config import load_config
+from mvdeploy.readback.inspect import inspect_artifact
+from mvdeploy.readback.snippets import load_manifest, snippet
 from tests.helpers import extended
 
 ROOT = Path(__file__).parents[1]
@@ -349,7 +349,7 @@ def test_apps_page_executorch_snippet_is_what_mvdeploy_writes():
     from importlib.metadata import PackageNotFoundError, version
 
     from mvdeploy.backends import get_backend
-    from mvdeploy.exporter import _preprocessing
+    from mvdeploy.pipeline.exporter import _preprocessing
 
     try:
         executorch = version("executorch")

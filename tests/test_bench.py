@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mvdeploy.backends.timing import run_child
 from mvdeploy.bench import android
 from mvdeploy.bench.matrix import QUICK, BenchConfig, Timing, build_matrix, load_suite
 from mvdeploy.bench.report import (
@@ -30,7 +31,7 @@ from mvdeploy.bench.report import (
     markdown,
     write_all,
 )
-from mvdeploy.bench.runner import BenchRun, _run_child, run_matrix
+from mvdeploy.bench.runner import BenchRun, run_matrix
 from mvdeploy.bench.stats import drift, summarise
 from mvdeploy.cli import run
 from mvdeploy.errors import ConfigError
@@ -281,9 +282,9 @@ def test_compare_keeps_every_configuration_distinguishable_at_80_columns(tmp_pat
 
 
 def test_child_crash_and_timeout_are_results():
-    code, _ = _run_child(["-c", "import os, sys; sys.stderr.write('dying'); os._exit(3)"], 1, 30)
+    code, _ = run_child(["-c", "import os, sys; sys.stderr.write('dying'); os._exit(3)"], 1, 30)
     assert code == 3
-    code, err = _run_child(["-c", "import time; time.sleep(30)"], 1, 1)
+    code, err = run_child(["-c", "import time; time.sleep(30)"], 1, 1)
     assert code == -1 and "timed out" in err
 
 

@@ -23,7 +23,7 @@ from mvdeploy.data import load_images, sample_image_paths
 from mvdeploy.fixtures import checkpoint_dir
 from mvdeploy.models import PATCH_PRESETS
 from mvdeploy.models.weights import load_pretrained
-from mvdeploy.snippets import load_manifest, snippet
+from mvdeploy.readback.snippets import load_manifest, snippet
 from tests.helpers import eval_top1, export_with_fixture
 
 pytestmark = [pytest.mark.clients, pytest.mark.slow]

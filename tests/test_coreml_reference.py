@@ -215,10 +215,10 @@ def test_an_op_it_does_not_know_is_refused_by_name(tmp_path):
 def xxs_fp32(tmp_path_factory):
     """XXS, patch A, 64x64, seeded input-sensitive weights, Core ML fp32, and PyTorch's logits
     on the bundled photos."""
-    from mvdeploy.config import load_config
     from mvdeploy.data import load_images, sample_image_paths
-    from mvdeploy.exporter import run_export
     from mvdeploy.models import create_model
+    from mvdeploy.pipeline.config import load_config
+    from mvdeploy.pipeline.exporter import run_export
 
     out = tmp_path_factory.mktemp("coreml_fp32")
     cfg = load_config(overrides={"model.resolution": "64", "export.formats": "coreml",
@@ -232,7 +232,7 @@ def xxs_fp32(tmp_path_factory):
 
 
 def _validate(artifact: Path, x: np.ndarray, logits: np.ndarray):
-    from mvdeploy.validate import Tolerance, validate
+    from mvdeploy.pipeline.validate import Tolerance, validate
 
     return validate("coreml", artifact, inputs={"photos": x}, references={"photos": logits},
                     precision="fp32", input_shape=[1, 3, 64, 64], output_shape=[1, 1000],

@@ -13,10 +13,10 @@ import torch
 
 from mvdeploy.cli import run
 from mvdeploy.data import load_images, sample_image_paths
-from mvdeploy.evaluate import class_index, imagenet_synsets, labelled_images
 from mvdeploy.fixtures import checkpoint_dir, digits_split, write_digits
 from mvdeploy.models import create_model
 from mvdeploy.models.weights import save_checkpoint
+from mvdeploy.tasks.classification import class_index, imagenet_synsets, labelled_images
 
 TRAINING = json.loads((checkpoint_dir() / "training.json").read_text())
 

@@ -20,13 +20,13 @@ import pytest
 import torch
 
 from mvdeploy.cli import run
-from mvdeploy.config import load_config
 from mvdeploy.data import load_images, sample_image_paths
 from mvdeploy.errors import ConfigError
-from mvdeploy.exporter import artifact_stem, run_export
-from mvdeploy.inspect import inspect_artifact
 from mvdeploy.models import create_model
 from mvdeploy.models.weights import save_checkpoint
+from mvdeploy.pipeline.config import load_config
+from mvdeploy.pipeline.exporter import artifact_stem, run_export
+from mvdeploy.readback.inspect import inspect_artifact
 from tests.helpers import extended
 
 FORMATS = ("onnx", "tflite", "coreml")

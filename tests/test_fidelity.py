@@ -18,13 +18,8 @@ from mvdeploy.data import load_images, preprocess, read_image, sample_image_path
 from mvdeploy.fixtures import checkpoint_dir
 from mvdeploy.models import create_model, list_models
 from mvdeploy.models.weights import save_checkpoint
-from mvdeploy.validate import (
-    MIN_REFERENCE_SPREAD,
-    Tolerance,
-    compare,
-    reference_spread,
-    validate,
-)
+from mvdeploy.pipeline.validate import MIN_REFERENCE_SPREAD, Tolerance, reference_spread, validate
+from mvdeploy.tasks.classification import compare
 from tests.helpers import extended
 
 
@@ -179,7 +174,7 @@ def test_right_export_passes_and_a_wrong_weight_fails(name, tmp_path):
     assert manifest["validated"] and not manifest["degenerate"]
     artifact = tmp_path / "out" / "onnx" / manifest["artifact"]["file"]
     model = create_model(model_name, weights=weights)
-    from mvdeploy.predict import artifact_preprocessing
+    from mvdeploy.readback.predict import artifact_preprocessing
 
     prep = artifact_preprocessing(manifest)
     assert _revalidate(artifact, model, prep, resolution, resolution).passed

@@ -16,15 +16,13 @@ import pytest
 
 from mvdeploy.cli import run
 from mvdeploy.data import sample_image_paths
-from mvdeploy.quantize import (
-    FidelityTarget,
-    augmented_views,
-    layer_group,
-    search_float_groups,
-)
-from mvdeploy.validate import Tolerance, compare
+from mvdeploy.models.groups import layer_group
+from mvdeploy.pipeline.quantize import FidelityTarget, augmented_views, search_float_groups
+from mvdeploy.pipeline.validate import Tolerance
+from mvdeploy.tasks.classification import compare
 
-ONNX_NAMESPACE = (": mvdeploy.capture.NamedOutputs/model: mvdeploy.models.mobilevit.MobileViT/"
+ONNX_NAMESPACE = (": mvdeploy.backends.capture.NamedOutputs/model: "
+                  "mvdeploy.models.mobilevit.MobileViT/"
                   "model.stages: torch.nn.modules.container.Sequential/model.stages.3: "
                   "torch.nn.modules.container.Sequential/model.stages.3.1: "
                   "mvdeploy.models.mobilevit.MobileViTBlock/model.stages.3.1.transformer.2: "

@@ -23,10 +23,10 @@ import pytest
 import torch
 
 from mvdeploy.cli import run
-from mvdeploy.config import load_config
 from mvdeploy.data import sample_image_paths
 from mvdeploy.errors import ConfigError
 from mvdeploy.fixtures import checkpoint_dir
+from mvdeploy.pipeline.config import load_config
 from tests.helpers import eval_top1, export_with_fixture
 
 REPO = Path(__file__).resolve().parents[1]

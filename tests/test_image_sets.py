@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from mvdeploy.config import load_config
 from mvdeploy.data import quantization_pool_paths, sample_image_paths
 from mvdeploy.errors import ConfigError
-from mvdeploy.exporter import _split_images
-from mvdeploy.image_sets import BUNDLED
+from mvdeploy.pipeline.config import load_config
+from mvdeploy.pipeline.exporter import _split_images
+from mvdeploy.pipeline.image_sets import BUNDLED
 
 
 def _contents(image_set) -> set[bytes]:

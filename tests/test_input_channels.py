@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from mvdeploy.cli import run
-from mvdeploy.config import load_config
 from mvdeploy.data import load_images, sample_image_paths
 from mvdeploy.fixtures import checkpoint_dir
 from mvdeploy.models import MobileViT, create_model
 from mvdeploy.models.weights import load_pretrained
+from mvdeploy.pipeline.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ import re
 import pytest
 
 from mvdeploy.cli import run
-from mvdeploy.config import load_config
 from mvdeploy.errors import ConfigError
+from mvdeploy.pipeline.config import load_config
 
 
 @pytest.mark.parametrize("key", ["validate.fp32_max_rel", "validate.quantized_min_snr_db",

@@ -13,9 +13,9 @@ import torch
 
 from mvdeploy.cli import run
 from mvdeploy.data import load_images, sample_image_paths
-from mvdeploy.exporter import preprocessing_warning
 from mvdeploy.fixtures import checkpoint_dir
 from mvdeploy.models.weights import TIMM_MOBILEVIT_PREPROCESSING, load_pretrained
+from mvdeploy.pipeline.exporter import preprocessing_warning
 from tests.test_hub import timm_state
 
 

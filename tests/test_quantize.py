@@ -13,14 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mvdeploy.backends import spec
+from mvdeploy.backends import needs_calibration, spec
 from mvdeploy.cli import run
-from mvdeploy.config import load_config
 from mvdeploy.data import quantization_pool_paths, sample_image_paths
 from mvdeploy.errors import ConfigError
-from mvdeploy.exporter import run_export
-from mvdeploy.quantize import needs_calibration
-from mvdeploy.validate import compare
+from mvdeploy.pipeline.config import load_config
+from mvdeploy.pipeline.exporter import run_export
+from mvdeploy.tasks.classification import compare
 from tests.helpers import extended
 
 BUNDLED = {p.stem for p in sample_image_paths()}

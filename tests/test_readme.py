@@ -101,8 +101,8 @@ def _export_effects(args: list[str]) -> Effects:
     """What `mvdeploy export args` writes, from the CLI's own parsing and config resolution."""
     from mvdeploy.backends import spec
     from mvdeploy.cli import _export_overrides, app
-    from mvdeploy.config import load_config, parse_override
-    from mvdeploy.exporter import artifact_stem
+    from mvdeploy.pipeline.config import load_config, parse_override
+    from mvdeploy.pipeline.exporter import artifact_stem
 
     params = app.commands["export"].make_context("export", list(args)).params
     config, sets, force = params.pop("config"), params.pop("sets"), params.pop("force")

@@ -92,7 +92,7 @@ def test_runtime_side_imports_no_torch(tmp_path):
     """Loading the registry, every spec and the bench worker never imports torch."""
     code = ("import sys; sys.modules['torch'] = None\n"
             "from mvdeploy.backends import specs, runtimes\n"
-            "import mvdeploy.bench.worker, mvdeploy.snippets, mvdeploy.inspect\n"
+            "import mvdeploy.bench.worker, mvdeploy.readback.snippets, mvdeploy.readback.inspect\n"
             "print(len(specs()), sorted(runtimes()))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -105,8 +105,8 @@ def with_fake_format(monkeypatch):
 
 def test_a_new_format_is_one_registry_line(with_fake_format, tmp_path, capfd):
     from mvdeploy.bench.matrix import runtime_formats, target_runtimes
-    from mvdeploy.config import load_config
-    from mvdeploy.doctor import diagnose
+    from mvdeploy.pipeline.config import load_config
+    from mvdeploy.readback.doctor import diagnose
 
     cfg = load_config(overrides={"export.formats": ["fake"], "fake.note": "hello"})
     assert cfg.fake.note == "hello" and cfg.precision("fake") == "fp32"
@@ -120,7 +120,7 @@ def test_a_new_format_is_one_registry_line(with_fake_format, tmp_path, capfd):
     cfg = load_config(overrides={"export.formats": ["fake"], "model.resolution": "64",
                                  "export.out": str(out), "export.save_program": False,
                                  "fake.note": "hello"})
-    from mvdeploy.exporter import run_export
+    from mvdeploy.pipeline.exporter import run_export
 
     (result,) = run_export(cfg).formats
     assert result.ok and result.artifact.suffix == ".fake"
@@ -132,7 +132,7 @@ def test_a_new_format_is_one_registry_line(with_fake_format, tmp_path, capfd):
 
 
 def test_format_choices_and_flags_come_from_the_registry(with_fake_format, capfd):
-    from mvdeploy.config import load_config
+    from mvdeploy.pipeline.config import load_config
 
     with pytest.raises(ConfigError, match="choose from onnx, tflite, coreml, executorch, fake"):
         load_config(overrides={"export.formats": ["nope"]})

@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 
 from mvdeploy.cli import run
-from mvdeploy.config import load_config
 from mvdeploy.data import read_image, sample_image_paths
 from mvdeploy.errors import CheckpointError, ConfigError
 from mvdeploy.fixtures import checkpoint_dir
 from mvdeploy.models.weights import load_pretrained
+from mvdeploy.pipeline.config import load_config
 
 ORIENTATION = 0x0112  # the EXIF tag
 ROTATE_90_CLOCKWISE_TO_DISPLAY = 6  # how phones store a portrait shot taken in landscape

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from mvdeploy.backends.capture import capture, program_bytes
 from mvdeploy.backends.torch import load_program
-from mvdeploy.capture import capture, program_bytes
 from mvdeploy.cli import run
 from mvdeploy.errors import ArtifactError
 from mvdeploy.models import create_model

@@ -36,14 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mvdeploy.data import Preprocessing
 from mvdeploy.errors import ArtifactError, ConfigError, MissingDependencyError, MvdeployError
 from mvdeploy.tensor_names import OUTPUT_NAME
 
 if TYPE_CHECKING:
-    from mvdeploy.capture import Captured
-    from mvdeploy.config import MetadataSection, QuantizeSection
-    from mvdeploy.data import Preprocessing
-    from mvdeploy.quantize import Calibration
+    from mvdeploy.backends.capture import Captured
 
 FORMATS: dict[str, str] = {
     "torch": "mvdeploy.backends.torch",
@@ -73,7 +71,7 @@ class Recipe:
     tolerance: str = "quantized"  # "fp32" (relative max abs), "fp16" or "quantized" (SNR)
     calibrated: bool = False  # needs calibration images
     # the format's int8_trials() lets the export search which layer groups stay float until
-    # quantize.min_snr_db is met (mvdeploy.quantize.search_float_groups)
+    # quantize.min_snr_db is met (mvdeploy.pipeline.quantize.search_float_groups)
     searched: bool = False
     evidence: str = ""  # what the file must hold, in words ("int8 weights")
     shows: Callable[[dict], bool] | None = None  # describe() output -> evidence present
@@ -177,6 +175,31 @@ class FormatSpec:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    images: np.ndarray  # [N, 3, H, W], preprocessed like inference
+    names: list[str]
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """What a format's quantiser reads of the export's [quantize] table."""
+
+    per_channel: bool = True  # per-channel weight scales
+    calibration_method: str = "auto"  # "auto": the format's first calibration_methods entry
+    keep_float: tuple[str, ...] = ()  # op kinds a quantiser that can leaves float (ONNX)
+
+
+@dataclass(frozen=True)
+class ArtifactMetadata:
+    """What Xcode and model viewers show (the export's [metadata] table)."""
+
+    author: str = ""  # empty: "mvdeploy <version>"
+    license: str = ""
+    version: str = ""
+    description: str = ""  # empty: model, patch sizes and resolution
+
+
+@dataclass(frozen=True)
 class Job:
     """What a format's convert() gets: its own options and recipe, never the whole config."""
 
@@ -184,10 +207,10 @@ class Job:
     path: Path
     options: Any  # the format's options dataclass
     recipe: str
-    quantize: QuantizeSection  # per-channel, calibration method, what stays float
+    quantize: QuantizeOptions  # per-channel, calibration method, what stays float
     calibration: Calibration | None
     preprocessing: Preprocessing
-    metadata: MetadataSection
+    metadata: ArtifactMetadata
     model: str
     patch: str
     resolution: tuple[int, int]
@@ -210,9 +233,6 @@ class Session:
         return self.scores(self.infer(self.prepare(x)))
 
 
-Runner = Callable[[np.ndarray], np.ndarray]
-
-
 def get_backend(name: str) -> ModuleType:
     if name not in FORMATS:
         raise ConfigError(f"unknown format {name!r}: choose one of {', '.join(FORMATS)}")
@@ -225,6 +245,29 @@ def spec(name: str) -> FormatSpec:
 
 def specs() -> list[FormatSpec]:
     return [spec(name) for name in FORMATS]
+
+
+def check_recipe(fmt: str, recipe: str) -> None:
+    recipes = spec(fmt).recipes
+    if recipe not in recipes:
+        raise ConfigError(
+            f"{fmt} cannot do precision {recipe!r}: choose one of {', '.join(recipes)}"
+        )
+
+
+def needs_calibration(fmt: str, recipe: str) -> bool:
+    return spec(fmt).recipes[recipe].calibrated
+
+
+def calibration_method(fmt: str, method: str) -> str:
+    """quantize.calibration_method for `fmt`: "auto" is the format's measured default (the first
+    of FormatSpec.calibration_methods)."""
+    return spec(fmt).calibration_methods[0] if method == "auto" else method
+
+
+def tolerance_kind(fmt: str, recipe: str) -> str:
+    """'fp32' (relative max abs), 'fp16' or 'quantized' (SNR)."""
+    return spec(fmt).recipes[recipe].tolerance
 
 
 def export_formats() -> tuple[str, ...]:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mvdeploy import __version__
 from mvdeploy.backends import (
     CheckContext,
     Flag,
@@ -28,9 +27,10 @@ from mvdeploy.backends import (
     require,
     tensor_info,
 )
+from mvdeploy.backends.snippet_text import crop_text
 from mvdeploy.errors import ArtifactError, ConfigError
-from mvdeploy.snippets import crop_text
 from mvdeploy.tensor_names import INPUT_NAME, OUTPUT_NAME
+from mvdeploy.version import __version__
 
 TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
 W8A8_TARGETS = ("iOS17", "iOS18", "macOS14", "macOS15")  # activation quantize ops
@@ -159,8 +159,9 @@ def _image_input(ct, prep, shape: tuple):
 def convert(job: Job) -> dict:
     import torch
 
-    from mvdeploy.capture import WithSoftmax
-    from mvdeploy.quantize import calibration_method, pt2e_quantize
+    from mvdeploy.backends import calibration_method
+    from mvdeploy.backends.pt2e import pt2e_quantize
+    from mvdeploy.models.heads import WithSoftmax
 
     ct = _ct()
     recipe, options, captured = job.recipe, job.options, job.captured

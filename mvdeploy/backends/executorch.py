@@ -29,7 +29,7 @@ from mvdeploy.backends import (
     require,
     tensor_info,
 )
-from mvdeploy.snippets import crop_text, kotlin_channel_expr
+from mvdeploy.backends.snippet_text import crop_text, kotlin_channel_expr
 from mvdeploy.tensor_names import INPUT_NAME, OUTPUT_NAME
 
 METHOD = "forward"

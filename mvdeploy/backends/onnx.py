@@ -247,7 +247,7 @@ def _quantize_static(prepared: Path, dst: Path, job: Job, *, float_groups=frozen
             chunk = next(self.batches, None)
             return None if chunk is None else {INPUT_NAME: chunk}
 
-    from mvdeploy.quantize import calibration_method
+    from mvdeploy.backends import calibration_method
 
     method = calibration_method(SPEC.name, quantize.calibration_method)
     op_types = list(QUANTIZED_OP_TYPES) if "activations" in quantize.keep_float else None
@@ -269,7 +269,7 @@ def _quantize_static(prepared: Path, dst: Path, job: Job, *, float_groups=frozen
 def node_groups(model) -> dict[str, str]:
     """ONNX node name -> its layer group, from the module path the exporter records in each
     node's "namespace" metadata ("model.stem: ...ConvBNAct/model.stem.bn: ...BatchNorm2d/op")."""
-    from mvdeploy.quantize import layer_group
+    from mvdeploy.models.groups import layer_group
 
     out = {}
     for node in model.graph.node:
@@ -302,7 +302,7 @@ class _Trials:
 
     def logits(self, float_groups: frozenset[str] = frozenset(),
                only: str | None = None) -> np.ndarray:
-        from mvdeploy.validate import run_batched
+        from mvdeploy.runner import run_batched
 
         path = self.workdir / "try.onnx"
         _quantize_static(self.prepared, path, self.job, float_groups=float_groups, only=only,
@@ -312,7 +312,7 @@ class _Trials:
 
 
 def int8_trials(job: Job, images: np.ndarray, workdir: Path) -> _Trials:
-    """What the search for what stays float calls (see mvdeploy.quantize.Trials)."""
+    """What the search for what stays float calls (see mvdeploy.pipeline.quantize.Trials)."""
     return _Trials(job, images, workdir)
 
 

@@ -26,6 +26,7 @@ from mvdeploy.backends import (
     require,
     tensor_info,
 )
+from mvdeploy.backends.snippet_text import crop_text, kotlin_channel_expr
 from mvdeploy.backends.tflite_metadata import (
     LABEL_FILE,
     STANDARD_NAME,
@@ -35,7 +36,6 @@ from mvdeploy.backends.tflite_metadata import (
     standard_metadata,
 )
 from mvdeploy.errors import ArtifactError, MissingDependencyError
-from mvdeploy.snippets import crop_text, kotlin_channel_expr
 from mvdeploy.tensor_names import INPUT_NAME, PROBS_NAME
 
 SIGNATURE = "serving_default"
@@ -116,8 +116,8 @@ def convert(job: Job) -> dict:
     from litert_torch.generative.quantize import quant_recipes
     from litert_torch.quantize.quant_config import QuantConfig
 
-    from mvdeploy.capture import WithSoftmax
-    from mvdeploy.quantize import pt2e_quantize
+    from mvdeploy.backends.pt2e import pt2e_quantize
+    from mvdeploy.models.heads import WithSoftmax
 
     recipe, options = job.recipe, job.options
     module, example = job.captured.module, job.captured.example
@@ -145,7 +145,7 @@ def convert(job: Job) -> dict:
 
 def observer(quantize) -> str:
     """The PT2E activation observer quantize.calibration_method asks for."""
-    from mvdeploy.quantize import calibration_method
+    from mvdeploy.backends import calibration_method
 
     return calibration_method(SPEC.name, quantize.calibration_method)
 
@@ -161,7 +161,8 @@ class _Trials:
     margin_db = 1.5
 
     def __init__(self, job: Job, images: np.ndarray) -> None:
-        from mvdeploy.quantize import CalibratedPT2E, node_group
+        from mvdeploy.backends.pt2e import CalibratedPT2E
+        from mvdeploy.models.groups import node_group
 
         self.job, self.images = job, images
         self.groups = list(dict.fromkeys(
@@ -174,7 +175,7 @@ class _Trials:
                only: str | None = None) -> np.ndarray:
         import torch
 
-        from mvdeploy.validate import run_batched
+        from mvdeploy.runner import run_batched
 
         module = self.calibrated.quantized(float_groups, only)
 
@@ -186,7 +187,7 @@ class _Trials:
 
 
 def int8_trials(job: Job, images: np.ndarray, workdir: Path) -> _Trials:
-    """What the search for what stays float calls (see mvdeploy.quantize.Trials)."""
+    """What the search for what stays float calls (see mvdeploy.pipeline.quantize.Trials)."""
     return _Trials(job, images)
 
 

@@ -38,7 +38,7 @@ def check_installed() -> None:
 def convert(job: Job) -> dict:
     import torch
 
-    from mvdeploy.capture import program_bytes
+    from mvdeploy.backends.capture import program_bytes
 
     job.path.write_bytes(program_bytes(job.captured))
     return {"torch": torch.__version__}

@@ -17,16 +17,16 @@ import torch
 
 from mvdeploy.backends import spec
 from mvdeploy.bench.matrix import BenchConfig
-from mvdeploy.config import load_config
 from mvdeploy.errors import NoSpaceError
-from mvdeploy.exporter import clean_stale, run_export
 from mvdeploy.files import failed_for_space
 from mvdeploy.isolate import run_isolated
-from mvdeploy.manifest import Manifest, digest, read_manifest
 from mvdeploy.models import create_model
 from mvdeploy.models.macs import count_macs
 from mvdeploy.models.weights import resolve_weights, save_checkpoint
 from mvdeploy.native_output import redirect_native_output
+from mvdeploy.pipeline.config import load_config
+from mvdeploy.pipeline.exporter import clean_stale, run_export
+from mvdeploy.pipeline.manifest import Manifest, digest, read_manifest
 
 
 @dataclass

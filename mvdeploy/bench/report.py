@@ -16,11 +16,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from mvdeploy import __version__
 from mvdeploy.bench.row import BenchRow
 from mvdeploy.errors import ConfigError
 from mvdeploy.files import write_atomic
-from mvdeploy.manifest import library_versions, write_json
+from mvdeploy.pipeline.manifest import library_versions, write_json
+from mvdeploy.version import __version__
 
 SCHEMA = "mvdeploy.bench"
 SCHEMA_VERSION = 1

@@ -10,7 +10,6 @@ run goes on; Ctrl-C stops the schedule and keeps everything measured so far.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mvdeploy.backends.timing import run_child, subprocess_env
 from mvdeploy.bench import android, targets
 from mvdeploy.bench.artifacts import Prepared, model_gmacs, prepare_all
 from mvdeploy.bench.matrix import BenchConfig, Matrix, Timing
@@ -40,39 +40,10 @@ class BenchRun:
     seconds: float = 0.0
 
 
-def _subprocess_env(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env[var] = str(threads)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return env
-
-
-def _run_child(args: list[str], threads: int, timeout: float) -> tuple[int, str]:
-    """Run a Python child; Ctrl-C kills it and propagates. Returns (exit code, stderr tail)."""
-    with tempfile.TemporaryFile("w+") as err:
-        child = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL,
-                                 stderr=err, env=_subprocess_env(threads),
-                                 start_new_session=True)  # Ctrl-C reaches the runner only
-        try:
-            code = child.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-            return -1, f"timed out after {timeout:.0f} s"
-        except BaseException:
-            child.kill()
-            child.wait()
-            raise
-        err.seek(0)
-        lines = [line for line in err.read().splitlines() if line.strip()]
-        return code, " | ".join(lines[-3:])[-400:]
-
-
 def measure_peak(threads: int, timeout: float = 120) -> dict:
     """`python -m mvdeploy.bench.roofline THREADS`, pinned like a worker; its JSON line."""
     done = subprocess.run([sys.executable, "-m", "mvdeploy.bench.roofline", str(threads)],
-                          env=_subprocess_env(threads), capture_output=True, text=True,
+                          env=subprocess_env(threads), capture_output=True, text=True,
                           timeout=timeout)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
@@ -93,7 +64,7 @@ def _time_once(cfg: BenchConfig, prepared: Prepared, weights: Path | None, input
     spec_path = work / "spec.json"
     spec_path.write_text(json.dumps(spec))
     (work / "result.json").unlink(missing_ok=True)
-    code, err = _run_child(["-m", "mvdeploy.bench.worker", str(spec_path)], cfg.threads,
+    code, err = run_child(["-m", "mvdeploy.bench.worker", str(spec_path)], cfg.threads,
                            timing.timeout_s)
     result_path = work / "result.json"
     if result_path.exists():
@@ -140,37 +111,6 @@ def _inputs(work: Path, resolution: tuple[int, int]) -> Path:
         images, _, _ = load_images(sample_image_paths(), h, w)
         np.save(path, images)
     return path
-
-
-def time_side_by_side(runtime: str, artifacts: dict[str, Path], images: np.ndarray, *,
-                      threads: int, batch: int = 1, rounds: int = 3,
-                      min_seconds: float = 0.5) -> dict[str, list[float]]:
-    """A short interleaved comparison in the bench worker (one process per artifact and
-    round): each artifact's median latency in ms, per round. What `export` uses to put an
-    int8 artifact's speed beside its float32 twin's; the benchmark proper is run_matrix."""
-    medians: dict[str, list[float]] = {label: [] for label in artifacts}
-    with tempfile.TemporaryDirectory(prefix="mvdeploy-speed-") as tmp:
-        work = Path(tmp)
-        np.save(work / "inputs.npy", images)
-        labels = list(artifacts)
-        for r in range(rounds):
-            for label in labels[r % len(labels):] + labels[:r % len(labels)]:
-                spec = {"runtime": runtime, "artifact": str(artifacts[label]),
-                        "inputs": str(work / "inputs.npy"), "threads": threads,
-                        "batch": batch, "warmup": 5, "min_runs": 20,
-                        "min_seconds": min_seconds, "accelerator": "cpu", "target": "cpu",
-                        "result": str(work / "result.json")}
-                (work / "spec.json").write_text(json.dumps(spec))
-                (work / "result.json").unlink(missing_ok=True)
-                _, err = _run_child(["-m", "mvdeploy.bench.worker", str(work / "spec.json")],
-                                    threads, timeout=300)
-                result = (json.loads((work / "result.json").read_text())
-                          if (work / "result.json").exists() else {"status": "failed",
-                                                                   "error": err})
-                if result.get("status") != "ok":
-                    raise RuntimeError(f"timing {label} failed: {result.get('error')}")
-                medians[label].append(float(np.median(result["samples_ms"])))
-    return medians
 
 
 def run_matrix(matrix: Matrix, timing: Timing, *, cache: Path, weights: str | None = None,

@@ -21,11 +21,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mvdeploy.backends import spec
-from mvdeploy.config import ExportConfig
 from mvdeploy.errors import ConfigError, RuntimeFailure
-from mvdeploy.manifest import write_json
 from mvdeploy.models.library_preprocessing import check_against_library
 from mvdeploy.models.weights import hf_model_config, hf_processor_config
+from mvdeploy.pipeline.config import ExportConfig
+from mvdeploy.pipeline.manifest import write_json
 
 FILES = ("config.json", "preprocessor_config.json")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mvdeploy.backends import CheckContext, export_formats, spec, specs
+from mvdeploy.backends import CheckContext, check_recipe, export_formats, spec, specs
 from mvdeploy.data import Preprocessing
 from mvdeploy.errors import ConfigError, MvdeployError
 from mvdeploy.models import (
@@ -27,7 +27,7 @@ from mvdeploy.models import (
     parse_patch_sizes,
 )
 from mvdeploy.models.mobilevit import parse_resolution
-from mvdeploy.quantize import CALIBRATION_METHODS, KEEP_FLOAT_CHOICES, check_recipe
+from mvdeploy.pipeline.quantize import CALIBRATION_METHODS, KEEP_FLOAT_CHOICES
 
 try:
     import tomllib
@@ -92,11 +92,12 @@ class MetadataSection:
 @dataclass(frozen=True)
 class QuantizeSection:
     precision: str = ""  # empty: fp32, and coreml.compute_precision for Core ML
-    # folder; empty: the bundled photos, dealt out with the other sets (mvdeploy.image_sets)
+    # folder; empty: the bundled photos, dealt out with the other sets
+    # (mvdeploy.pipeline.image_sets)
     calibration_images: str = ""
     calibration_samples: int = 128
     # what the float-group search tunes on; empty: a share of the calibration folder's images
-    # (never calibration or report images: mvdeploy.image_sets)
+    # (never calibration or report images: mvdeploy.pipeline.image_sets)
     selection_images: str = ""
     selection_samples: int = 16
     # top a calibration set of fewer than 32 images up to this many with random resized crops

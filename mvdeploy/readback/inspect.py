@@ -10,8 +10,8 @@ from pathlib import Path
 
 from mvdeploy.backends import format_for_suffix, get_backend, spec, specs
 from mvdeploy.errors import ArtifactError, MvdeployError
-from mvdeploy.manifest import Manifest, digest, trusted_manifest
 from mvdeploy.native_output import redirect_native_output
+from mvdeploy.pipeline.manifest import Manifest, digest, trusted_manifest
 
 
 def _precision(fmt: str, desc: dict, manifest: Manifest | None) -> str:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mvdeploy.backends import get_backend, specs
 from mvdeploy.errors import ArtifactError
-from mvdeploy.manifest import Manifest, trusted_manifest
+from mvdeploy.pipeline.manifest import Manifest, trusted_manifest
 
 
 def load_manifest(artifact: str | Path) -> Manifest:
@@ -28,8 +29,6 @@ def load_manifest(artifact: str | Path) -> Manifest:
 
 def snippet(manifest: Manifest, client: str | None = None) -> tuple[str, str]:
     """(language, code) for the manifest's artifact; `client`: one of its snippet_clients."""
-    from mvdeploy.backends import get_backend, specs
-
     fmt = manifest.format
     offered = [s for s in specs() if s.snippet_language]
     spec = next((s for s in offered if s.name == fmt), None)
@@ -43,22 +42,3 @@ def snippet(manifest: Manifest, client: str | None = None) -> tuple[str, str]:
         raise ArtifactError(f"--client {client} is not offered for {spec.title}: choose from "
                             f"{', '.join(spec.snippet_clients) or '(none; leave --client out)'}")
     return spec.snippet_clients[client], get_backend(fmt).snippet(manifest.to_dict(), client)
-
-
-def crop_text(prep: dict) -> str:
-    height, width = prep["crop"]
-    return f"resize the shorter side to {prep['resize_shorter_side']}, centre-crop {height}x{width}"
-
-
-def kotlin_channel_expr(channel: str, prep: dict) -> str:
-    """Kotlin expression for one channel of an ARGB pixel `p`, normalised as in training."""
-    shift = {"R": 16, "G": 8, "B": 0}[channel]
-    index = "RGB".index(channel)  # mean / std are given in RGB order
-    value = f"(p shr {shift} and 0xFF)" if shift else "(p and 0xFF)"
-    expr = f"{value} * {prep['scale']:.8g}f"
-    mean, std = prep["mean"][index], prep["std"][index]
-    if mean:
-        expr = f"({expr} - {mean:.8g}f)"
-    if std != 1:
-        expr = f"{expr} / {std:.8g}f"
-    return expr

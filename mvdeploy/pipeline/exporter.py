@@ -31,10 +31,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mvdeploy import __version__
-from mvdeploy.backends import Job, Outputs, get_backend, spec
-from mvdeploy.capture import Captured, capture, program_bytes
-from mvdeploy.config import ExportConfig
+from mvdeploy.backends import (
+    ArtifactMetadata,
+    Calibration,
+    Job,
+    Outputs,
+    QuantizeOptions,
+    get_backend,
+    needs_calibration,
+    spec,
+    tolerance_kind,
+)
+from mvdeploy.backends.capture import Captured, capture, program_bytes
 from mvdeploy.data import (
     EXIF_ORIENTATION,
     Preprocessing,
@@ -43,35 +51,33 @@ from mvdeploy.data import (
 )
 from mvdeploy.data import normalise as normalise_pixels
 from mvdeploy.errors import ConfigError, MvdeployError, NoSpaceError
-from mvdeploy.evaluate import LabelledReference, labelled_reference
 from mvdeploy.files import failed_for_space, nearly_full, umask, write_atomic
-from mvdeploy.hf_layout import FILES as HF_FILES
-from mvdeploy.hf_layout import file_stem, write_hf_files
-from mvdeploy.image_sets import BUNDLED, ImageSet, ImageSets, split_images
 from mvdeploy.isolate import run_isolated
-from mvdeploy.manifest import build_manifest, read_manifest, write_json
 from mvdeploy.models import PATCH_PRESETS, GraphForm, create_model, parse_patch_sizes
 from mvdeploy.models.library_preprocessing import LibraryCheck, check_against_library
 from mvdeploy.models.macs import count_macs
 from mvdeploy.native_output import redirect_native_output
-from mvdeploy.quantize import (
-    Calibration,
+from mvdeploy.pipeline.config import ExportConfig
+from mvdeploy.pipeline.hf_layout import FILES as HF_FILES
+from mvdeploy.pipeline.hf_layout import file_stem, write_hf_files
+from mvdeploy.pipeline.image_sets import BUNDLED, ImageSet, ImageSets, split_images
+from mvdeploy.pipeline.manifest import build_manifest, read_manifest, write_json
+from mvdeploy.pipeline.quantize import (
     FidelityTarget,
     FloatSearch,
     augmented_views,
-    needs_calibration,
     search_float_groups,
-    tolerance_kind,
 )
-from mvdeploy.tensor_names import INPUT_NAME
-from mvdeploy.validate import (
+from mvdeploy.pipeline.validate import (
     DEGENERATE_WARNING,
     Tolerance,
     ValidationReport,
     reference_spread,
-    softmax,
     validate,
 )
+from mvdeploy.tasks.classification import LabelledReference, labelled_reference, softmax
+from mvdeploy.tensor_names import INPUT_NAME
+from mvdeploy.version import __version__
 
 Step = Callable[[str], AbstractContextManager]
 
@@ -310,7 +316,7 @@ class _Reference:
 def _split_images(cfg: ExportConfig) -> ImageSets:
     """The report photos validation gates on, and, when a recipe needs them, calibration
     photos and the selection photos the float-group search tunes on: disjoint by content
-    (mvdeploy.image_sets)."""
+    (mvdeploy.pipeline.image_sets)."""
     calibrate = any(needs_calibration(f, cfg.precision(f)) for f in cfg.export.formats)
     search = any(spec(f).recipes[cfg.precision(f)].searched for f in cfg.export.formats)
     labelled = ([p for p, _ in find_labelled_images(cfg.validate.labelled_images)]
@@ -590,7 +596,7 @@ def _compare_speed(run: _Run, backend, job: Job, runtime: str, log: Path,
                    threads: int | None) -> dict:
     """The artifact's latency beside its float32 twin's (what this export gives for fp32), on
     the format's runtime here, in the bench worker: a short check, not the benchmark."""
-    from mvdeploy.bench.runner import time_side_by_side
+    from mvdeploy.backends.timing import time_side_by_side
 
     twin = job.path.with_name(f".fp32-twin{job.path.suffix}")
     run_isolated(_convert, backend, replace(job, recipe="fp32", path=twin,
@@ -667,9 +673,12 @@ def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> F
         with _atomic_dir(final, run.force) as tmp:
             artifact = tmp / f"{stem}{format_spec.suffix}"
             job = Job(captured=run.captures[form], path=artifact, options=options, recipe=precision,
-                      quantize=cfg.quantize,
+                      quantize=QuantizeOptions(cfg.quantize.per_channel,
+                                               cfg.quantize.calibration_method,
+                                               cfg.quantize.keep_float),
                       calibration=run.calibration if uses_calibration else None,
-                      preprocessing=cfg.preprocessing, metadata=cfg.metadata,
+                      preprocessing=cfg.preprocessing,
+                      metadata=ArtifactMetadata(**asdict(cfg.metadata)),
                       model=cfg.model.name, patch=cfg.model.patch, resolution=(height, width))
             if format_spec.recipes[precision].searched:
                 with step(f"Choosing what stays float in {fmt} {precision}"), \

@@ -12,9 +12,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from mvdeploy import __version__
 from mvdeploy.errors import ArtifactError
 from mvdeploy.files import write_atomic
+from mvdeploy.version import __version__
 
 SCHEMA_VERSION = 1
 CORE_LIBRARIES = ("torch", "numpy")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mvdeploy.data import find_images, quantization_pool_paths, sample_image_paths
 from mvdeploy.errors import ConfigError
-from mvdeploy.manifest import digest
+from mvdeploy.pipeline.manifest import digest
 
 BUNDLED = "bundled sample photos"
 ROLES = ("report", "selection", "calibration")

@@ -1,4 +1,5 @@
-"""Capture the model once with torch.export; every backend converts this one program."""
+"""Capture the model once with torch.export; every backend converts this one program (the
+backend contract's input, so it lives with the backends: Job.captured)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mvdeploy.tensor_names import INPUT_NAME, OUTPUT_NAME, PROBS_NAME
+from mvdeploy.tensor_names import INPUT_NAME, OUTPUT_NAME
 
 
 @dataclass(frozen=True)
@@ -34,19 +35,6 @@ class NamedOutputs(torch.nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         return {OUTPUT_NAME: self.model(pixel_values)}
-
-
-class WithSoftmax(torch.nn.Module):
-    """A captured module with softmax folded in: forward(pixel_values) -> {"probabilities"}.
-    Apps then read probabilities directly, and Core ML's classifier needs them."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = self.module(**{INPUT_NAME: pixel_values})[OUTPUT_NAME]
-        return {PROBS_NAME: torch.softmax(logits, dim=-1)}
 
 
 def capture(model: torch.nn.Module, example: torch.Tensor, *,

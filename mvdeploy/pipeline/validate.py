@@ -9,28 +9,22 @@ that reproduces that constant "agrees" with it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mvdeploy.backends import BackendUnavailable, Runner, get_backend, spec
-from mvdeploy.evaluate import LabelledReference
+from mvdeploy.backends import BackendUnavailable, get_backend, spec
+from mvdeploy.runner import run_batched
+from mvdeploy.tasks.classification import LabelledReference, Metrics, compare
 from mvdeploy.tensor_names import INPUT_NAME, OUTPUT_NAME
 
-SNR_CAP_DB = 300.0  # identical outputs: report this instead of infinity (JSON has no inf)
 # Reference outputs whose spread across inputs (RMS distance from their mean over RMS size) is
 # below this are "degenerate": randomly initialised MobileViTs measure 1e-7 to 1e-3, mvdeploy's
 # input-sensitive seeded weights about 0.85 and the trained fixture 0.97-0.99 (export matrix).
 MIN_REFERENCE_SPREAD = 0.01
 DEGENERATE_WARNING = ("the reference model gives nearly the same output for every input: "
                       "fidelity metrics are not meaningful")
-# An input whose reference top-1 leads its runner-up by less than this share of the spread (std)
-# of its logits is a near tie: any rounding may swap the two, so the top-1 tolerance counts only
-# decisive inputs. Trained classifiers are rarely this close; mvdeploy's seeded weights, whose
-# 1000 logits are spread like random numbers, often are (6 bundled photos: gaps 0.003-0.8 std).
-DECISIVE_MARGIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -56,54 +50,6 @@ class Tolerance:
 
 
 @dataclass(frozen=True)
-class Metrics:
-    samples: int
-    max_abs: float
-    max_rel: float  # max_abs / max |reference|
-    rel_l2: float
-    snr_db: float
-    cosine: float
-    top1_agreement: float
-    top5_agreement: float  # share of inputs whose reference top-1 is in the artifact's top 5
-    decisive: int = 0  # inputs whose reference top-1 is not a near tie (DECISIVE_MARGIN)
-    top1_agreement_decisive: float = 1.0  # top-1 agreement on those
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of [N, classes] scores, stable for large logits."""
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def compare(reference: np.ndarray, candidate: np.ndarray) -> Metrics:
-    """Metrics of `candidate` against `reference`, both [N, classes]."""
-    ref = reference.astype(np.float64).reshape(len(reference), -1)
-    out = candidate.astype(np.float64).reshape(len(candidate), -1)
-    err = out - ref
-    signal, noise = float((ref**2).sum()), float((err**2).sum())
-    snr = SNR_CAP_DB if noise == 0 else min(SNR_CAP_DB, 10 * math.log10(max(signal, 1e-30) / noise))
-    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
-    same_top1 = ref.argmax(1) == out.argmax(1)
-    top2 = np.sort(ref, axis=1)[:, -2:] if ref.shape[1] > 1 else np.zeros((len(ref), 2))
-    decisive = (top2[:, 1] - top2[:, 0]) >= DECISIVE_MARGIN * ref.std(axis=1)
-    cosine = float(np.mean((ref * out).sum(axis=1) / np.maximum(norms, 1e-30)))
-    max_abs = float(np.abs(err).max())
-    return Metrics(
-        samples=len(ref),
-        max_abs=max_abs,
-        max_rel=max_abs / max(float(np.abs(ref).max()), 1e-30),
-        rel_l2=float(np.sqrt(noise) / max(np.sqrt(signal), 1e-30)),
-        snr_db=round(snr, 2),
-        cosine=cosine,
-        top1_agreement=float(np.mean(same_top1)),
-        top5_agreement=float(np.mean([r in top for r, top in zip(
-            ref.argmax(1), np.argsort(-out, axis=1)[:, :5], strict=True)])),
-        decisive=int(decisive.sum()),
-        top1_agreement_decisive=float(np.mean(same_top1[decisive])) if decisive.any() else 1.0,
-    )
-
-
-@dataclass(frozen=True)
 class ReferenceSpread:
     """How much the reference outputs vary across the validation inputs."""
 
@@ -122,20 +68,6 @@ def reference_spread(references: dict[str, np.ndarray]) -> ReferenceSpread:
     deviation = float(np.sqrt(((ref - ref.mean(0)) ** 2).sum(1).mean()))
     return ReferenceSpread(inputs=len(ref), spread=deviation / max(size, 1e-30),
                            top1_classes=len(set(ref.argmax(1).tolist())))
-
-
-def run_batched(runner: Runner, x: np.ndarray, batch: int | None) -> np.ndarray:
-    """Feed N inputs to an artifact with a fixed batch size, padding the last chunk."""
-    if not batch:
-        return runner(x)
-    outs = []
-    for start in range(0, len(x), batch):
-        chunk = x[start:start + batch]
-        pad = batch - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        outs.append(runner(chunk)[: batch - pad])
-    return np.concatenate(outs)
 
 
 @dataclass

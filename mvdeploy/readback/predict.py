@@ -14,9 +14,10 @@ import numpy as np
 from mvdeploy.backends import get_backend, refused_by_runtime, spec
 from mvdeploy.data import Preprocessing, read_image, unreadable_reason
 from mvdeploy.errors import ArtifactError, ConfigError
-from mvdeploy.inspect import inspect_artifact
 from mvdeploy.native_output import redirect_native_output
-from mvdeploy.validate import run_batched, softmax
+from mvdeploy.readback.inspect import inspect_artifact
+from mvdeploy.runner import run_batched
+from mvdeploy.tasks.classification import softmax
 
 
 def embedded_metadata(info: dict) -> dict:
@@ -113,7 +114,7 @@ def fidelity(artifact: str | Path, program: str | Path, images: list[Path]):
     `images` preprocessed as the artifact declares: how it holds on photos of the user's
     choosing, e.g. ones the export never saw. Returns (metrics, images used)."""
     from mvdeploy.data import load_images
-    from mvdeploy.validate import compare
+    from mvdeploy.tasks.classification import compare
 
     info = inspect_artifact(artifact)
     meta = embedded_metadata(info)

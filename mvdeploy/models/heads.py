@@ -1,0 +1,20 @@
+"""What sits on top of a captured model for apps: the classifier's probabilities."""
+
+from __future__ import annotations
+
+import torch
+
+from mvdeploy.tensor_names import INPUT_NAME, OUTPUT_NAME, PROBS_NAME
+
+
+class WithSoftmax(torch.nn.Module):
+    """A captured module with softmax folded in: forward(pixel_values) -> {"probabilities"}.
+    Apps then read probabilities directly, and Core ML's classifier needs them."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.module(**{INPUT_NAME: pixel_values})[OUTPUT_NAME]
+        return {PROBS_NAME: torch.softmax(logits, dim=-1)}
