@@ -192,8 +192,7 @@ def _format_flags(command):
 
 def _export_help() -> dict[str, str]:
     """Help text that lists what the registry knows, so it never goes stale."""
-    from mvdeploy.backends import specs
-    from mvdeploy.pipeline.config import default_formats
+    from mvdeploy.backends import default_formats, specs
 
     chosen = [s for s in specs() if s.selectable]
     recipes: dict[str, list[str]] = {}

@@ -66,8 +66,10 @@ def test_no_module_outside_a_backend_names_a_format():
         for node in ast.walk(tree):
             module = (node.module if isinstance(node, ast.ImportFrom) else None) or ""
             imported = [a.name for a in node.names] if isinstance(node, ast.Import) else [module]
+            # the contract's shared modules (capture, pt2e, timing, ...) are not formats
             found += [f"{rel}:{node.lineno}: imports {m}" for m in imported
-                      if m.startswith("mvdeploy.backends.")]
+                      if m.startswith("mvdeploy.backends.")
+                      and m.split(".")[2].split("_")[0] in backends.FORMATS]
     assert found == []
 
 
@@ -144,3 +146,18 @@ def test_format_choices_and_flags_come_from_the_registry(with_fake_format, capfd
             assert spec.name in text
         for flag in spec.flags if spec.name != "fake" else ():
             assert flag.decls[0] in text
+
+
+def test_a_recipe_needing_another_extra_fails_before_any_work(tmp_path):
+    """Core ML w8a8 quantises with litert-torch (PT2E): with only the coreml extra, the export
+    stops up front with one line naming the package and extra, and writes nothing."""
+    code = ("import sys; sys.modules['litert_torch'] = None\n"
+            "from mvdeploy.cli import run\n"
+            f"sys.exit(run(['export', '-f', 'coreml', '--precision', 'w8a8', '--coreml-target',"
+            f" 'iOS17', '-r', '64', '-o', {str(tmp_path / 'out')!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr[-2000:]
+    said = [line for line in (done.stdout + done.stderr).splitlines() if "litert-torch" in line]
+    assert said and 'pip install "mvdeploy[tflite]"' in said[0] and "Core ML w8a8" in said[0]
+    assert not any((tmp_path / "out").glob("*.mlpackage"))
+    assert "Traceback" not in done.stderr

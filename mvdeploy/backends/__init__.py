@@ -75,6 +75,9 @@ class Recipe:
     searched: bool = False
     evidence: str = ""  # what the file must hold, in words ("int8 weights")
     shows: Callable[[dict], bool] | None = None  # describe() output -> evidence present
+    # packages this recipe needs beyond the format's export_needs, with the extra that
+    # installs them (e.g. Core ML w8a8 quantises with litert-torch's PT2E quantizer)
+    needs: tuple[tuple[Package, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -273,6 +276,11 @@ def tolerance_kind(fmt: str, recipe: str) -> str:
 def export_formats() -> tuple[str, ...]:
     """What `export.formats` may list, in registry order."""
     return tuple(s.name for s in specs() if s.selectable)
+
+
+def default_formats() -> tuple[str, ...]:
+    """What `mvdeploy export` writes when --format is not given."""
+    return tuple(s.name for s in specs() if s.selectable and s.default)
 
 
 def format_for_suffix(suffix: str) -> str | None:

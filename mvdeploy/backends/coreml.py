@@ -27,6 +27,7 @@ from mvdeploy.backends import (
     require,
     tensor_info,
 )
+from mvdeploy.backends.pt2e import PT2E_PACKAGE
 from mvdeploy.backends.snippet_text import crop_text
 from mvdeploy.errors import ArtifactError, ConfigError
 from mvdeploy.tensor_names import INPUT_NAME, OUTPUT_NAME
@@ -108,7 +109,8 @@ SPEC = FormatSpec(
         "w8a8": Recipe("int8 weights and activations, calibrated in PyTorch (PT2E) before "
                        "conversion; needs iOS17+", calibrated=True,
                        evidence="activation quantize ops and int8 weights",
-                       shows=lambda s: _ops(s).get("quantize", 0) > 0),
+                       shows=lambda s: _ops(s).get("quantize", 0) > 0,
+                       needs=((PT2E_PACKAGE, "tflite"),)),
     },
     options=CoremlOptions, default_recipe=lambda o: o.compute_precision or "fp16", check=_check,
     outputs=lambda o: Outputs((CLASS_LABEL, CLASS_PROBS), CLASS_PROBS, "probabilities")

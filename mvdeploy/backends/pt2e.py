@@ -8,8 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from mvdeploy.backends import Calibration
-from mvdeploy.models.groups import node_group
+from mvdeploy.backends import Calibration, Package
+
+# what a recipe that quantises here declares in Recipe.needs, with the extra that installs it
+PT2E_PACKAGE = Package("litert-torch", "litert_torch", "PT2E int8 quantizer")
 
 
 def _quantised(node, float_groups: frozenset[str], only: str | None) -> bool:
@@ -17,6 +19,8 @@ def _quantised(node, float_groups: frozenset[str], only: str | None) -> bool:
     Weights and inputs (not call_function) go with the op that reads them."""
     if node.op != "call_function":
         return True
+    from mvdeploy.models.groups import node_group  # imports torch: only once quantising
+
     group = node_group(node)
     return group == only if only is not None else group not in float_groups
 

@@ -153,7 +153,7 @@ def observer(quantize) -> str:
 class _Trials:
     """The PT2E int8 graph litert-torch converts, run in PyTorch: its quantize/dequantize pairs
     compute what LiteRT's int8 kernels do (measured 35 dB apart on XXS), without a 15-second
-    conversion per try. Calibrated once (quantize.CalibratedPT2E); the chosen arrangement is
+    conversion per try. Calibrated once (backends.pt2e.CalibratedPT2E); the chosen arrangement is
     then converted and validated on LiteRT."""
 
     # LiteRT's kernels round a little differently: aim this much higher (measured: the

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mvdeploy.backends import CheckContext, check_recipe, export_formats, spec, specs
+from mvdeploy.backends import (
+    CheckContext,
+    check_recipe,
+    default_formats,
+    export_formats,
+    spec,
+    specs,
+)
 from mvdeploy.data import Preprocessing
 from mvdeploy.errors import ConfigError, MvdeployError
 from mvdeploy.models import (
@@ -33,11 +40,6 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
-
-
-def default_formats() -> tuple[str, ...]:
-    """What `mvdeploy export` writes when --format is not given."""
-    return tuple(s.name for s in specs() if s.selectable and s.default)
 
 
 def _format_tables() -> dict[str, type]:

@@ -39,6 +39,7 @@ from mvdeploy.backends import (
     QuantizeOptions,
     get_backend,
     needs_calibration,
+    require,
     spec,
     tolerance_kind,
 )
@@ -491,6 +492,9 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = no_progre
     with redirect_native_output():  # converters print load warnings at import
         for fmt in cfg.export.formats:  # fail before any work if an extra is missing
             get_backend(fmt).check_installed()
+            for package, extra in spec(fmt).recipes[cfg.precision(fmt)].needs:
+                require(package.module, package.distribution, extra,
+                        f"{spec(fmt).title} {cfg.precision(fmt)}")
     height, width = cfg.height_width
     batch = cfg.export.batch
 
