@@ -66,17 +66,18 @@ def main() -> None:
              f"`python benchmarks/startup.py --out benchmarks/results` ({args.repeats} runs "
              "each, fresh interpreter, median wall time).", "",
              "| command | median s | range s |", "|---|---|---|"]
-    lines += [f"| `{k}` | {result['median_s'][k]} | {result['range_s'][k][0]}–"
+    lines += [f"| `{k}` | {result['median_s'][k]} | {result['range_s'][k][0]} to "
               f"{result['range_s'][k][1]} |" for k in COMMANDS]
     imp = result["import"]
     lines += ["", f"`import mvdeploy.cli`: {imp['mvdeploy.cli_ms']} ms (`python -X importtime`, "
               "cumulative); heavy packages imported: "
               + (", ".join(imp["heavy_imported"]) or "none") + ".", "",
               "Largest top-level imports of `import mvdeploy.cli` (ms, cumulative): "
-              + ", ".join(f"{n} {ms}" for n, ms in imp["largest_top_level_ms"].items()) + ".",
+              + ", ".join(f"{n} {ms}" for n, ms in imp["largest_top_level_ms"].items())
+              + ".",
               "", "`mvdeploy models` builds each variant in PyTorch to count parameters and "
-              "MACs, so it pays torch's import, and `doctor` imports every converter and runtime to "
-              "prove it loads; `--help` and `export --help` import none of them."]
+              "MACs, so it pays torch's import, and `doctor` imports every converter and "
+              "runtime to prove it loads; `--help` and `export --help` import none of them."]
     args.out.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out / "startup.json", json.dumps(result, indent=2).encode())
     write_atomic(args.out / "startup.md", ("\n".join(lines) + "\n").encode())

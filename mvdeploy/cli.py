@@ -688,6 +688,11 @@ def bench(suite, models, patches, resolutions, runtimes, precisions, threads, ba
         raise SystemExit(_exit_code(stop.exception))
     if any(r["status"] == "failed" for r in data["results"]):
         raise SystemExit(1)
+    if not any(r["status"] == "ok" for r in data["results"]):
+        err_console.print(f"mvdeploy: nothing was measured: none of the "
+                          f"{len(data['results'])} configuration(s) can run here (reasons "
+                          "above); the results files say so", markup=False, highlight=False)
+        raise SystemExit(1)
 
 
 def _print_bench_table(data: dict) -> None:
@@ -731,7 +736,12 @@ def _bench_compare(old: str, new: str, *, threshold: float, as_json: bool) -> No
 
     if threshold <= 0:
         raise click.BadParameter("--threshold must be above 0")
-    rows = compare(load_report(old), load_report(new), threshold)
+    before, after = load_report(old), load_report(new)
+    for path, data in ((old, before), (new, after)):
+        if not any(r["status"] == "ok" for r in data["results"]):
+            raise RuntimeFailure(f"{path} measured nothing (every configuration was "
+                                 "unavailable or failed): there is nothing to compare")
+    rows = compare(before, after, threshold)
     if as_json:
         print(json.dumps(rows, indent=2))
     else:
@@ -749,8 +759,6 @@ def _bench_compare(old: str, new: str, *, threshold: float, as_json: bool) -> No
             table.add_row(Text(r["key"]), f"{r['old_p50_ms']:.2f}", new_p50, ratio,
                           f"[{colour}]{r['verdict']}[/]")
         console.print(table)
-        if not rows:
-            console.print("the old file has no measured configuration", markup=False)
     if any(r["verdict"] in FAILING_VERDICTS for r in rows):
         raise SystemExit(1)
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mvdeploy.models import MODEL_CFGS
-from tests.helpers import input_sensitive_, once_across_workers
+from tests.helpers import input_sensitive_, missing_for, once_across_workers
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: a worker sees what a serial run does
     # xdist sets COLUMNS=80, where a plain pipe has none (the CLI's tables would wrap)
@@ -33,13 +33,17 @@ EXTENDED_RUN = "MVDEPLOY_EXTENDED=1 python -m pytest -m extended"
 def pytest_collection_modifyitems(config, items):
     """`extended` tests repeat a path CI already proves at another size, preset or recipe
     (CI has 30 minutes on 2 cores): skipped, with the command that runs them, unless
-    MVDEPLOY_EXTENDED=1."""
-    if os.environ.get("MVDEPLOY_EXTENDED") == "1":
-        return
+    MVDEPLOY_EXTENDED=1. `needs(extras)` tests are skipped, naming the pip command, where an
+    extra is not installed (the fast suite passes with the core install alone)."""
+    extended = os.environ.get("MVDEPLOY_EXTENDED") == "1"
     skip = pytest.mark.skip(reason=f"extended (CI time): {EXTENDED_RUN}")
     for item in items:
-        if item.get_closest_marker("extended"):
+        if item.get_closest_marker("extended") and not extended:
             item.add_marker(skip)
+        extras = [e for mark in item.iter_markers("needs") for e in mark.args]
+        why = missing_for(*extras) if extras else None
+        if why:
+            item.add_marker(pytest.mark.skip(reason=why))
 
 
 def hf_config(name: str, num_labels: int = 1000):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -11,6 +12,49 @@ from typing import Any
 
 import pytest
 import torch
+
+# extras that are not a format's (a format's packages come from its SPEC)
+OTHER_EXTRAS = {"bench": ("matplotlib",), "hub": ("huggingface_hub",), "data": ("sklearn",),
+                "dev": ("transformers", "skimage"), "clients": ("mediapipe", "openvino")}
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a broken install
+        return False
+
+
+def missing_for(*extras: str) -> str | None:
+    """Why a test that needs these extras cannot run here (None: it can): the pip command
+    and the packages missing. With the core install alone, such tests are skipped."""
+    from mvdeploy.backends import specs
+
+    missing = []
+    for extra in extras:
+        if extra in OTHER_EXTRAS:
+            missing += [m for m in OTHER_EXTRAS[extra] if not _importable(m)]
+        for s in (s for s in specs() if s.extra == extra):
+            missing += [p.module for p in s.export_needs if not _importable(p.module)]
+            if not any(_importable(p.module) for p in s.run_needs):  # any one runs it
+                missing.append(s.run_needs[0].module)
+    missing = list(dict.fromkeys(missing))
+    if not missing:
+        return None
+    return (f'needs pip install "mvdeploy[{",".join(extras)}]" (missing: '
+            f"{', '.join(missing)})")
+
+
+def needs(*extras: str) -> pytest.MarkDecorator:
+    """Mark a test that needs these extras: skipped, with the command, where they are absent."""
+    return pytest.mark.needs(*extras)
+
+
+def skip_module_without(*extras: str) -> None:
+    """At the top of a test module whose every test needs these extras."""
+    why = missing_for(*extras)
+    if why:
+        pytest.skip(why, allow_module_level=True)
 
 
 def perturbed_value(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:

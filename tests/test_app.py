@@ -25,7 +25,7 @@ from mvdeploy.models import create_model
 from mvdeploy.pipeline.config import load_config
 from mvdeploy.readback.inspect import inspect_artifact
 from mvdeploy.readback.snippets import load_manifest, snippet
-from tests.helpers import extended
+from tests.helpers import extended, needs
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = sorted(ROOT.joinpath("export_configs").glob("*.toml"))
@@ -293,6 +293,7 @@ def test_image_input_rejects_what_it_cannot_fold(overrides, match):
 
 
 @pytest.mark.parametrize("order", ["RGB", "BGR"])
+@needs("coreml")
 def test_image_input_folds_preprocessing_into_scale_and_bias(order):
     """Core ML computes pixel * scale + bias per channel of its colour layout; that must equal
     mvdeploy's preprocessing, here with a non-trivial mean and std."""

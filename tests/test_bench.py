@@ -35,6 +35,7 @@ from mvdeploy.bench.runner import BenchRun, run_matrix
 from mvdeploy.bench.stats import drift, summarise
 from mvdeploy.cli import run
 from mvdeploy.errors import ConfigError
+from tests.helpers import needs
 
 DATA = Path(__file__).parent / "data"
 TRANSCRIPT = DATA / "benchmark_model_android.txt"
@@ -181,6 +182,7 @@ def test_schema_catches_broken_documents():
     assert "without a reason" in check_schema(broken)[0]
 
 
+@needs("bench")
 def test_write_all_gives_json_csv_markdown_and_plots(tmp_path):
     report = _report([_row("A", "onnxruntime", 10.0), _row("B", "onnxruntime", 8.0),
                       _row("A", "litert", 6.0), _row("B", "litert", 5.5)])
@@ -347,16 +349,19 @@ def test_parse_benchmark_model_transcript():
         android.parse_benchmark_output("ERROR: Failed to allocate tensors!")
 
 
+@needs("tflite")
 def test_android_without_device_or_binary_is_unavailable(fake_adb, tmp_path, capfd,
                                                          monkeypatch):
     monkeypatch.setenv("FAKE_ADB_DEVICES", "")
     argv = ["bench", "--target", "android", *SMALL, "-p", "A", "--out", str(tmp_path / "o"),
             "--cache", str(tmp_path / "cache"), "--adb", str(fake_adb["adb"]), "--json"]
-    assert run([*argv, "--benchmark-binary", str(fake_adb["binary"])]) == 0
-    (row,) = json.loads(capfd.readouterr().out)["results"]
+    assert run([*argv, "--benchmark-binary", str(fake_adb["binary"])]) == 1  # nothing measured
+    said = capfd.readouterr()
+    (row,) = json.loads(said.out)["results"]
     assert row["status"] == "unavailable" and "no Android device attached" in row["error"]
+    assert "nothing was measured: none of the 1 configuration(s)" in said.err
     assert not (tmp_path / "cache" / "artifacts").exists()  # nothing exported for nothing
-    assert run([*argv, "--force"]) == 0
+    assert run([*argv, "--force"]) == 1
     (row,) = json.loads(capfd.readouterr().out)["results"]
     assert "pass --benchmark-binary" in row["error"]
 
@@ -404,11 +409,14 @@ def test_android_failing_binary_is_reported_and_the_run_goes_on(fake_adb, bench_
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@needs("onnx")
 def test_cuda_is_unavailable_with_its_reason(tmp_path, capfd):
     argv = ["bench", "--target", "cuda", *SMALL, "-p", "A", "-b", "torch,onnxruntime",
             "--accelerator", "cuda,tensorrt", "--out", str(tmp_path), "--json"]
-    assert run(argv) == 0
-    rows = json.loads(capfd.readouterr().out)["results"]
+    assert run(argv) == 1  # nothing measured is not success
+    said = capfd.readouterr()
+    rows = json.loads(said.out)["results"]
+    assert said.err.strip().splitlines()[-1].startswith("mvdeploy: nothing was measured")
     assert {r["status"] for r in rows} == {"unavailable"}
     by_runtime = {(r["runtime"], r["accelerator"]): r["error"] for r in rows}
     assert "torch.cuda.is_available() is False" in by_runtime[("torch", "cuda")]
@@ -417,11 +425,19 @@ def test_cuda_is_unavailable_with_its_reason(tmp_path, capfd):
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="runs Core ML on macOS")
+@needs("coreml")
 def test_apple_target_needs_macos(tmp_path, capfd):
     argv = ["bench", "--target", "apple", *SMALL, "-p", "A", "--out", str(tmp_path), "--json"]
-    assert run(argv) == 0
+    assert run(argv) == 1
     (row,) = json.loads(capfd.readouterr().out)["results"]
     assert row["status"] == "unavailable" and "need macOS" in row["error"]
+    # comparing against a run that measured nothing says so, one line, exit 1
+    write_all(_report([_row("A", "onnxruntime", 10.0)]), tmp_path / "old")
+    assert run(["bench", "--compare", str(tmp_path / "old" / "results.json"),
+                str(tmp_path / "results.json")]) == 1
+    err = capfd.readouterr().err.strip()
+    assert err.endswith("measured nothing (every configuration was unavailable or failed): "
+                        "there is nothing to compare") and "\n" not in err
 
 
 def test_bad_bench_flags_are_one_line_exit_2(tmp_path, capfd):

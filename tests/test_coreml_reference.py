@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from mvdeploy.backends.coreml_reference import Program, UnsupportedOp
+from tests.helpers import skip_module_without
 
-ct = pytest.importorskip("coremltools")
+skip_module_without("coreml")
+import coremltools as ct  # noqa: E402
 from coremltools.converters.mil import Builder as mb  # noqa: E402
 
 RNG = np.random.default_rng(0)

@@ -17,6 +17,7 @@ from mvdeploy.fixtures import checkpoint_dir, digits_split, write_digits
 from mvdeploy.models import create_model
 from mvdeploy.models.weights import save_checkpoint
 from mvdeploy.tasks.classification import class_index, imagenet_synsets, labelled_images
+from tests.helpers import needs
 
 TRAINING = json.loads((checkpoint_dir() / "training.json").read_text())
 
@@ -59,6 +60,7 @@ def test_class_index(name, labels, classes, index):
     assert class_index(name, labels, classes) == index
 
 
+@needs("data")
 def test_limit_spreads_over_classes(held_out):
     images = labelled_images(held_out, [str(i) for i in range(10)], 10, limit=20)
     assert len(images) == 20 and len({t for _, t in images.items}) >= 9

@@ -15,7 +15,9 @@ from mvdeploy.data import load_images, sample_image_paths
 from mvdeploy.models import create_model
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("executorch")
+from tests.helpers import skip_module_without  # noqa: E402
+
+skip_module_without("executorch")
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ from mvdeploy.models.weights import save_checkpoint
 from mvdeploy.pipeline.config import load_config
 from mvdeploy.pipeline.exporter import artifact_stem, run_export
 from mvdeploy.readback.inspect import inspect_artifact
-from tests.helpers import extended
+from tests.helpers import extended, needs
 
 FORMATS = ("onnx", "tflite", "coreml")
 
@@ -304,8 +304,10 @@ def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, text
 @pytest.mark.parametrize(("argv", "match"), [
     (["--format", "onnx,caffe"], "unknown format caffe"),
     (["--set", "model.patch"], "--set expects table.key=value"),
-    (["--weights", "/nonexistent.pt", "-f", "onnx"], "does not exist"),
-    (["--images", "/nonexistent", "-f", "onnx"], "does not exist"),
+    pytest.param(["--weights", "/nonexistent.pt", "-f", "onnx"], "does not exist",
+                 marks=needs("onnx")),
+    pytest.param(["--images", "/nonexistent", "-f", "onnx"], "does not exist",
+                 marks=needs("onnx")),
     (["--threads", "0", "-f", "onnx"], "Invalid value for '--threads': 0 is not in the range x>=1"),
     (["-f", "coreml", "--precision", "fp32", "--coreml-precision", "fp16"],
      "--precision fp32 and --coreml-precision (coreml.compute_precision) fp16 disagree"),
@@ -331,6 +333,7 @@ def test_unusable_out_is_refused_before_any_work(tmp_path, capsys, out, match):
     assert time.monotonic() - start < 5  # the model was never built
 
 
+@needs("onnx")
 def test_empty_image_folder_is_an_error(tmp_path, capsys):
     (tmp_path / "photos").mkdir()
     assert run(["export", "-f", "onnx", "--images", str(tmp_path / "photos"),

@@ -22,6 +22,7 @@ import pytest
 from mvdeploy import backends
 from mvdeploy.cli import run
 from mvdeploy.isolate import ChildCrashed, describe_exit, run_isolated
+from tests.helpers import needs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,6 +46,7 @@ in_process = pytest.mark.skipif(sys.platform == "darwin",
     ("abort", "converter crashed (exit 134, SIGABRT): terminate called after throwing"),
     ("exit", "converter crashed (exit 3): F0000 converter.cc:1] Check failed"),
 ])
+@needs("onnx")
 def test_a_converter_that_dies_hard_is_reported_and_the_export_goes_on(
         with_fake_format, tmp_path, capsys, note, said):
     assert run(_export_fake(tmp_path, note)) == 1
@@ -56,6 +58,7 @@ def test_a_converter_that_dies_hard_is_reported_and_the_export_goes_on(
     assert said.split(": ", 1)[1] in (tmp_path / "fake-error.log").read_text()
 
 
+@needs("onnx")
 def test_a_converter_that_finds_the_disk_full_stops_the_export(with_fake_format, tmp_path,
                                                                capsys):
     assert run(_export_fake(tmp_path, "full")) == 1
@@ -148,6 +151,7 @@ def test_a_real_converter_on_a_full_disk_is_one_line(tmp_path):
 
 
 @needs_tmpfs
+@needs("onnx")
 def test_bench_results_on_a_full_disk_are_one_line(tmp_path):
     report = json.loads((REPO / "benchmarks" / "results" / "peer_study" /
                          "results.json").read_text())
@@ -195,6 +199,7 @@ import ctypes, os
 import numpy as np, onnxruntime
 from onnx import TensorProto, helper
 from mvdeploy.isolate import ChildCrashed, run_isolated
+from tests.helpers import needs
 graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])

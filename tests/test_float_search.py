@@ -20,6 +20,7 @@ from mvdeploy.models.groups import layer_group
 from mvdeploy.pipeline.quantize import FidelityTarget, augmented_views, search_float_groups
 from mvdeploy.pipeline.validate import Tolerance
 from mvdeploy.tasks.classification import compare
+from tests.helpers import needs
 
 ONNX_NAMESPACE = (": mvdeploy.backends.capture.NamedOutputs/model: "
                   "mvdeploy.models.mobilevit.MobileViT/"
@@ -56,6 +57,7 @@ def test_layer_groups_from_module_stacks(stack, group):
     assert layer_group(stack) == group
 
 
+@needs("onnx")
 def test_layer_group_of_an_onnx_node_namespace():
     import onnx
 

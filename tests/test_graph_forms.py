@@ -12,9 +12,11 @@ import torch
 from mvdeploy.backends.onnx_attention import fuse_attention
 from mvdeploy.cli import run
 from mvdeploy.models import GraphForm, create_model
+from tests.helpers import skip_module_without
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+skip_module_without("onnx")
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
 
 
 def _export(model: torch.nn.Module, x: torch.Tensor, dynamic: bool):

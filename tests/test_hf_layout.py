@@ -27,7 +27,7 @@ from mvdeploy.data import sample_image_paths
 from mvdeploy.errors import ConfigError
 from mvdeploy.fixtures import checkpoint_dir
 from mvdeploy.pipeline.config import load_config
-from tests.helpers import eval_top1, export_with_fixture
+from tests.helpers import eval_top1, export_with_fixture, needs
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS = REPO / ".venv" / "clients"
@@ -48,6 +48,7 @@ def test_hf_layout_needs_a_format_hugging_face_clients_read():
         load_config(overrides={"export.layout": "hf", "export.formats": "tflite"})
 
 
+@needs("onnx")
 def test_normalising_preprocessing_is_refused_not_dropped(tmp_path, capsys):
     """MobileViTImageProcessor has no mean/std: the file could not say it, so no folder."""
     code = run(["export", "-r", "64", "-f", "onnx", "--layout", "hf", "-o", str(tmp_path / "o"),

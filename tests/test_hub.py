@@ -20,7 +20,7 @@ from mvdeploy.errors import CheckpointError
 from mvdeploy.models import create_model
 from mvdeploy.models.hub import parse_hub_id
 from mvdeploy.models.weights import TELLTALE_KEYS, detect_source, load_pretrained, save_checkpoint
-from tests.helpers import APPLE_PREPROCESSOR, lay_out_hub_cache, seeded_state
+from tests.helpers import APPLE_PREPROCESSOR, lay_out_hub_cache, needs, seeded_state
 
 # Apple's preprocessor_config.json for apple/mobilevit-xx-small, in its (older) integer form
 # timm's hub config.json for timm/mobilevit_xxs.cvnets_in1k (10 classes here)
@@ -153,6 +153,7 @@ def test_hub_id_without_the_extra_names_it(monkeypatch, capsys):
     assert 'pip install "mvdeploy[hub]"' in capsys.readouterr().err
 
 
+@needs("onnx")
 def test_empty_weights_is_a_mistake(tmp_path, capsys):
     assert run(["export", "-r", "64", "-f", "onnx", "-w", "", "-o", str(tmp_path)]) == 2
     assert "weights path is empty" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from mvdeploy.cli import run
 from mvdeploy.errors import CheckpointError
 from mvdeploy.fixtures import checkpoint_dir
 from mvdeploy.models.weights import load_pretrained
+from tests.helpers import needs
 
 CASES = [  # (file, change, what the message says)
     ("config.json", {"id2label": {"zero": "0", "one": "1"}}, "id2label key 'zero'"),
@@ -47,6 +48,7 @@ def test_a_malformed_key_is_one_line_naming_file_and_key(tmp_path, name, change,
     assert "\n" not in message
 
 
+@needs("onnx")
 def test_on_the_command_line_it_is_exit_2_without_a_traceback(tmp_path, capsys):
     folder = _broken(tmp_path, "config.json", {"hidden_sizes": 5})
     code = run(["export", "--weights", str(folder), "-r", "64", "-f", "onnx",

@@ -16,6 +16,7 @@ from mvdeploy.data import load_images, sample_image_paths
 from mvdeploy.fixtures import checkpoint_dir
 from mvdeploy.models.weights import TIMM_MOBILEVIT_PREPROCESSING, load_pretrained
 from mvdeploy.pipeline.exporter import preprocessing_warning
+from tests.helpers import needs
 from tests.test_hub import timm_state
 
 
@@ -72,6 +73,7 @@ def test_export_of_a_bare_timm_state_dict_says_so_and_records_it(bare_timm, tmp_
     ("preprocessing.resample=nearest", "resample is 'bilinear' there, 'nearest' here"),
     ("preprocessing.channel_order=RGB", "channel_order is 'BGR' there, 'RGB' here"),
 ])
+@needs("onnx")
 def test_a_preprocessing_unlike_the_checkpoints_library_stops_the_export(
         tmp_path, capsys, override, named):
     """The trained fixture's preprocessor_config.json read by transformers is the witness."""

@@ -20,7 +20,7 @@ from mvdeploy.errors import ConfigError
 from mvdeploy.pipeline.config import load_config
 from mvdeploy.pipeline.exporter import run_export
 from mvdeploy.tasks.classification import compare
-from tests.helpers import extended
+from tests.helpers import extended, needs
 
 BUNDLED = {p.stem for p in sample_image_paths()}
 
@@ -241,6 +241,7 @@ def test_cli_rejects_unsupported_recipe(tmp_path, capsys):
     assert "coreml cannot do precision 'int8-static'" in err and "\n" not in err
 
 
+@needs("onnx")
 def test_cli_empty_calibration_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert run(["export", "-f", "onnx", "--precision", "int8-static", "--calibration",
@@ -249,6 +250,7 @@ def test_cli_empty_calibration_folder(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@needs("onnx")
 def test_cli_unreadable_calibration_folder(tmp_path, capsys):
     (tmp_path / "bad").mkdir()
     for i, name in enumerate(("a.jpg", "b.png", "c.jpg")):  # distinct: copies count once
@@ -259,6 +261,7 @@ def test_cli_unreadable_calibration_folder(tmp_path, capsys):
     assert "could be read" in err and "--calibration" in err and len(err.splitlines()) == 1
 
 
+@needs("onnx")
 def test_cli_warns_about_a_calibration_set_that_cannot_represent_the_data(tmp_path, capfd):
     """One 1x1 image: accepted (it is a choice), but said twice before the conversion."""
     from PIL import Image
@@ -315,6 +318,7 @@ def test_accuracy_on_a_labelled_folder(tmp_path, capsys):
     assert accuracy["agreement_top1"] == 1.0 and accuracy["artifact_top1"] == 0.5
 
 
+@needs("onnx")
 def test_labelled_folder_names_must_match_classes(tmp_path, capsys):
     (tmp_path / "labelled" / "zebra").mkdir(parents=True)
     shutil.copy(sample_image_paths()[0], tmp_path / "labelled" / "zebra")

@@ -18,6 +18,7 @@ import pytest
 from mvdeploy import backends
 from mvdeploy.cli import run
 from mvdeploy.errors import ConfigError
+from tests.helpers import needs
 
 PACKAGE = Path(backends.__file__).parents[1]
 
@@ -148,6 +149,7 @@ def test_format_choices_and_flags_come_from_the_registry(with_fake_format, capfd
             assert flag.decls[0] in text
 
 
+@needs("coreml")
 def test_a_recipe_needing_another_extra_fails_before_any_work(tmp_path):
     """Core ML w8a8 quantises with litert-torch (PT2E): with only the coreml extra, the export
     stops up front with one line naming the package and extra, and writes nothing."""

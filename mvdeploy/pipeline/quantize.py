@@ -77,7 +77,8 @@ class Trials(Protocol):
 class Attempt:
     float_groups: tuple[str, ...]
     snr_db: float
-    top1_agreement: float  # on the inputs that are not near ties (tasks.classification.DECISIVE_MARGIN)
+    # on the inputs that are not near ties (tasks.classification.DECISIVE_MARGIN)
+    top1_agreement: float
     met: bool
 
 
