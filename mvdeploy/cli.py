@@ -19,6 +19,7 @@ from rich.text import Text
 
 from mvdeploy.errors import MvdeployError, NoSpaceError, RuntimeFailure
 from mvdeploy.files import is_no_space
+from mvdeploy.native_output import VERBOSE_ENV
 from mvdeploy.version import __version__
 
 PIPE_WIDTH = 200  # CI logs and pipes: wide enough that no number or key is cut with "…"
@@ -39,9 +40,14 @@ err_console = _console(stderr=True)
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="mvdeploy")
-def app() -> None:
+@click.option("--verbose", is_flag=True,
+              help="Show what converters and runtimes print (normally kept in the conversion "
+                   "logs or dropped).")
+def app(verbose: bool) -> None:
     """Export, validate and benchmark MobileViT for Core ML, ONNX, TFLite (LiteRT) and
     ExecuTorch."""
+    if verbose:  # an environment variable, so forked converters and bench workers see it too
+        os.environ[VERBOSE_ENV] = "1"
 
 
 @app.command()
@@ -866,6 +872,7 @@ def _print_float_search(fmt: str, search: dict) -> None:
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; user mistakes become one line on stderr and 2."""
+    verbose = os.environ.get(VERBOSE_ENV)
     try:
         result = app.main(args=argv, prog_name="mvdeploy", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:  # bare `mvdeploy`: help, not an error
@@ -909,6 +916,11 @@ def run(argv: list[str] | None = None) -> int:
                           f"{first[0] if first else ''} (set MVDEPLOY_DEBUG=1 for the traceback)",
                           markup=False, highlight=False, soft_wrap=True)
         return 1
+    finally:  # --verbose holds for this run only (tests call run() many times in one process)
+        if verbose is None:
+            os.environ.pop(VERBOSE_ENV, None)
+        else:
+            os.environ[VERBOSE_ENV] = verbose
     return result if isinstance(result, int) else 0
 
 

@@ -130,3 +130,56 @@ def test_resolutions_whose_attention_cannot_fit_are_refused(tmp_path, capfd):
         err = capfd.readouterr().err.strip()
         assert "256 GiB for one attention matrix" in err and "\n" not in err
     assert not (tmp_path / "o").exists() and not (tmp_path / "b").exists()
+
+
+NOISY_CHILD = """
+import os, sys
+from mvdeploy.native_output import redirect_native_output
+with redirect_native_output():
+    os.write(2, b"[cpuinfo_utils.cpp:71] native noise\\n")  # as a C++ library writes it
+    print("python noise", file=sys.stderr)
+print("after", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(("env", "shown"), [({}, False), ({"MVDEPLOY_VERBOSE": "1"}, True)])
+def test_native_output_is_dropped_unless_verbose(env, shown):
+    import os
+
+    done = subprocess.run([sys.executable, "-c", NOISY_CHILD], capture_output=True, text=True,
+                          env={**os.environ, **env})
+    assert done.returncode == 0, done.stderr
+    assert ("native noise" in done.stderr) is shown and ("python noise" in done.stderr) is shown
+    assert done.stderr.strip().endswith("after")
+
+
+def test_verbose_holds_for_one_run_only(capsys):
+    import os
+
+    assert run(["--verbose", "models", "--json"]) == 0
+    assert "MVDEPLOY_VERBOSE" not in os.environ
+    assert "--verbose" in (run(["--help"]), capsys.readouterr().out)[1]
+
+
+OWN_LINE = ("Building ", "Capturing ", "Saving ", "Converting ", "Validating ", "done: ",
+            "mvdeploy: ")
+
+
+@pytest.mark.slow
+def test_an_executorch_export_prints_only_its_own_lines(tmp_path):
+    """ExecuTorch and torchao print on import and lowering (torchao's _C_mxfp8, _pytree
+    warnings, cpuinfo_utils.cpp): none of it reaches the terminal; --verbose shows it."""
+    pytest.importorskip("executorch")
+    from mvdeploy.fixtures import checkpoint_dir
+
+    argv = [sys.executable, "-m", "mvdeploy.cli", "export", "-w", str(checkpoint_dir()), "-r",
+            "64", "-f", "executorch", "-o", str(tmp_path / "out")]
+    import os
+
+    done = subprocess.run(argv, capture_output=True, text=True,  # wide: long paths unwrapped
+                          env={**os.environ, "COLUMNS": "1000"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    foreign = [line for line in done.stderr.splitlines() if line.strip()
+               and not line.startswith(OWN_LINE)]
+    assert foreign == []
+    assert "executorch:" in done.stdout
