@@ -103,6 +103,14 @@ def hf_xxs_export(hf_checkpoint, tmp_path_factory):
     return once_across_workers(tmp_path_factory, "hf_xxs_export", build)
 
 
+@pytest.fixture
+def with_fake_format(monkeypatch):
+    """tests/fake_format.py registered as format "fake" by one registry line."""
+    from mvdeploy import backends
+
+    monkeypatch.setitem(backends.FORMATS, "fake", "tests.fake_format")
+
+
 @pytest.fixture(scope="session")
 def held_out_digits(tmp_path_factory) -> Path:
     """The trained fixture's held-out digits as CLASS/*.png folders (445 images)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import mvdeploy
@@ -28,4 +30,10 @@ def test_export_and_benchmark_from_python(tmp_path):
                                 out=tmp_path / "bench", cache=tmp_path / "cache")
     (row,) = report["results"]
     assert row["runtime"] == "onnxruntime" and row["status"] == "ok"
-    assert row["latency_ms"]["p50"] > 0 and (tmp_path / "bench" / "results.json").exists()
+    assert row["preset"] == "B" and row["resolution"] == [64, 64] and row["threads"] == 1
+    assert row["rounds"] == 1 and row["latency_ms"]["runs"] == 5  # quick=True
+    assert row["fidelity"]["status"] == "passed" and not row["fidelity"]["degenerate"]
+    # what the call returns is what it wrote
+    written = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert [r["key"] for r in written["results"]] == [row["key"]]
+    assert written["results"][0]["latency_ms"] == row["latency_ms"]

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -491,12 +490,19 @@ def test_bench_end_to_end_on_cpu(bench_cache, tmp_path, capfd):
                 str(tmp_path / "again"), "--cache", str(bench_cache)]) == 0
     assert {p: p.stat().st_mtime_ns for p in bench_cache.rglob("manifest.json")} == manifests
     capfd.readouterr()
+    # real timings vary: a threshold no change reaches makes the verdicts and exit certain,
+    # and the pairing of configurations across the two files is what is checked
     code = run(["bench", "--compare", str(out / "results.json"),
-                str(tmp_path / "again" / "results.json"), "--json"])
+                str(tmp_path / "again" / "results.json"), "--json", "--threshold", "1000"])
     rows = json.loads(capfd.readouterr().out)
-    measured = [r for r in rows if r["verdict"] != "missing"]  # the second run timed 2 of 9
-    assert len(rows) == 9 and len(measured) == 2
-    assert code == int(any(r["verdict"] in ("regression", "failed") for r in rows))
+    measured = {r["key"]: r for r in rows if r["verdict"] != "missing"}  # 2 of 9 timed again
+    assert code == 0 and len(rows) == 9 and {r["verdict"] for r in measured.values()} == {"same"}
+    again = {r["key"]: r["latency_ms"]["p50"]
+             for r in json.loads((tmp_path / "again" / "results.json").read_text())["results"]}
+    first = {r["key"]: r["latency_ms"]["p50"] for r in report["results"]}
+    assert set(measured) == set(again)
+    for key, r in measured.items():
+        assert r["ratio"] == pytest.approx(again[key] / first[key])
 
 
 @pytest.mark.slow
@@ -540,22 +546,21 @@ def test_ctrl_c_on_the_command_line_writes_partial_results(bench_cache, tmp_path
            "--min-seconds", "3", "--repetitions", "4", "--out", str(out), "--cache",
            str(bench_cache)]
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    # wait until the artifact exists and a round is under way, then interrupt
-    while time.monotonic() < deadline and not list(bench_cache.glob(
-            "artifacts/*/onnx/mobilevit_xxs_A_64x64.onnx")):
-        time.sleep(0.5)
-    time.sleep(9)
+    # interrupt once round 1 is done and round 2 under way (the plain progress line of a pipe)
+    seen = []
+    for line in child.stderr:
+        seen.append(line)
+        if "round 2/4" in line:
+            break
+    assert any("round 2/4" in line for line in seen), "".join(seen)
     child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=120)
     assert child.returncode == 130, err
     assert "interrupted" in err
     report = load_report(out / "results.json")
     assert report["interrupted"]
-    (row,) = report["results"]
-    assert row["status"] in ("ok", "interrupted")
-    if row["status"] == "ok":
-        assert 1 <= row["rounds"] < 4
+    (row,) = report["results"]  # the finished round is kept: a measured row, not a lost one
+    assert row["status"] == "ok" and 1 <= row["rounds"] < 4
 
 
 def test_caveats_for_noisy_speedups_peaks_and_too_many_threads(tmp_path):

@@ -36,11 +36,6 @@ def android(tmp_path_factory) -> Path:
                                tmp_path_factory.mktemp("android") / "out")
 
 
-@pytest.fixture(scope="module")
-def held_out(held_out_digits) -> Path:
-    return held_out_digits
-
-
 def _trained():
     """The fixture as the Android config builds it (patch B), before the RGB fold."""
     return load_pretrained(checkpoint_dir(), patch_sizes=PATCH_PRESETS["B"])
@@ -98,14 +93,14 @@ def test_mediapipe_top1_on_rgb_photos_matches_pytorch_with_labels_from_the_file(
         assert abs(categories[0][1] - probs.max()) <= 1e-4, path.name
 
 
-def test_mediapipe_held_out_accuracy_is_within_half_a_point_of_eval(android, held_out, capsys,
-                                                                    mediapipe_classify):
+def test_mediapipe_held_out_accuracy_is_within_half_a_point_of_eval(android, held_out_digits,
+                                                                    capsys, mediapipe_classify):
     (tflite,) = (android / "tflite").glob("*.tflite")
     classify = mediapipe_classify
-    pairs = sorted((p, int(p.parent.name)) for p in held_out.rglob("*.png"))
+    pairs = sorted((p, int(p.parent.name)) for p in held_out_digits.rglob("*.png"))
     correct = sum(classify(path)[0][0] == str(label) for path, label in pairs)
     mediapipe_top1 = correct / len(pairs)
-    ours = {"top1": eval_top1(tflite, held_out, capsys)}
+    ours = {"top1": eval_top1(tflite, held_out_digits, capsys)}
     assert ours["top1"] >= 0.9
     assert abs(mediapipe_top1 - ours["top1"]) <= 0.005, (mediapipe_top1, ours["top1"])
 
@@ -166,7 +161,7 @@ TASK_LIBRARY = REPO / ".venv" / "clients" / "tflite-support"
 
 
 @pytest.fixture(scope="module")
-def task_library(android, held_out) -> dict:
+def task_library(android, held_out_digits) -> dict:
     """Task Library ImageClassifier on the photos and the held-out digits, with the metadata
     its MetadataDisplayer reads (Android Studio's ML Binding reads the same)."""
     import subprocess
@@ -177,7 +172,7 @@ def task_library(android, held_out) -> dict:
     (tflite,) = (android / "tflite").glob("*.tflite")
     prep = load_manifest(tflite).preprocessing
     height, width = prep["crop"]
-    photos = [*sample_image_paths(), *sorted(held_out.rglob("*.png"))]
+    photos = [*sample_image_paths(), *sorted(held_out_digits.rglob("*.png"))]
     done = subprocess.run(
         [sys.executable, str(Path(__file__).parent / "clients" / "task_library_classify.py"),
          str(tflite), str(prep["resize_shorter_side"]), str(height), str(width),
@@ -210,10 +205,10 @@ def test_task_library_top1_on_rgb_photos_matches_pytorch(task_library):
         assert abs(score - probs.max()) <= 1e-4, path.name
 
 
-def test_task_library_held_out_accuracy_is_within_half_a_point_of_eval(android, held_out,
+def test_task_library_held_out_accuracy_is_within_half_a_point_of_eval(android, held_out_digits,
                                                                        task_library, capsys):
     (tflite,) = (android / "tflite").glob("*.tflite")
-    pairs = sorted((p, int(p.parent.name)) for p in held_out.rglob("*.png"))
+    pairs = sorted((p, int(p.parent.name)) for p in held_out_digits.rglob("*.png"))
     top1 = np.mean([task_library["top"][str(p)][0] == str(label) for p, label in pairs])
-    ours = {"top1": eval_top1(tflite, held_out, capsys)}
+    ours = {"top1": eval_top1(tflite, held_out_digits, capsys)}
     assert abs(top1 - ours["top1"]) <= 0.005, (top1, ours["top1"])

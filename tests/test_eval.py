@@ -23,11 +23,6 @@ TRAINING = json.loads((checkpoint_dir() / "training.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def held_out(tmp_path_factory) -> Path:
-    return write_digits(tmp_path_factory.mktemp("digits") / "held-out", "held-out")
-
-
-@pytest.fixture(scope="module")
 def fixture_artifacts(tmp_path_factory) -> dict[str, Path]:
     """The trained fixture exported to every format at its own 64x64."""
     out = tmp_path_factory.mktemp("fixture_export")
@@ -61,10 +56,10 @@ def test_class_index(name, labels, classes, index):
 
 
 @needs("data")
-def test_limit_spreads_over_classes(held_out):
-    images = labelled_images(held_out, [str(i) for i in range(10)], 10, limit=20)
+def test_limit_spreads_over_classes(held_out_digits):
+    images = labelled_images(held_out_digits, [str(i) for i in range(10)], 10, limit=20)
     assert len(images) == 20 and len({t for _, t in images.items}) >= 9
-    assert len(labelled_images(held_out, None, 10)) == len(digits_split("held-out")[1])
+    assert len(labelled_images(held_out_digits, None, 10)) == len(digits_split("held-out")[1])
 
 
 def test_unknown_class_folder_is_one_line(tmp_path, capsys):
@@ -79,9 +74,9 @@ def test_unknown_class_folder_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_eval_reproduces_the_fixture_accuracy(fixture_artifacts, held_out, capsys):
+def test_eval_reproduces_the_fixture_accuracy(fixture_artifacts, held_out_digits, capsys):
     code, results = _eval_json(capsys, str(fixture_artifacts["onnx"]),
-                               str(fixture_artifacts["tflite"]), "--data", str(held_out),
+                               str(fixture_artifacts["tflite"]), "--data", str(held_out_digits),
                                "--weights", str(checkpoint_dir()))
     assert code == 0
     one_image = 1 / TRAINING["held_out_images"]
@@ -94,10 +89,10 @@ def test_eval_reproduces_the_fixture_accuracy(fixture_artifacts, held_out, capsy
 
 
 @pytest.mark.slow
-def test_eval_counts_unreadable_and_runs_core_ml_everywhere(fixture_artifacts, held_out,
+def test_eval_counts_unreadable_and_runs_core_ml_everywhere(fixture_artifacts, held_out_digits,
                                                             tmp_path, capsys):
     data = tmp_path / "data"
-    shutil.copytree(held_out, data)
+    shutil.copytree(held_out_digits, data)
     (data / "3" / "broken.png").write_bytes(b"not an image")
     code, results = _eval_json(capsys, str(fixture_artifacts["onnx"]),
                                str(fixture_artifacts["coreml"]), "--data", str(data),
@@ -140,9 +135,9 @@ def test_folders_by_synset_and_by_index(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_export_labelled_streams_the_same_accuracy(tmp_path, held_out, capsys):
+def test_export_labelled_streams_the_same_accuracy(tmp_path, held_out_digits, capsys):
     assert run(["export", "-w", str(checkpoint_dir()), "-r", "64", "-f", "onnx",
-                "--labelled", str(held_out), "-o", str(tmp_path / "out")]) == 0
+                "--labelled", str(held_out_digits), "-o", str(tmp_path / "out")]) == 0
     assert f"top-1 accuracy on {TRAINING['held_out_images']} labelled images" in \
         capsys.readouterr().out
     manifest = json.loads((tmp_path / "out" / "onnx" / "manifest.json").read_text())
@@ -155,17 +150,16 @@ def test_export_labelled_streams_the_same_accuracy(tmp_path, held_out, capsys):
 
 
 @pytest.mark.slow
-def test_fixture_int8_static_keeps_its_accuracy_within_a_point(tmp_path, held_out, capsys):
+def test_fixture_int8_static_keeps_its_accuracy_within_a_point(tmp_path, held_out_digits, capsys):
     """The trained fixture in int8 (ONNX and TFLite, calibrated on its training split): its
     held-out accuracy stays within 1 point of PyTorch's, and the 30 dB target holds."""
-    from mvdeploy.fixtures import write_digits
 
     train = write_digits(tmp_path / "train", "train")
     sample = write_digits(tmp_path / "sample", per_class=2)  # fidelity on digits, not photos
     assert run(["export", "-w", str(checkpoint_dir()), "-r", "64", "-f", "onnx,tflite",
                 "--precision", "int8-static", "--calibration", str(train),
                 "--images", str(sample), "--set", "validate.max_images=20",
-                "--labelled", str(held_out), "--set", "quantize.compare_speed=false",
+                "--labelled", str(held_out_digits), "--set", "quantize.compare_speed=false",
                 "-o", str(tmp_path / "out")]) == 0
     capsys.readouterr()
     for fmt in ("onnx", "tflite"):

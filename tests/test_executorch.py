@@ -5,6 +5,7 @@ snippet."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +14,9 @@ import torch
 from mvdeploy.cli import run
 from mvdeploy.data import load_images, sample_image_paths
 from mvdeploy.models import create_model
+from tests.helpers import skip_module_without
 
 pytestmark = pytest.mark.slow
-from tests.helpers import skip_module_without  # noqa: E402
 
 skip_module_without("executorch")
 
@@ -82,6 +83,12 @@ def test_bench_times_the_executorch_runtime(tmp_path, capfd):
     assert run(argv) == 0
     (row,) = json.loads(capfd.readouterr().out)["results"]
     assert row["status"] == "ok" and row["fidelity"]["status"] == "passed"
+    assert row["fidelity"]["snr_db"] > 60 and not row["fidelity"]["degenerate"]
+    # --quick: one round of 5 timed runs, of the .pte the bench exported into its cache
+    assert row["rounds"] == 1 and row["latency_ms"]["runs"] == 5
+    artifact = Path(row["artifact"])
+    assert artifact.suffix == ".pte" and artifact.stat().st_size / 1e6 == pytest.approx(
+        row["size_mb"], rel=1e-3)
     assert np.isfinite(row["latency_ms"]["p50"]) and row["load_ms"] > 0
     # ExecuTorch's Python bindings take torch tensors (the other runtimes: test_bench.py)
     assert row["torch_imported"]

@@ -19,17 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from mvdeploy import backends
 from mvdeploy.cli import run
 from mvdeploy.isolate import ChildCrashed, describe_exit, run_isolated
 from tests.helpers import needs
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def with_fake_format(monkeypatch):
-    monkeypatch.setitem(backends.FORMATS, "fake", "tests.fake_format")
 
 
 def _export_fake(out: Path, note: str) -> list[str]:

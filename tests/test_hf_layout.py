@@ -68,11 +68,6 @@ def folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def held_out(held_out_digits) -> Path:
-    return held_out_digits
-
-
-@pytest.fixture(scope="module")
 def transformers_logits() -> dict[str, np.ndarray]:
     """The checkpoint in transformers itself, with its own processor: what clients must match."""
     from PIL import Image
@@ -154,9 +149,9 @@ def test_optimum_loads_the_folder_and_matches_transformers(folder, transformers_
 
 @pytest.mark.slow
 @pytest.mark.clients
-def test_optimum_held_out_accuracy_is_within_half_a_point_of_eval(folder, held_out, capsys):
-    got = _optimum(folder, sorted(held_out.rglob("*.png")))
-    ours = eval_top1(folder / "onnx" / "model.onnx", held_out, capsys)
+def test_optimum_held_out_accuracy_is_within_half_a_point_of_eval(folder, held_out_digits, capsys):
+    got = _optimum(folder, sorted(held_out_digits.rglob("*.png")))
+    ours = eval_top1(folder / "onnx" / "model.onnx", held_out_digits, capsys)
     assert ours >= 0.9 and abs(_accuracy(got["logits"]) - ours) <= 0.005
 
 
@@ -168,9 +163,9 @@ TRANSFORMERS_JS_RESIZE_GAP = 0.01
 
 @pytest.mark.slow
 @pytest.mark.clients
-def test_transformers_js_runs_the_folder_as_its_onnx_says(folder, held_out, capsys):
+def test_transformers_js_runs_the_folder_as_its_onnx_says(folder, held_out_digits, capsys):
     package = _node_package("@huggingface")
-    photos = [*sample_image_paths(), *sorted(held_out.rglob("*.png"))]
+    photos = [*sample_image_paths(), *sorted(held_out_digits.rglob("*.png"))]
     got = _in_subprocess(["node", str(SCRIPTS / "transformers_js_classify.mjs"), str(package),
                           str(folder), "fp32", *map(str, photos)])
     assert got["labels"]["3"] == "3"  # labels from config.json
@@ -183,8 +178,8 @@ def test_transformers_js_runs_the_folder_as_its_onnx_says(folder, held_out, caps
         logits = np.asarray(got["logits"][path])
         assert np.abs(logits - expected[0]).max() <= 1e-4 * np.abs(expected).max(), path
     digits = {k: v for k, v in got["logits"].items() if k.endswith(".png")
-              and Path(k).is_relative_to(held_out)}
-    ours = eval_top1(folder / "onnx" / "model.onnx", held_out, capsys)
+              and Path(k).is_relative_to(held_out_digits)}
+    ours = eval_top1(folder / "onnx" / "model.onnx", held_out_digits, capsys)
     assert abs(_accuracy(digits) - ours) <= TRANSFORMERS_JS_RESIZE_GAP
 
 

@@ -101,11 +101,6 @@ def test_runtime_side_imports_no_torch(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-@pytest.fixture
-def with_fake_format(monkeypatch):
-    monkeypatch.setitem(backends.FORMATS, "fake", "tests.fake_format")
-
-
 def test_a_new_format_is_one_registry_line(with_fake_format, tmp_path, capfd):
     from mvdeploy.bench.matrix import runtime_formats, target_runtimes
     from mvdeploy.pipeline.config import load_config
