@@ -135,13 +135,27 @@ def models(patch: tuple[str, ...], resolution: str, weights: str | None, as_json
 
 @app.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-def doctor(as_json: bool) -> None:
+@click.option("--android", is_flag=True,
+              help="Also check the Android device and that --benchmark-binary runs on it.")
+@click.option("--benchmark-binary", metavar="PATH", help="--android: LiteRT's benchmark_model.")
+@click.option("--adb", default="adb", show_default=True, help="--android: adb.")
+@click.option("--serial", metavar="SERIAL", help="--android: which device (adb -s).")
+def doctor(as_json: bool, android: bool, benchmark_binary: str | None, adb: str,
+           serial: str | None) -> None:
     """Show which converters and runtimes import, and what to install for the rest."""
     from mvdeploy.readback.doctor import as_dict, diagnose
 
     components, backends = diagnose()
+    device = None
+    if android:  # the bench's own adb code, so what passes here is what `bench` will meet
+        from mvdeploy.bench.android import AndroidOptions, check_device
+
+        device = check_device(AndroidOptions(benchmark_binary, adb, serial))
     if as_json:
-        print(json.dumps(as_dict(components, backends), indent=2))
+        print(json.dumps({**as_dict(components, backends),
+                          **({"android": device} if device else {})}, indent=2))
+        if device and not device["ok"]:
+            raise SystemExit(1)
         return
     table = Table(title="Packages", box=box.SIMPLE_HEAD)
     for col in ("package", "version", "status", "extra", "used for"):
@@ -157,6 +171,16 @@ def doctor(as_json: bool) -> None:
         mark = {True: "[green]yes[/]", False: "[red]no[/]"}
         table.add_row(b.name, mark[b.can_export], mark[b.can_run], b.note)
     console.print(table)
+    if device:
+        from mvdeploy.bench.android import describe_device
+
+        if device["ok"]:
+            console.print(f"android: {describe_device(device['device'])}: "
+                          f"{device['benchmark_binary']} runs there", markup=False)
+        else:
+            err_console.print(f"mvdeploy: android: {device['error']}", markup=False,
+                              highlight=False, soft_wrap=True)
+            raise SystemExit(1)
 
 
 def _export_overrides(**flags) -> dict:
@@ -566,8 +590,9 @@ def _ints(values: list[str], flag: str) -> list[int]:
 def _runtime_help() -> str:
     from mvdeploy.backends import runtimes
 
+    opt_in = sorted({r.name for s in runtimes().values() for r in s.runtimes if not r.default})
     return (f"torch, torch-compile, {', '.join(runtimes())} (default: the target's runtimes "
-            "except torch-compile, which compiles in every worker).")
+            f"except torch-compile, which compiles in every worker, and {', '.join(opt_in)}).")
 
 
 @app.command()
@@ -723,6 +748,10 @@ def _print_bench_table(data: dict) -> None:
         caveat = "; noisy: may be the machine, measure again" if s.get("noisy") else ""
         console.print(f"{s['model']} {s['runtime']} {s['precision']} t{s['threads']}: patch B "
                       f"vs A {s['b_faster_pct']:+.1f} % (positive: B faster{caveat})",
+                      markup=False)
+    for q in data.get("runtime_ratios", []):
+        console.print(f"{q['model']} {q['preset']} {q['precision']} t{q['threads']}: "
+                      f"{q['runtime']} / {q['against']} = {q['ratio']:.2f} (same file)",
                       markup=False)
     for p in data.get("peer", []):
         rounds = p.get("round_ratios") or []

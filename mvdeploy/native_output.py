@@ -14,7 +14,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-
 VERBOSE_ENV = "MVDEPLOY_VERBOSE"
 
 

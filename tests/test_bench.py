@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,6 +39,8 @@ from tests.helpers import needs
 
 DATA = Path(__file__).parent / "data"
 TRANSCRIPT = DATA / "benchmark_model_android.txt"
+# `adb shell getprop` in its output format, with a Pixel 8's published values (no phone here)
+GETPROP = DATA / "getprop_android.txt"
 SMALL = ["-m", "mobilevit_xxs", "-r", "64", "--quick"]
 
 
@@ -307,6 +310,18 @@ if args[0] == "devices":
     print()
 elif args[0] == "push":
     print(args[1] + ": 1 file pushed, 0 skipped.")
+elif args[0] == "shell" and args[1] == "getprop":
+    sys.stdout.write(open(os.environ["FAKE_ADB_GETPROP"]).read())
+elif args[0] == "shell" and "benchmark_model --help" in args[1]:
+    if os.environ.get("FAKE_ADB_WRONG_ABI"):  # what Android's shell says of an x86-64 build
+        print("/system/bin/sh: /data/local/tmp/mvdeploy/benchmark_model: not executable: "
+              "64-bit ELF file")
+        print("exit=126")
+    else:  # the head of benchmark_model's flag list
+        print("Flags:")
+        print("\t--num_runs=50\tint32\toptional\texpected number of runs")
+        print("\t--graph=\tstring\toptional\tgraph file name")
+        print("exit=1")
 elif args[0] == "shell" and "benchmark_model --graph" in args[1]:
     if os.environ.get("FAKE_ADB_FAIL"):
         print("ERROR: Failed to allocate tensors!", file=sys.stderr)
@@ -326,6 +341,7 @@ def fake_adb(tmp_path, monkeypatch):
     log = tmp_path / "adb.log"
     monkeypatch.setenv("FAKE_ADB_LOG", str(log))
     monkeypatch.setenv("FAKE_ADB_TRANSCRIPT", str(TRANSCRIPT))
+    monkeypatch.setenv("FAKE_ADB_GETPROP", str(GETPROP))
     monkeypatch.setenv("FAKE_ADB_DEVICES", "emulator-5554")
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     return {"adb": adb, "binary": binary, "log": log}
@@ -385,6 +401,18 @@ def test_android_run_parses_into_the_same_schema(fake_adb, bench_cache, tmp_path
     assert rows["xnnpack"]["latency_ms"]["p50"] == pytest.approx(5.098)
     assert rows["xnnpack"]["load_ms"] == pytest.approx(31.204)
     assert rows["xnnpack"]["peak_rss_mb"] == pytest.approx(38.2852)
+    # each row names the phone it ran on (never this host) and its accelerator
+    for row in rows.values():
+        assert row["device"] == {"serial": "emulator-5554", "manufacturer": "Google",
+                                 "model": "Pixel 8", "soc": "Tensor G3", "android": "15",
+                                 "sdk": "35", "abi": "arm64-v8a"}
+        assert row["peak_fraction"] is None  # this host's GEMM peak says nothing of a phone
+    text = markdown(report)
+    assert "Measured on Google Pixel 8 (Tensor G3, Android 15, serial emulator-5554)" in text
+    table = [line for line in text.splitlines() if line.startswith("| mobilevit_xxs")]
+    assert sorted(line.split(" | ")[3] for line in table) == ["gpu", "xnnpack"]
+    assert all(line.endswith("| Google Pixel 8 (Tensor G3, Android 15, serial "
+                             "emulator-5554) |") for line in table)
     calls = fake_adb["log"].read_text()
     assert "push" in calls and "mobilevit_xxs_A_64x64.tflite" in calls
     assert "--num_threads=4" in calls and "--use_xnnpack=true" in calls
@@ -582,3 +610,90 @@ def test_caveats_for_noisy_speedups_peaks_and_too_many_threads(tmp_path):
     planned = plan(threads=[cores + 1], runtimes=["onnxruntime"], out=tmp_path / "o")
     assert f"--threads {cores + 1} above the {cores} CPUs" in planned.warnings[0]
     assert plan(threads=[1], runtimes=["onnxruntime"], out=tmp_path / "o").warnings == []
+
+
+# ---------------------------------------------------------------- a second runtime of a format
+
+
+def test_runtime_ratios_pair_the_same_file_across_runtimes():
+    ort_a, ov_a = _row("A", "onnxruntime", 10.0), _row("A", "openvino", 8.0)
+    ort_b, ov_b = _row("B", "onnxruntime", 12.0), _row("B", "openvino", 15.0)
+    for row, name in ((ort_a, "a.onnx"), (ov_a, "a.onnx"), (ort_b, "b.onnx"), (ov_b, "b.onnx")):
+        row["artifact"] = name
+    report = _report([ort_a, ov_a, ort_b, ov_b, _row("A", "litert", 5.0)])
+    ratios = {(q["preset"], q["runtime"], q["against"]): q["ratio"]
+              for q in report["runtime_ratios"]}
+    assert ratios == {("A", "openvino", "onnxruntime"): pytest.approx(0.8),
+                      ("B", "openvino", "onnxruntime"): pytest.approx(1.25)}
+    assert "## The same file on another runtime" in markdown(report)
+    assert "| openvino | 8.00 | onnxruntime | 10.00 | 0.80 |" in markdown(report)
+
+
+def test_openvino_is_timed_only_when_asked_for(tmp_path):
+    from mvdeploy.bench.session import plan
+
+    default = {c.runtime for c in plan(threads=[1], out=tmp_path / "o").matrix.configs}
+    assert "onnxruntime" in default and "openvino" not in default
+    asked = plan(threads=[1], runtimes=["ov"], out=tmp_path / "o").matrix.configs
+    assert {c.runtime for c in asked} == {"openvino"} and {c.format for c in asked} == {"onnx"}
+
+
+@pytest.mark.slow
+def test_openvino_times_the_onnx_file_and_computes_what_onnxruntime_does(bench_cache, tmp_path,
+                                                                         capfd):
+    """Both runtimes load the same cached .onnx (fused attention included); OpenVINO's float32
+    outputs equal onnxruntime's to 5e-6 of the largest logit on the photos."""
+    pytest.importorskip("openvino")
+    from mvdeploy.backends.onnx import load, load_openvino
+    from mvdeploy.data import load_images, sample_image_paths
+
+    argv = ["bench", *SMALL, "-p", "A", "-b", "onnxruntime,openvino", "-t", "1", "--out",
+            str(tmp_path / "o"), "--cache", str(bench_cache), "--json"]
+    assert run(argv) == 0
+    report = json.loads(capfd.readouterr().out)
+    rows = {r["runtime"]: r for r in report["results"]}
+    assert {r["status"] for r in rows.values()} == {"ok"}
+    assert rows["openvino"]["artifact"] == rows["onnxruntime"]["artifact"]
+    (ratio,) = report["runtime_ratios"]
+    assert ratio["ratio"] == pytest.approx(rows["openvino"]["latency_ms"]["p50"]
+                                           / rows["onnxruntime"]["latency_ms"]["p50"])
+    artifact = Path(rows["openvino"]["artifact"])
+    x, _, _ = load_images(sample_image_paths(), 64, 64)
+    ort, ov = load(artifact, threads=1), load_openvino(artifact, threads=1)
+    # the bench's file takes one image (batch 1), as an app feeds it
+    ours = np.concatenate([ort(x[i:i + 1]) for i in range(len(x))])
+    theirs = np.concatenate([ov(x[i:i + 1]) for i in range(len(x))])
+    assert np.abs(theirs - ours).max() <= 5e-6 * np.abs(ours).max()
+    assert len(set(ours.argmax(1).tolist())) > 1  # the photos tell apart: the check can fail
+
+
+def test_getprop_gives_model_soc_and_android_version():
+    device = android.parse_getprop(GETPROP.read_text())
+    assert (device["model"], device["soc"], device["android"]) == ("Pixel 8", "Tensor G3", "15")
+    # older phones have no ro.soc.model: the board platform stands in
+    older = android.parse_getprop("[ro.board.platform]: [msm8998]\n[ro.product.model]: [G8]\n")
+    assert older["soc"] == "msm8998" and older["android"] is None
+    assert android.describe_device({"serial": "X1", **older}) == "G8 (msm8998, serial X1)"
+
+
+def test_doctor_checks_the_device_and_that_the_binary_runs_there(fake_adb, capfd,
+                                                                 monkeypatch):
+    argv = ["doctor", "--android", "--adb", str(fake_adb["adb"]), "--benchmark-binary",
+            str(fake_adb["binary"])]
+    assert run([*argv, "--json"]) == 0
+    report = json.loads(capfd.readouterr().out)["android"]
+    assert report["ok"] and report["device"]["model"] == "Pixel 8"
+    calls = fake_adb["log"].read_text()
+    assert "push" in calls and "benchmark_model --help" in calls
+    assert run(argv) == 0
+    assert ("android: Google Pixel 8 (Tensor G3, Android 15, serial emulator-5554): "
+            in capfd.readouterr().out)
+    # a build for another ABI is said before any bench, one line, exit 1
+    monkeypatch.setenv("FAKE_ADB_WRONG_ABI", "1")
+    assert run(argv) == 1
+    err = capfd.readouterr().err.strip()
+    assert "does not run as benchmark_model" in err and "ABI is arm64-v8a" in err
+    assert "\n" not in err
+    # no binary: the same reason the bench would give
+    assert run(["doctor", "--android", "--adb", str(fake_adb["adb"])]) == 1
+    assert "no benchmark_model binary" in capfd.readouterr().err

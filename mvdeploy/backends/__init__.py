@@ -9,6 +9,8 @@ limit, outputs, CLI flags) and the functions the pipeline calls by convention:
                                              (labels, preprocessing) in or beside the file
     load(path, *, threads=None, accelerator=None) -> Session
                                              the runtime: NCHW float32 batch -> scores
+                                             (a second runtime of the format names its own
+                                             loader in its Runtime: ONNX's load_openvino)
     describe(path) -> dict                   inputs, outputs, op histogram, max rank
     snippet(manifest, client=None) -> str    app code, where SPEC.snippet_language is set
                                              (client: one of SPEC.snippet_clients)
@@ -108,6 +110,11 @@ class Runtime:
     targets: tuple[str, ...]  # bench targets it runs on: cpu, cuda, android, apple
     aliases: tuple[str, ...] = ()
     imports_torch: bool = False  # its Python bindings need torch (timed loads exclude it)
+    # a second runtime of the format: the module function that loads it (same signature as
+    # load), the package it needs beyond the format's run_needs and the extra installing it
+    loader: str = "load"
+    needs: tuple[Package, str] | None = None
+    default: bool = True  # in a bench's runtimes when --backend is not given
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,11 @@ SPEC = FormatSpec(
             and _types(s).get("int8", 0) > 0),
     },
     options=OnnxOptions, check=_check, dynamic_batch=True, metadata=True,
-    runtimes=(Runtime("onnxruntime", ("cpu", "cuda"), aliases=("ort",)),),
+    runtimes=(Runtime("onnxruntime", ("cpu", "cuda"), aliases=("ort",)),
+              # what a user on an Intel machine runs the same file with; opt-in (--backend)
+              Runtime("openvino", ("cpu",), aliases=("ov",), loader="load_openvino",
+                      needs=(Package("openvino", "openvino", "OpenVINO runtime"), "clients"),
+                      default=False)),
     peer=True, accelerator_unavailable=unavailable,
     calibration_methods=("minmax", "entropy", "percentile"),
     # transformers.js' DEFAULT_DTYPE_SUFFIX_MAPPING (utils/dtypes.js): fp32 "", fp16 "_fp16",
@@ -372,6 +376,25 @@ def load(path: Path, *, threads: int | None = None, accelerator: str = "cpu") ->
     name = session.get_inputs()[0].name
     return Session(prepare=lambda x: {name: np.ascontiguousarray(x, dtype=np.float32)},
                    infer=lambda feed: session.run(None, feed), scores=lambda out: out[0])
+
+
+def load_openvino(path: Path, *, threads: int | None = None, accelerator: str = "cpu"
+                  ) -> Session:
+    """The ONNX file on OpenVINO's CPU plugin, in float32: the plugin would otherwise run
+    bf16 where the CPU has bf16 units (AVX512-BF16, AMX), as an app that wants float32 asks."""
+    ov = require("openvino", "openvino", "clients", "Running ONNX models on OpenVINO")
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    request = compiled.create_infer_request()
+
+    def infer(x: np.ndarray):
+        request.infer({0: x})
+        return request.get_output_tensor(0).data
+
+    return Session(prepare=lambda x: np.ascontiguousarray(x, dtype=np.float32), infer=infer,
+                   scores=lambda out: np.array(out), runtime="openvino")
 
 
 def plain_export(module, example, path: Path) -> None:

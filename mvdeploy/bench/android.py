@@ -65,6 +65,40 @@ def devices(opts: AndroidOptions) -> list[str]:
             if len(line.split()) >= 2 and line.split()[1] == "device"]
 
 
+# what a results row says about the phone, from `adb shell getprop` (first key present wins)
+DEVICE_PROPERTIES = {
+    "manufacturer": ("ro.product.manufacturer",),
+    "model": ("ro.product.model",),
+    "soc": ("ro.soc.model", "ro.board.platform", "ro.hardware"),
+    "android": ("ro.build.version.release",),
+    "sdk": ("ro.build.version.sdk",),
+    "abi": ("ro.product.cpu.abi",),
+}
+_PROP = re.compile(r"^\[(?P<key>[^\]]+)\]: \[(?P<value>.*)\]$")
+
+
+def parse_getprop(text: str) -> dict[str, str]:
+    """`adb shell getprop` lines ("[ro.product.model]: [Pixel 8]") -> the row's device facts."""
+    props = {m["key"]: m["value"] for m in map(_PROP.match, text.splitlines()) if m}
+    return {field: next((props[k] for k in keys if props.get(k)), None)
+            for field, keys in DEVICE_PROPERTIES.items()}
+
+
+def device_info(opts: AndroidOptions) -> dict:
+    """The attached device a row was measured on: serial plus getprop's model, SoC, Android."""
+    serial = opts.serial or devices(opts)[0]
+    info = parse_getprop(_adb(AndroidOptions(adb=opts.adb, serial=serial), "shell", "getprop"))
+    return {"serial": serial, **info}
+
+
+def describe_device(device: dict) -> str:
+    """'Google Pixel 8 (Tensor G3, Android 15, serial 3A1...)' for reports."""
+    name = " ".join(v for v in (device.get("manufacturer"), device.get("model")) if v)
+    facts = [device.get("soc"), device.get("android") and f"Android {device['android']}",
+             device.get("serial") and f"serial {device['serial']}"]
+    return f"{name or 'Android device'} ({', '.join(f for f in facts if f)})"
+
+
 def unavailable_reason(opts: AndroidOptions) -> str | None:
     if not opts.benchmark_binary:
         return ("no benchmark_model binary: pass --benchmark-binary PATH (LiteRT's "
@@ -82,6 +116,32 @@ def unavailable_reason(opts: AndroidOptions) -> str | None:
     if opts.serial and opts.serial not in attached:
         return f"device {opts.serial} is not attached (attached: {', '.join(attached)})"
     return None
+
+
+def check_device(opts: AndroidOptions) -> dict:
+    """What `mvdeploy doctor --android` reports: the device, and whether the benchmark binary
+    runs on it (pushed, then `benchmark_model --help`, whose flag list names --graph). A wrong
+    ABI or a binary that is not benchmark_model is said here, before any bench."""
+    reason = unavailable_reason(opts)
+    if reason:
+        return {"ok": False, "error": reason}
+    try:
+        device = device_info(opts)
+        on_device = AndroidOptions(adb=opts.adb, serial=device["serial"])
+        binary = f"{REMOTE_DIR}/benchmark_model"
+        _adb(on_device, "shell", f"mkdir -p {REMOTE_DIR}")
+        _adb(on_device, "push", str(opts.benchmark_binary), binary, timeout=300)
+        _adb(on_device, "shell", f"chmod +x {binary}")
+        said = _adb(on_device, "shell", f"{binary} --help 2>&1; echo exit=$?")
+    except AndroidError as exc:
+        return {"ok": False, "error": str(exc)}
+    lines = [line for line in said.splitlines() if line.strip() and not line.startswith("exit=")]
+    if not any("--graph" in line for line in lines):
+        return {"ok": False, "device": device,
+                "error": f"{opts.benchmark_binary} does not run as benchmark_model on "
+                         f"{describe_device(device)}: {' | '.join(lines[-2:])[:240] or 'no output'}"
+                         f" (the device's ABI is {device.get('abi') or 'unknown'})"}
+    return {"ok": True, "device": device, "benchmark_binary": str(opts.benchmark_binary)}
 
 
 def parse_benchmark_output(text: str) -> dict:
@@ -129,7 +189,7 @@ def run_config(cfg: BenchConfig, artifact: Path, timing: Timing, opts: AndroidOp
         command = shlex.join([binary, *benchmark_args(cfg, remote, timing)])
         out = _adb(opts, "shell", command, timeout=timing.timeout_s)
         result = parse_benchmark_output(out)
-        result["device"] = opts.serial or devices(opts)[0]
+        result["device"] = device_info(opts)
         return result
     except AndroidError as exc:
         return {"status": "failed", "error": str(exc)}

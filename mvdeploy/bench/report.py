@@ -16,6 +16,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from mvdeploy.bench.android import describe_device
 from mvdeploy.bench.row import BenchRow
 from mvdeploy.errors import ConfigError
 from mvdeploy.files import write_atomic
@@ -29,7 +30,7 @@ CSV_COLUMNS = [
     "target", "accelerator", "impl", "status", "p50_ms", "p90_ms", "p99_ms", "min_ms",
     "mean_ms", "std_ms", "cv", "noisy", "runs", "rounds", "drift", "load_ms", "first_ms",
     "peak_rss_mb", "torch_imported", "size_mb", "gmacs", "gflops", "peak_fraction", "snr_db",
-    "error",
+    "device", "error",
 ]
 REQUIRED_RESULT_KEYS = {"key", "model", "patch", "preset", "resolution", "runtime", "precision",
                         "threads", "batch", "target", "accelerator", "impl", "status", "error"}
@@ -86,6 +87,35 @@ def peer_ratios(results: list[dict]) -> list[dict]:
     return out
 
 
+def runtime_ratios(results: list[dict]) -> list[dict]:
+    """The same file timed by another runtime of its format (OpenVINO on the ONNX file) against
+    the format's first runtime (onnxruntime): other p50 / first p50, < 1: the other is faster;
+    with each interleaved round's ratio, as for the peer."""
+    from mvdeploy.backends import runtimes
+
+    def identity(r: dict) -> tuple:
+        return (r["artifact"], r["threads"], r["batch"], r["target"], r["impl"])
+
+    formats = runtimes()
+    first = {name: s.runtimes[0].name for name, s in formats.items()}
+    ok = [r for r in results if r["status"] == "ok" and r.get("artifact")
+          and r["runtime"] in formats]
+    base = {identity(r): r for r in ok if first[r["runtime"]] == r["runtime"]}
+    out = []
+    for r in ok:
+        ref = base.get(identity(r)) if first[r["runtime"]] != r["runtime"] else None
+        if ref:
+            rounds = [a / b for a, b in zip(r.get("round_p50_ms") or [],
+                                            ref.get("round_p50_ms") or [], strict=False)]
+            out.append({"model": r["model"], "preset": r["preset"], "precision": r["precision"],
+                        "threads": r["threads"], "runtime": r["runtime"],
+                        "against": ref["runtime"], "p50_ms": r["latency_ms"]["p50"],
+                        "against_p50_ms": ref["latency_ms"]["p50"],
+                        "ratio": r["latency_ms"]["p50"] / ref["latency_ms"]["p50"],
+                        "round_ratios": [round(x, 4) for x in rounds]})
+    return out
+
+
 def patch_speedups(results: list[dict]) -> list[dict]:
     """Preset B against A for every configuration timed with both: A p50 / B p50 - 1."""
     def identity(r: dict) -> tuple:
@@ -123,7 +153,8 @@ def build_report(run, *, timing, command: str) -> dict[str, Any]:
 def derived_figures(results: list[dict]) -> dict[str, list[dict]]:
     """What a report computes from its rows; `bench --report` recomputes it, so files written
     by an older mvdeploy gain what a newer one derives."""
-    return {"patch_speedups": patch_speedups(results), "peer": peer_ratios(results)}
+    return {"patch_speedups": patch_speedups(results), "peer": peer_ratios(results),
+            "runtime_ratios": runtime_ratios(results)}
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
@@ -187,7 +218,8 @@ def _flat(row: dict) -> dict:
     out.update(resolution=f"{h}x{w}", p50_ms=latency.get("p50"), p90_ms=latency.get("p90"),
                p99_ms=latency.get("p99"), min_ms=latency.get("min"), mean_ms=latency.get("mean"),
                std_ms=latency.get("std"), cv=latency.get("cv"), noisy=latency.get("noisy"),
-               runs=latency.get("runs"), snr_db=fidelity.get("snr_db"))
+               runs=latency.get("runs"), snr_db=fidelity.get("snr_db"),
+               device=describe_device(row["device"]) if row.get("device") else None)
     return out
 
 
@@ -207,11 +239,13 @@ def _num(value, digits: int = 2) -> str:
 def markdown(report: dict) -> str:
     env = report["environment"]
     timing = report["timing"]
+    devices = sorted({describe_device(r["device"]) for r in report["results"] if r.get("device")})
     lines = [
         f"# Benchmark: {len(report['results'])} configurations",
         "",
         f"`{report['command']}`",
         "",
+        *([f"Measured on {', '.join(devices)}; driven from this host:", ""] if devices else []),
         f"{env['cpu']}, {env['cores']} cores, {env['os']}, Python {env['python']}, "
         f"mvdeploy {env['mvdeploy']}; {report['created']}; {report['seconds']:.0f} s"
         + (" (**interrupted**: partial results)" if report["interrupted"] else "") + ".",
@@ -223,9 +257,10 @@ def markdown(report: dict) -> str:
         if peak.get("gflops"):
             lines.append(f"Machine peak (float32 GEMM {peak['size']}², {threads} thread(s)): "
                          f"{peak['gflops']:.1f} GFLOP/s.")
-    lines += ["", "| model | patch | runtime | precision | threads | p50 ms | p90 ms | p99 ms | "
-              "CV | load ms | first ms | peak RSS MB | size MB | GFLOP/s | % of peak | SNR dB |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| model | patch | runtime | accelerator | precision | threads | p50 ms | "
+              "p90 ms | p99 ms | CV | load ms | first ms | peak RSS MB | size MB | GFLOP/s | "
+              "% of peak | SNR dB |" + (" device |" if devices else ""),
+              "|---" * (17 + bool(devices)) + "|"]
     ok = sorted((r for r in report["results"] if r["status"] == "ok"),
                 key=lambda r: (r["model"], r["runtime"], r["impl"], r["precision"],
                                r["threads"], r["preset"]))
@@ -236,13 +271,16 @@ def markdown(report: dict) -> str:
         fraction = r.get("peak_fraction")
         above = " †" if fraction and fraction > 1 else ""
         lines.append(
-            f"| {r['model']} | {r['preset']} | {runtime} | {r['precision']} | {r['threads']} | "
+            f"| {r['model']} | {r['preset']} | {runtime} | {r['accelerator']} | "
+            f"{r['precision']} | {r['threads']} | "
             f"{_num(lat.get('p50'))} | {_num(lat.get('p90'))} | {_num(lat.get('p99'))} | "
             f"{_num(lat.get('cv'), 3)}{noisy} | {_num(r.get('load_ms'), 0)} | "
             f"{_num(r.get('first_ms'), 1)} | {_num(r.get('peak_rss_mb'), 0)} | "
             f"{_num(r.get('size_mb'))} | {_num(r.get('gflops'), 1)} | "
             f"{_num(100 * fraction if fraction else None, 1)}{above} | "
-            f"{_num(fid.get('snr_db'), 1)} |")
+            f"{_num(fid.get('snr_db'), 1)} |"
+            + (f" {describe_device(r['device']) if r.get('device') else '-'} |"
+               if devices else ""))
     lines.append("")
     lines.append("⚠: coefficient of variation above 10 %, treat as noisy.")
     if any((r.get("peak_fraction") or 0) > 1 for r in ok):
@@ -272,6 +310,18 @@ def markdown(report: dict) -> str:
             lines.append(f"| {p['model']} | {p['runtime']} | {p['threads']} | "
                          f"{p['ours_p50_ms']:.2f} | {p['peer_p50_ms']:.2f} | {p['ratio']:.2f} | "
                          f"{spread} |")
+    if report.get("runtime_ratios"):
+        lines += ["", "## The same file on another runtime", "",
+                  "| model | preset | precision | threads | runtime | p50 ms | against | "
+                  "its p50 ms | ratio | per-round ratios |", "|---" * 10 + "|"]
+        for q in report["runtime_ratios"]:
+            rounds = q.get("round_ratios") or []
+            spread = f"{min(rounds):.2f}-{max(rounds):.2f}" if rounds else "-"
+            lines.append(f"| {q['model']} | {q['preset']} | {q['precision']} | {q['threads']} | "
+                         f"{q['runtime']} | {q['p50_ms']:.2f} | {q['against']} | "
+                         f"{q['against_p50_ms']:.2f} | {q['ratio']:.2f} | {spread} |")
+        lines += ["", "ratio: p50 of the runtime / p50 of the format's first runtime on the "
+                  "same file (< 1: faster)."]
     other = [r for r in report["results"] if r["status"] != "ok"]
     if other or report["skipped"]:
         lines += ["", "## Not measured", ""]

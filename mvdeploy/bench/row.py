@@ -33,6 +33,9 @@ class BenchRow:
     gflops: float | None = None
     peak_gflops: float | None = None
     peak_fraction: float | None = None
+    # where it ran when that is not this machine: an Android device's serial, manufacturer,
+    # model, SoC, Android version, SDK and ABI (bench.android.device_info)
+    device: dict | None = None
 
     def to_dict(self) -> dict[str, Any]:
         figures = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)

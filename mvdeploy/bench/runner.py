@@ -100,7 +100,8 @@ def _summarise(cfg: BenchConfig, rounds: list[dict], prepared: Prepared, gmacs: 
         torch_imported=any(r.get("torch_imported") for r in rounds),
         throughput_ips=1e3 * cfg.batch / p50 if p50 else None,
         gflops=gflops, peak_gflops=peak_gflops,
-        peak_fraction=gflops / peak_gflops if gflops and peak_gflops else None)
+        peak_fraction=gflops / peak_gflops if gflops and peak_gflops else None,
+        device=rounds[-1].get("device"))
 
 
 def _inputs(work: Path, resolution: tuple[int, int]) -> Path:

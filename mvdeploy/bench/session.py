@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mvdeploy.backends import runtime_aliases
+from mvdeploy.backends import runtime_aliases, runtimes
 from mvdeploy.bench.android import AndroidOptions
 from mvdeploy.bench.locks import another_bench_running, bench_locks
 from mvdeploy.bench.matrix import (
@@ -24,6 +24,12 @@ from mvdeploy.bench.matrix import (
     with_timing,
 )
 from mvdeploy.errors import ConfigError
+
+
+def opt_in_runtimes() -> set[str]:
+    """Format runtimes a bench times only when asked for (Runtime.default false)."""
+    return {r.name for s in runtimes().values() for r in s.runtimes if not r.default}
+
 
 EAGER_ALIASES = {"pytorch": "torch", "eager": "torch", "compile": "torch-compile"}
 
@@ -65,7 +71,8 @@ def plan(*, suite: str | None = None, models: Sequence[str] = (), patches: Seque
         raise ConfigError(f"unknown target {target!r}: choose one of {', '.join(ACCELERATORS)}")
     # opt-in runtimes (torch.compile: ~45 s cold per worker) only run when asked for
     runtime_list = ([canonical_runtime(r) for r in runtimes] or spec.get("runtimes")
-                    or [r for r in target_runtimes(target) if r not in OPT_IN_RUNTIMES])
+                    or [r for r in target_runtimes(target) if r not in OPT_IN_RUNTIMES
+                        and r not in opt_in_runtimes()])
     matrix = build_matrix(
         models=list(models) or spec.get("models", ["mobilevit_xxs"]),
         patches=list(patches) or spec.get("patches", ["A", "B"]),

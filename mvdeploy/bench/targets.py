@@ -36,6 +36,10 @@ def _format_reason(cfg: BenchConfig) -> str | None:
     if not any(_installed(p.module) for p in fmt.run_needs):
         return (f"{fmt.run_needs[0].distribution} is not installed: "
                 f"pip install -e '.[{fmt.extra}]'")
+    runtime = next((r for r in fmt.runtimes if r.name == cfg.runtime), None)
+    if runtime is not None and runtime.needs and not _installed(runtime.needs[0].module):
+        package, extra = runtime.needs
+        return f"{package.distribution} is not installed: pip install -e '.[{extra}]'"
     if cfg.target in ("cpu", "cuda"):
         return fmt.accelerator_unavailable(cfg.accelerator)
     if cfg.target == "apple":

@@ -49,8 +49,10 @@ def _exported(spec: dict) -> tuple[Infer, Callable]:
     from mvdeploy.backends import get_backend, runtimes
 
     fmt = runtimes()[spec["runtime"]]
-    session = get_backend(fmt.name).load(Path(spec["artifact"]), threads=spec["threads"],
-                                         accelerator=spec["accelerator"])
+    runtime = next(r for r in fmt.runtimes if r.name == spec["runtime"])
+    load = getattr(get_backend(fmt.name), runtime.loader)
+    session = load(Path(spec["artifact"]), threads=spec["threads"],
+                   accelerator=spec["accelerator"])
     return session.infer, session.prepare
 
 
