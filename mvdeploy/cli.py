@@ -598,7 +598,7 @@ def _runtime_help() -> str:
 @app.command()
 @click.option("--suite", metavar="TOML", type=click.Path(dir_okay=False),
               help="A suite file ([suite] matrix, [timing]); flags override it.")
-@click.option("--model", "-m", "models", multiple=True, metavar="LIST",
+@click.option("--model", "--models", "-m", "models", multiple=True, metavar="LIST",
               help="mobilevit_xxs,mobilevit_xs,mobilevit_s (default: mobilevit_xxs).")
 @click.option("--patch", "-p", "patches", multiple=True, metavar="SPEC",
               help="A, B or per-stage sizes (8,4,2); repeat for several (default: A and B).")
@@ -611,11 +611,15 @@ def _runtime_help() -> str:
 @click.option("--threads", "-t", "threads", multiple=True, metavar="LIST",
               help="Thread counts (default: this machine's cores, at most 4).")
 @click.option("--batch", "batches", multiple=True, metavar="LIST", help="Batch sizes (default 1).")
-@click.option("--target", type=click.Choice(["cpu", "cuda", "android", "apple"]),
-              help="Where to run (default cpu).")
+@click.option("--target", type=click.Choice(["cpu", "cuda", "android", "apple", "aihub"]),
+              help="Where to run (default cpu); aihub: Qualcomm AI Hub's phones.")
 @click.option("--accelerator", "accelerators", multiple=True, metavar="LIST",
               help="cuda: cuda, tensorrt; android: xnnpack, gpu, cpu; apple: ALL, CPU_ONLY, "
-                   "CPU_AND_GPU, CPU_AND_NE.")
+                   "CPU_AND_GPU, CPU_AND_NE; aihub: all, npu, gpu, cpu.")
+@click.option("--device", "devices", multiple=True, metavar="NAME",
+              help='aihub: an AI Hub device, e.g. "Samsung Galaxy S24"; repeat for several.')
+@click.option("--validate-on-device", is_flag=True,
+              help="aihub: also run the photos on the device and compare with PyTorch.")
 @click.option("--peer/--no-peer", default=None,
               help="Also time transformers' MobileViT with the same weights, exported plainly.")
 @click.option("--weights", "-w", metavar="PATH", help="Checkpoint (default: seeded random).")
@@ -640,9 +644,9 @@ def _runtime_help() -> str:
               help="Redraw CSV, Markdown and plots from a results.json instead of measuring.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results (or comparison) as JSON.")
 def bench(suite, models, patches, resolutions, runtimes, precisions, threads, batches, target,
-          accelerators, peer, weights, out, cache, quick, warmup, min_runs, min_seconds,
-          repetitions, timeout_s, benchmark_binary, adb, serial, force, compare, threshold,
-          report_from, as_json) -> None:
+          accelerators, devices, validate_on_device, peer, weights, out, cache, quick, warmup,
+          min_runs, min_seconds, repetitions, timeout_s, benchmark_binary, adb, serial, force,
+          compare, threshold, report_from, as_json) -> None:
     """Latency per patch configuration, model, runtime, precision and thread count.
 
     \b
@@ -679,8 +683,9 @@ def bench(suite, models, patches, resolutions, runtimes, precisions, threads, ba
         batches=_ints(_split(batches), "--batch"), target=target,
         accelerators=_split(accelerators), peer=peer, weights=weights, out=out, cache=cache,
         quick=quick, force=force, android=AndroidOptions(benchmark_binary, adb, serial),
-        command=command, warmup=warmup, min_runs=min_runs, min_seconds=min_seconds,
-        repetitions=repetitions, timeout_s=timeout_s)
+        devices=devices, validate_on_device=validate_on_device, command=command,
+        warmup=warmup, min_runs=min_runs, min_seconds=min_seconds, repetitions=repetitions,
+        timeout_s=timeout_s)
     for warning in planned.warnings:
         err_console.print(f"mvdeploy: warning: {warning}", markup=False, highlight=False,
                           style="yellow")
@@ -718,6 +723,13 @@ def bench(suite, models, patches, resolutions, runtimes, precisions, threads, ba
                           markup=False, highlight=False)
         raise SystemExit(_exit_code(stop.exception))
     if any(r["status"] == "failed" for r in data["results"]):
+        raise SystemExit(1)
+    off = [r for r in data["results"] if (r.get("device_fidelity") or {}).get("passed") is False]
+    if off:
+        err_console.print(f"mvdeploy: on the device, {len(off)} configuration(s) gave outputs "
+                          f"that differ from PyTorch's beyond the export's tolerance: "
+                          f"{off[0]['device_fidelity']['failures'][0]} ({_bench_label(off[0])})",
+                          markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(1)
     if not any(r["status"] == "ok" for r in data["results"]):
         err_console.print(f"mvdeploy: nothing was measured: none of the "

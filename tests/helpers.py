@@ -15,7 +15,8 @@ import torch
 
 # extras that are not a format's (a format's packages come from its SPEC)
 OTHER_EXTRAS = {"bench": ("matplotlib",), "hub": ("huggingface_hub",), "data": ("sklearn",),
-                "dev": ("transformers", "skimage"), "clients": ("mediapipe", "openvino")}
+                "dev": ("transformers", "skimage"), "clients": ("mediapipe", "openvino"),
+                "aihub": ("qai_hub",)}
 
 
 def _importable(module: str) -> bool:

@@ -448,7 +448,36 @@ def test_cuda_is_unavailable_with_its_reason(tmp_path, capfd):
     by_runtime = {(r["runtime"], r["accelerator"]): r["error"] for r in rows}
     assert "torch.cuda.is_available() is False" in by_runtime[("torch", "cuda")]
     assert "TensorrtExecutionProvider" in by_runtime[("onnxruntime", "tensorrt")]
+    assert ("torch", "tensorrt") not in by_runtime  # TensorRT is onnxruntime's provider
     assert (tmp_path / "results.md").exists()
+
+
+GPU_STUDY = Path(__file__).parents[1] / "benchmarks" / "gpu_study.py"
+
+
+def test_gpu_study_plans_every_gpu_path_without_a_gpu():
+    """The plan is the matrix the two suites build: eager fp32/fp16 and ORT CUDA; compiled
+    fp16 and TensorRT; XXS/XS/S x A/B x batch 1 and 32; no eager row on TensorRT."""
+    done = subprocess.run([sys.executable, str(GPU_STUDY), "--plan"], capture_output=True,
+                          text=True, check=True)
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("  ")]
+    paths = {(r[3], r[4], r[7]) for r in rows}  # runtime, precision, accelerator
+    assert paths == {("torch", "fp32", "cuda"), ("torch", "fp16", "cuda"),
+                     ("onnxruntime", "fp32", "cuda"), ("onnxruntime", "fp16", "cuda"),
+                     ("torch-compile", "fp16", "cuda"), ("onnxruntime", "fp16", "tensorrt")}
+    assert {(r[0], r[1], r[6]) for r in rows} == {
+        (m, p, b) for m in ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s")
+        for p in ("A", "B") for b in ("b1", "b32")}
+    assert "in all: 132 worker runs" in done.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_gpu_study_without_a_gpu_is_one_line_and_measures_nothing(tmp_path):
+    done = subprocess.run([sys.executable, str(GPU_STUDY), "--out", str(tmp_path / "g")],
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "no CUDA device here" in done.stderr
+    assert "nothing was measured" in done.stderr and not (tmp_path / "g").exists()
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="runs Core ML on macOS")
@@ -697,3 +726,144 @@ def test_doctor_checks_the_device_and_that_the_binary_runs_there(fake_adb, capfd
     # no binary: the same reason the bench would give
     assert run(["doctor", "--android", "--adb", str(fake_adb["adb"])]) == 1
     assert "no benchmark_model binary" in capfd.readouterr().err
+
+
+# ---------------------------------------------------------------- Qualcomm AI Hub (replayed)
+#
+# The real qai-hub client runs against tests/aihub_replay.py, a local server answering with
+# responses written to the shape of qai-hub 0.56's REST API (tests/data/aihub/recording.json:
+# not captured from a live account). The code path is the one users run: mvdeploy's calls into
+# qai_hub, and qai_hub's own HTTP, uploads and polling.
+
+ON_S24 = ["--target", "aihub", "--device", "Samsung Galaxy S24", "--models", "mobilevit_xxs",
+          "-r", "64"]
+HUB = [*ON_S24, "--patch", "A,B", "-b", "litert,onnxruntime"]  # the issue's command, at 64²
+
+
+@pytest.fixture
+def hub_replay(tmp_path, monkeypatch):
+    pytest.importorskip("qai_hub")
+    from tests.aihub_replay import start_replay
+
+    replay = start_replay(tmp_path / "aihub")
+    replay.running_polls = 0  # the client sleeps 10 s after each "running" answer
+    monkeypatch.setenv("QAIHUB_CLIENT_INI", str(replay.ini))
+    yield replay
+    replay.stop()
+
+
+def _recorded_profile(device: str, job: str) -> dict:
+    recording = json.loads((Path(__file__).parent / "data" / "aihub" /
+                            "recording.json").read_text())
+    return recording["profiles"][device][job]
+
+
+def test_aihub_profile_becomes_a_bench_round():
+    """What AI Hub's profile says (its client's dict) is what the row says: per-run times as
+    the latency samples, load time, peak memory, layers per compute unit."""
+    from mvdeploy.bench.aihub import profile_result
+
+    profile = {"execution_summary": {"estimated_inference_time": 1450,
+                                     "all_inference_times": [1500, 1450, 1440, 1470],
+                                     "first_load_time": 812000, "warm_load_time": 95000,
+                                     "inference_memory_peak_range": (9 * 2**20, 12 * 2**20)},
+               "execution_detail": [{"compute_unit": "NPU"}] * 5 + [{"compute_unit": "CPU"}]}
+    result = profile_result(profile)
+    assert result["samples_ms"] == [1.5, 1.45, 1.44, 1.47]
+    assert (result["load_ms"], result["peak_rss_mb"]) == (812.0, 12.0)
+    assert result["hub"]["compute_units"] == {"NPU": 5, "CPU": 1}
+    assert result["hub"]["warm_load_ms"] == 95.0
+    assert profile_result({"execution_summary": {}})["status"] == "failed"
+
+
+@pytest.mark.slow
+@needs("tflite", "onnx", "aihub")
+def test_aihub_bench_rows_say_device_compute_units_and_latency(hub_replay, bench_cache,
+                                                                tmp_path, capfd):
+    out = tmp_path / "o"
+    assert run(["bench", *HUB, "--out", str(out), "--cache", str(bench_cache), "--json"]) == 0
+    report = json.loads(capfd.readouterr().out)
+    rows = {(r["runtime"], r["preset"]): r for r in report["results"]}
+    assert set(rows) == {(r, p) for r in ("litert", "onnxruntime") for p in ("A", "B")}
+    for (runtime, preset), row in rows.items():
+        fmt = {"litert": "tflite", "onnxruntime": "onnx"}[runtime]
+        recorded = _recorded_profile("Samsung Galaxy S24", f"mvdeploy mobilevit_xxs {preset} "
+                                                           f"fp32 {fmt}")
+        assert row["status"] == "ok" and row["hub_device"] == "Samsung Galaxy S24"
+        times = [t / 1e3 for t in recorded["all_execution_times"]]
+        assert row["latency_ms"]["p50"] == pytest.approx(float(np.median(times)))
+        assert row["device"]["name"] == "Samsung Galaxy S24"
+        assert row["device"]["chipset"] == "qualcomm-snapdragon-8gen3"
+        layers = sum(layer.get("repeat", 1) for layer in recorded["layer_details"])
+        assert sum(row["device"]["compute_units"].values()) == layers
+        assert row["device"]["job_url"].startswith(hub_replay.url)
+    # the files AI Hub received are the artifacts mvdeploy exported and validated
+    uploaded = {s["model_bytes"] for s in hub_replay.submitted}
+    assert {Path(r["artifact"]).read_bytes() for r in rows.values()} == uploaded
+    assert all(s["type"] in ("profile", "inference") for s in hub_replay.submitted)
+    # per patch configuration, like CPU rows: B against A on the phone, plotted
+    speedups = {s["runtime"]: s for s in report["patch_speedups"]}
+    assert speedups["litert"]["hub_device"] == "Samsung Galaxy S24"
+    assert speedups["litert"]["b_faster_pct"] > 0
+    text = (out / "results.md").read_text()
+    assert "Samsung Galaxy S24 (qualcomm-snapdragon-8gen3, Android 14; AI Hub)" in text
+    assert "| compute units |" in text and "NPU " in text
+    assert (out / "latency.png").exists()
+    assert "compute_units" in (out / "results.csv").read_text().splitlines()[0]
+
+
+@pytest.mark.slow
+@needs("tflite", "aihub")
+def test_aihub_validates_on_the_device_and_fails_when_the_phone_disagrees(
+        hub_replay, bench_cache, tmp_path, capfd):
+    argv = ["bench", *ON_S24, "-b", "litert", "-p", "A", "--validate-on-device", "--cache",
+            str(bench_cache), "--json"]
+    assert run([*argv, "--out", str(tmp_path / "same")]) == 0
+    (row,) = json.loads(capfd.readouterr().out)["results"]
+    fidelity = row["device_fidelity"]
+    assert fidelity["passed"] and fidelity["images"] == 6 and fidelity["snr_db"] > 60
+    assert [s["type"] for s in hub_replay.submitted] == ["inference"]  # photos, profiled too
+    # the phone whose outputs are off by 30 % noise is caught, one line, exit 1
+    hub_replay.output_noise = 0.3
+    assert run([*argv, "--out", str(tmp_path / "off")]) == 1
+    said = capfd.readouterr()
+    (row,) = json.loads(said.out)["results"]
+    assert row["device_fidelity"]["passed"] is False
+    err = said.err.strip().splitlines()[-1]
+    assert err.startswith("mvdeploy: on the device, 1 configuration(s) gave outputs")
+    assert "of the largest reference value, above 0.0001" in err  # fp32's own tolerance
+
+
+@needs("aihub")
+def test_aihub_without_a_token_offline_or_unknown_device_is_one_line_exit_2(
+        tmp_path, monkeypatch, capfd):
+    from tests.aihub_replay import start_replay
+
+    out = tmp_path / "o"
+    argv = ["bench", *HUB, "--out", str(out), "--cache", str(tmp_path / "cache")]
+    monkeypatch.setenv("QAIHUB_CLIENT_INI", str(tmp_path / "missing.ini"))
+    cases = {"no token": "no AI Hub API token is configured"}
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.qai_hub/client.ini either
+    assert run(argv) == 2
+    errors = {"no token": capfd.readouterr().err.strip()}
+    refused = start_replay(tmp_path / "refused", token="not-the-token")
+    monkeypatch.setenv("QAIHUB_CLIENT_INI", str(refused.ini))
+    assert run(argv) == 2
+    errors["refused"] = capfd.readouterr().err.strip()
+    cases["refused"] = "AI Hub did not accept the API token"
+    refused.stop()
+    closed = tmp_path / "closed.ini"  # a server that is not there: offline
+    closed.write_text(refused.ini.read_text().replace(refused.url, "http://127.0.0.1:9"))
+    monkeypatch.setenv("QAIHUB_CLIENT_INI", str(closed))
+    assert run(argv) == 2
+    errors["offline"] = capfd.readouterr().err.strip()
+    cases["offline"] = "cannot reach AI Hub"
+    known = start_replay(tmp_path / "known")
+    monkeypatch.setenv("QAIHUB_CLIENT_INI", str(known.ini))
+    assert run([*argv[:4], "Galaxy S99", *argv[5:]]) == 2
+    errors["unknown device"] = capfd.readouterr().err.strip()
+    cases["unknown device"] = "AI Hub has no device named 'Galaxy S99'"
+    known.stop()
+    for case, expected in cases.items():
+        assert expected in errors[case] and "\n" not in errors[case], (case, errors[case])
+    assert not out.exists() and not (tmp_path / "cache").exists()  # nothing exported or written

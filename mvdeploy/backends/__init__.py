@@ -107,7 +107,7 @@ class Runtime:
     """A runtime `mvdeploy bench` can time this format with."""
 
     name: str
-    targets: tuple[str, ...]  # bench targets it runs on: cpu, cuda, android, apple
+    targets: tuple[str, ...]  # bench targets it runs on: cpu, cuda, android, apple, aihub
     aliases: tuple[str, ...] = ()
     imports_torch: bool = False  # its Python bindings need torch (timed loads exclude it)
     # a second runtime of the format: the module function that loads it (same signature as

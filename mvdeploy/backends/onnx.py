@@ -100,7 +100,7 @@ SPEC = FormatSpec(
             and _types(s).get("int8", 0) > 0),
     },
     options=OnnxOptions, check=_check, dynamic_batch=True, metadata=True,
-    runtimes=(Runtime("onnxruntime", ("cpu", "cuda"), aliases=("ort",)),
+    runtimes=(Runtime("onnxruntime", ("cpu", "cuda", "aihub"), aliases=("ort",)),
               # what a user on an Intel machine runs the same file with; opt-in (--backend)
               Runtime("openvino", ("cpu",), aliases=("ov",), loader="load_openvino",
                       needs=(Package("openvino", "openvino", "OpenVINO runtime"), "clients"),
@@ -362,6 +362,18 @@ def _name_batch_axis(onnx, path: Path) -> None:
     onnx.save(model, str(path))
 
 
+def _providers(path: Path, accelerator: str) -> list:
+    """ORT providers in order. TensorRT keeps its engines beside the file (building one takes
+    tens of seconds, once) and hands what it cannot build (com.microsoft attention) to CUDA,
+    not to the CPU that ORT would otherwise fall back to."""
+    if accelerator != "tensorrt":
+        return [PROVIDERS[accelerator]]
+    cache = Path(path).parent / "tensorrt_engines"
+    return [(PROVIDERS["tensorrt"], {"trt_engine_cache_enable": True,
+                                     "trt_engine_cache_path": str(cache)}),
+            PROVIDERS["cuda"]]
+
+
 def load(path: Path, *, threads: int | None = None, accelerator: str = "cpu") -> Session:
     ort = require("onnxruntime", "onnxruntime", "onnx", "Running ONNX models")
     reason = unavailable(accelerator)
@@ -372,7 +384,7 @@ def load(path: Path, *, threads: int | None = None, accelerator: str = "cpu") ->
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    session = ort.InferenceSession(str(path), options, providers=[PROVIDERS[accelerator]])
+    session = ort.InferenceSession(str(path), options, providers=_providers(path, accelerator))
     name = session.get_inputs()[0].name
     return Session(prepare=lambda x: {name: np.ascontiguousarray(x, dtype=np.float32)},
                    infer=lambda feed: session.run(None, feed), scores=lambda out: out[0])

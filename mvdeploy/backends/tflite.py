@@ -79,7 +79,7 @@ SPEC = FormatSpec(
     else Outputs(),
     input_layout=lambda o: "NHWC" if o.channels_last else "NCHW",
     metadata=True,
-    runtimes=(Runtime("litert", ("cpu", "android")),),
+    runtimes=(Runtime("litert", ("cpu", "android", "aihub")),),
     # separate q/k/v: no SLICE ops (27 in XXS) for XNNPACK to copy through
     graph_form={"qkv": "separate"},
     flags=(Flag(("--channels-last",), "channels_last", is_flag=True,

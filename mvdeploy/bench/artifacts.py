@@ -167,5 +167,5 @@ def prepare_all(configs: list[BenchConfig], cache: Path, weights: str | None,
 def export_group_key(cfg: BenchConfig, weights_digest: str) -> str:
     """The formats of one model/patch/resolution/precision/batch export together, into one
     cache folder: its key is the configuration's artifact key without the format."""
-    return replace(cfg, runtime="torch", threads=1, target="cpu",
-                   accelerator="cpu").artifact_key(weights_digest)
+    return replace(cfg, runtime="torch", threads=1, target="cpu", accelerator="cpu",
+                   hub_device=None).artifact_key(weights_digest)

@@ -41,6 +41,7 @@ ACCELERATORS: dict[str, tuple[str, ...]] = {  # target -> accelerator choices (f
     "cuda": ("cuda", "tensorrt"),  # tensorrt: onnxruntime's TensorRT provider
     "android": ("xnnpack", "gpu", "cpu"),  # benchmark_model flags
     "apple": ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"),  # Core ML compute units
+    "aihub": ("all", "npu", "gpu", "cpu"),  # AI Hub's --compute_unit (all: its best choice)
 }
 # bump when mvdeploy exports different artifacts for the same settings, so bench caches made
 # before are not timed as if they were today's (2: per-format graph forms, fused ONNX attention;
@@ -79,6 +80,7 @@ class BenchConfig:
     target: str = "cpu"
     accelerator: str = "cpu"
     impl: str = "mvdeploy"
+    hub_device: str | None = None  # target aihub: the AI Hub device's name ("Samsung Galaxy S24")
 
     @property
     def preset(self) -> str:
@@ -95,7 +97,8 @@ class BenchConfig:
         """Stable, readable identity: what --compare matches on."""
         h, w = self.resolution
         return (f"{self.model}|{self.patch}|{h}x{w}|{self.runtime}|{self.precision}|"
-                f"t{self.threads}|b{self.batch}|{self.target}|{self.accelerator}|{self.impl}")
+                f"t{self.threads}|b{self.batch}|{self.target}|{self.accelerator}|{self.impl}"
+                + (f"|{self.hub_device}" if self.hub_device else ""))
 
     @property
     def label(self) -> str:
@@ -103,13 +106,15 @@ class BenchConfig:
         peer = " (transformers)" if self.impl == "transformers" else ""
         return (f"{self.model} {self.preset} {h}x{w} {self.runtime}{peer} {self.precision} "
                 f"t{self.threads} b{self.batch}"
-                + (f" {self.accelerator}" if self.target != "cpu" else ""))
+                + (f" {self.accelerator}" if self.target != "cpu" else "")
+                + (f" on {self.hub_device}" if self.hub_device else ""))
 
     @classmethod
     def from_row(cls, row: dict) -> BenchConfig:
         """Back from a results row (to_dict plus figures)."""
-        names = [f.name for f in fields(cls)]
-        return cls(**{**{k: row[k] for k in names}, "resolution": tuple(row["resolution"])})
+        names = [f.name for f in fields(cls)]  # fields added later default when absent
+        return cls(**{**{k: row[k] for k in names if k in row},
+                      "resolution": tuple(row["resolution"])})
 
     def artifact_key(self, weights_digest: str) -> str:
         """Cache key of the artifact this configuration times (threads etc. do not matter)."""
@@ -163,6 +168,8 @@ def _supported(cfg: BenchConfig) -> str | None:
         allowed = ("fp32", "fp16") if cfg.target == "cuda" else ("fp32",)
         if cfg.precision not in allowed:
             return f"{cfg.runtime} on {cfg.target} times {' and '.join(allowed)} only"
+        if cfg.target == "cuda" and cfg.accelerator != "cuda":
+            return f"{cfg.runtime} runs on cuda; {cfg.accelerator} is onnxruntime's provider"
     elif cfg.precision not in spec(fmt).recipes:
         return f"{fmt} has no {cfg.precision} recipe"
     if cfg.impl == "transformers":
@@ -173,6 +180,8 @@ def _supported(cfg: BenchConfig) -> str | None:
                     f"{', '.join(peer_runtimes())}")
     if cfg.target == "android" and cfg.batch != 1:
         return "benchmark_model times batch 1"
+    if cfg.target == "aihub" and cfg.impl != "mvdeploy":
+        return "the aihub target profiles mvdeploy's artifacts"
     return None
 
 
@@ -186,7 +195,8 @@ def _canonical_patch(spec: str) -> str:
 def build_matrix(*, models: Sequence[str], patches: Sequence[str], resolutions: Sequence[str],
                  runtimes: Sequence[str], precisions: Sequence[str], threads: Sequence[int],
                  batches: Sequence[int] = (1,), target: str = "cpu",
-                 accelerators: Sequence[str] = (), peer: bool = False) -> Matrix:
+                 accelerators: Sequence[str] = (), peer: bool = False,
+                 devices: Sequence[str] = ()) -> Matrix:
     """Every combination, checked; unsupported ones go to `skipped` with their reason."""
     if target not in ACCELERATORS:
         raise ConfigError(f"unknown target {target!r}: choose one of {', '.join(ACCELERATORS)}")
@@ -211,6 +221,13 @@ def build_matrix(*, models: Sequence[str], patches: Sequence[str], resolutions: 
                               f"choose from {', '.join(ACCELERATORS[target])}")
     if not all((models, patches, resolutions, runtimes, precisions, threads, batches)):
         raise ConfigError("the matrix is empty: every dimension needs at least one value")
+    if target == "aihub" and not devices:
+        raise ConfigError('--target aihub needs --device NAME, e.g. --device "Samsung Galaxy '
+                          'S24" (repeat for several; AI Hub\'s device list names them)')
+    if devices and target != "aihub":
+        raise ConfigError(f"--device names an AI Hub device: it needs --target aihub, not "
+                          f"{target}")
+    hub_devices: list[str | None] = list(dict.fromkeys(devices)) or [None]
     models, runtimes, precisions, threads, batches = (
         list(dict.fromkeys(v)) for v in (models, runtimes, precisions, threads, batches))
     sizes = list(dict.fromkeys(parse_resolution(r) for r in resolutions))
@@ -220,10 +237,10 @@ def build_matrix(*, models: Sequence[str], patches: Sequence[str], resolutions: 
     matrix = Matrix([])
     impls = ["mvdeploy", "transformers"] if peer else ["mvdeploy"]
     for combo in itertools.product(models, canonical, sizes, runtimes, precisions, threads,
-                                   batches, accelerators, impls):
-        model, patch, size, runtime, precision, t, b, accelerator, impl = combo
+                                   batches, accelerators, impls, hub_devices):
+        model, patch, size, runtime, precision, t, b, accelerator, impl, device = combo
         cfg = BenchConfig(model, patch, size, runtime, precision, t, b, target, accelerator,
-                          impl)
+                          impl, device)
         reason = _supported(cfg)
         if reason is None:
             matrix.configs.append(cfg)
@@ -239,10 +256,10 @@ def build_matrix(*, models: Sequence[str], patches: Sequence[str], resolutions: 
 _SUITE_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "models": (str,), "patches": (str, int, list), "resolutions": (str, int, list),
     "runtimes": (str,), "precisions": (str,), "threads": (int,), "batches": (int,),
-    "target": (str,), "accelerators": (str,), "peer": (bool,)}
+    "target": (str,), "accelerators": (str,), "peer": (bool,), "devices": (str,)}
 _SCALARS = ("name", "target", "peer")
 SUITE_KEYS = {"name", "models", "patches", "resolutions", "runtimes", "precisions", "threads",
-              "batches", "target", "accelerators", "peer"}
+              "batches", "target", "accelerators", "peer", "devices"}
 TIMING_KEYS = {"warmup", "min_runs", "min_seconds", "repetitions", "timeout_s"}
 
 

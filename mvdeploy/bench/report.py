@@ -13,10 +13,11 @@ import json
 import os
 import platform
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
-from mvdeploy.bench.android import describe_device
+from mvdeploy.bench import android
 from mvdeploy.bench.row import BenchRow
 from mvdeploy.errors import ConfigError
 from mvdeploy.files import write_atomic
@@ -30,7 +31,7 @@ CSV_COLUMNS = [
     "target", "accelerator", "impl", "status", "p50_ms", "p90_ms", "p99_ms", "min_ms",
     "mean_ms", "std_ms", "cv", "noisy", "runs", "rounds", "drift", "load_ms", "first_ms",
     "peak_rss_mb", "torch_imported", "size_mb", "gmacs", "gflops", "peak_fraction", "snr_db",
-    "device", "error",
+    "device", "compute_units", "device_snr_db", "device_passed", "job_url", "error",
 ]
 REQUIRED_RESULT_KEYS = {"key", "model", "patch", "preset", "resolution", "runtime", "precision",
                         "threads", "batch", "target", "accelerator", "impl", "status", "error"}
@@ -57,7 +58,20 @@ def environment() -> dict[str, Any]:
         libs["matplotlib"] = None
     return {"cpu": _cpu_model(), "cores": os.cpu_count(), "usable_cpus": affinity,
             "os": platform.platform(), "python": platform.python_version(),
-            "mvdeploy": __version__, "libraries": libs}
+            "mvdeploy": __version__, "libraries": libs, "gpu": _gpu()}
+
+
+def _gpu() -> dict | None:
+    """The CUDA device's name and CUDA version, when torch is already loaded (the cuda target
+    loads it to check the device) and sees one; None otherwise, without importing torch."""
+    torch = sys.modules.get("torch")
+    try:
+        if torch is None or not torch.cuda.is_available():
+            return None
+        return {"name": torch.cuda.get_device_name(0), "cuda": torch.version.cuda,
+                "count": torch.cuda.device_count()}
+    except Exception:  # a broken driver reports no GPU rather than stopping the report
+        return None
 
 
 def peer_ratios(results: list[dict]) -> list[dict]:
@@ -120,7 +134,7 @@ def patch_speedups(results: list[dict]) -> list[dict]:
     """Preset B against A for every configuration timed with both: A p50 / B p50 - 1."""
     def identity(r: dict) -> tuple:
         return (r["model"], tuple(r["resolution"]), r["runtime"], r["precision"], r["threads"],
-                r["batch"], r["target"], r["accelerator"], r["impl"])
+                r["batch"], r["target"], r["accelerator"], r["impl"], r.get("hub_device"))
 
     ok = [r for r in results if r["status"] == "ok" and r["latency_ms"].get("p50")]
     a = {identity(r): r for r in ok if r["preset"] == "A"}
@@ -131,7 +145,8 @@ def patch_speedups(results: list[dict]) -> list[dict]:
             noisy = bool(a[identity(b)]["latency_ms"].get("noisy")
                          or b["latency_ms"].get("noisy"))
             out.append({"model": b["model"], "runtime": b["runtime"], "precision": b["precision"],
-                        "threads": b["threads"], "a_p50_ms": pa, "b_p50_ms": pb,
+                        "threads": b["threads"], "hub_device": b.get("hub_device"),
+                        "a_p50_ms": pa, "b_p50_ms": pb,
                         "b_faster_pct": 100 * (pa / pb - 1), "a_gmacs": a[identity(b)]["gmacs"],
                         "b_gmacs": b["gmacs"], "noisy": noisy})
     return out
@@ -219,8 +234,26 @@ def _flat(row: dict) -> dict:
                p99_ms=latency.get("p99"), min_ms=latency.get("min"), mean_ms=latency.get("mean"),
                std_ms=latency.get("std"), cv=latency.get("cv"), noisy=latency.get("noisy"),
                runs=latency.get("runs"), snr_db=fidelity.get("snr_db"),
-               device=describe_device(row["device"]) if row.get("device") else None)
+               device=describe_device(row["device"]) if row.get("device") else None,
+               compute_units=compute_units(row), job_url=(row.get("device") or {}).get("job_url"),
+               device_snr_db=(row.get("device_fidelity") or {}).get("snr_db"),
+               device_passed=(row.get("device_fidelity") or {}).get("passed"))
     return out
+
+
+def describe_device(device: dict) -> str:
+    """Where a row ran, when not on this machine: an adb phone or an AI Hub device."""
+    if device.get("farm") != "aihub":
+        return android.describe_device(device)
+    system = " ".join(v for v in (device.get("os_family"), device.get("os")) if v)
+    facts = ", ".join(f for f in (device.get("chipset"), system) if f)
+    return f"{device.get('name')} ({facts + '; ' if facts else ''}AI Hub)"
+
+
+def compute_units(row: dict) -> str | None:
+    """'NPU 180, CPU 3': which compute unit ran how many layers (AI Hub's profile)."""
+    units = (row.get("device") or {}).get("compute_units")
+    return ", ".join(f"{unit} {count}" for unit, count in units.items()) if units else None
 
 
 def write_csv(report: dict, path: Path) -> None:
@@ -236,6 +269,14 @@ def _num(value, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _device_snr(row: dict) -> str:
+    fidelity = row.get("device_fidelity")
+    if not fidelity:
+        return "-"
+    mark = "" if fidelity["passed"] else " ✗"
+    return f"{_num(fidelity.get('snr_db'), 1)}{mark}"
+
+
 def markdown(report: dict) -> str:
     env = report["environment"]
     timing = report["timing"]
@@ -249,6 +290,8 @@ def markdown(report: dict) -> str:
         f"{env['cpu']}, {env['cores']} cores, {env['os']}, Python {env['python']}, "
         f"mvdeploy {env['mvdeploy']}; {report['created']}; {report['seconds']:.0f} s"
         + (" (**interrupted**: partial results)" if report["interrupted"] else "") + ".",
+        *([f"GPU: {env['gpu']['name']} (CUDA {env['gpu']['cuda']})."] if env.get("gpu")
+          else []),
         f"Timing: {timing['warmup']} warm-up runs, then at least {timing['min_runs']} runs and "
         f"{timing['min_seconds']:g} s per round, {timing['repetitions']} interleaved round(s), "
         "each configuration in its own process; inputs are the bundled photos.",
@@ -257,13 +300,17 @@ def markdown(report: dict) -> str:
         if peak.get("gflops"):
             lines.append(f"Machine peak (float32 GEMM {peak['size']}², {threads} thread(s)): "
                          f"{peak['gflops']:.1f} GFLOP/s.")
-    lines += ["", "| model | patch | runtime | accelerator | precision | threads | p50 ms | "
-              "p90 ms | p99 ms | CV | load ms | first ms | peak RSS MB | size MB | GFLOP/s | "
-              "% of peak | SNR dB |" + (" device |" if devices else ""),
-              "|---" * (17 + bool(devices)) + "|"]
     ok = sorted((r for r in report["results"] if r["status"] == "ok"),
                 key=lambda r: (r["model"], r["runtime"], r["impl"], r["precision"],
-                               r["threads"], r["preset"]))
+                               r["threads"], r.get("hub_device") or "", r["preset"]))
+    units = any(compute_units(r) for r in ok)
+    on_device = any(r.get("device_fidelity") for r in ok)
+    extra = [name for name, shown in (("device", devices), ("compute units", units),
+                                      ("device SNR dB", on_device)) if shown]
+    lines += ["", "| model | patch | runtime | accelerator | precision | threads | p50 ms | "
+              "p90 ms | p99 ms | CV | load ms | first ms | peak RSS MB | size MB | GFLOP/s | "
+              "% of peak | SNR dB |" + "".join(f" {name} |" for name in extra),
+              "|---" * (17 + len(extra)) + "|"]
     for r in ok:
         lat, fid = r["latency_ms"], r.get("fidelity") or {}
         runtime = r["runtime"] + (" (transformers)" if r["impl"] == "transformers" else "")
@@ -280,7 +327,9 @@ def markdown(report: dict) -> str:
             f"{_num(100 * fraction if fraction else None, 1)}{above} | "
             f"{_num(fid.get('snr_db'), 1)} |"
             + (f" {describe_device(r['device']) if r.get('device') else '-'} |"
-               if devices else ""))
+               if devices else "")
+            + (f" {compute_units(r) or '-'} |" if units else "")
+            + (f" {_device_snr(r)} |" if on_device else ""))
     lines.append("")
     lines.append("⚠: coefficient of variation above 10 %, treat as noisy.")
     if any((r.get("peak_fraction") or 0) > 1 for r in ok):
@@ -291,7 +340,9 @@ def markdown(report: dict) -> str:
                   "| model | runtime | precision | threads | A p50 ms | B p50 ms | B faster by | "
                   "GMACs A → B |", "|---|---|---|---|---|---|---|---|"]
         for s in report["patch_speedups"]:
-            lines.append(f"| {s['model']} | {s['runtime']} | {s['precision']} | {s['threads']} | "
+            on = f" on {s['hub_device']}" if s.get("hub_device") else ""
+            lines.append(f"| {s['model']} | {s['runtime']}{on} | {s['precision']} | "
+                         f"{s['threads']} | "
                          f"{s['a_p50_ms']:.2f} | {s['b_p50_ms']:.2f} | "
                          f"{s['b_faster_pct']:+.1f} %{' ⚠' if s.get('noisy') else ''} | "
                          f"{s['a_gmacs']:.3f} → {s['b_gmacs']:.3f} |")
@@ -401,7 +452,8 @@ def plot(report: dict, folder: Path) -> list[Path]:
 
 def _backend(r: dict) -> str:
     peer = "/hf" if r["impl"] == "transformers" else ""
-    return f"{r['runtime']}{peer}\n{r['precision']} t{r['threads']}"
+    where = f"\n{r['hub_device']}" if r.get("hub_device") else ""
+    return f"{r['runtime']}{peer}\n{r['precision']} t{r['threads']}{where}"
 
 
 def _save(fig, path: Path) -> Path:

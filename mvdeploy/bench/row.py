@@ -34,8 +34,11 @@ class BenchRow:
     peak_gflops: float | None = None
     peak_fraction: float | None = None
     # where it ran when that is not this machine: an Android device's serial, manufacturer,
-    # model, SoC, Android version, SDK and ABI (bench.android.device_info)
+    # model, SoC, Android version, SDK and ABI (bench.android.device_info), or an AI Hub
+    # device's name, OS, chipset, compute units per layer and job URL (bench.aihub)
     device: dict | None = None
+    # --validate-on-device: the device's outputs against PyTorch's (passed, snr_db, failures)
+    device_fidelity: dict | None = None
 
     def to_dict(self) -> dict[str, Any]:
         figures = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mvdeploy.backends.timing import run_child, subprocess_env
-from mvdeploy.bench import android, targets
+from mvdeploy.bench import aihub, android, targets
 from mvdeploy.bench.artifacts import Prepared, model_gmacs, prepare_all
 from mvdeploy.bench.matrix import BenchConfig, Matrix, Timing
 from mvdeploy.bench.row import BenchRow
@@ -76,11 +76,13 @@ def _time_once(cfg: BenchConfig, prepared: Prepared, weights: Path | None, input
 def _summarise(cfg: BenchConfig, rounds: list[dict], prepared: Prepared, gmacs: float,
                peak: dict | None) -> BenchRow:
     row = {"artifact": str(prepared.artifact), "size_mb": prepared.size_mb,
-           "fidelity": prepared.fidelity, "gmacs": gmacs, "rounds": len(rounds)}
+           "fidelity": prepared.fidelity, "gmacs": gmacs, "rounds": len(rounds),
+           "device_fidelity": rounds[-1].get("device_fidelity") if rounds else None}
     bad = [r for r in rounds if r.get("status") != "ok"]
     if bad or not rounds:
         first = bad[0] if bad else {"status": "failed", "error": "not measured"}
-        return BenchRow(cfg, first["status"], first.get("error"), **row)
+        return BenchRow(cfg, first["status"], first.get("error"), **row,
+                        device=first.get("device"))
     if "samples_ms" in rounds[0]:
         samples = [s for r in rounds for s in r["samples_ms"]]
         latency = summarise(samples).to_dict()
@@ -94,14 +96,50 @@ def _summarise(cfg: BenchConfig, rounds: list[dict], prepared: Prepared, gmacs: 
     return BenchRow(
         cfg, "ok", None, **row,
         latency_ms=latency, round_p50_ms=round_p50, drift=drift(round_p50),
-        load_ms=float(np.median([r["load_ms"] for r in rounds])),
-        first_ms=float(np.median([r["first_ms"] for r in rounds])),
+        load_ms=_median(r["load_ms"] for r in rounds),
+        first_ms=_median(r["first_ms"] for r in rounds),
         peak_rss_mb=max((r.get("peak_rss_mb") or 0) for r in rounds) or None,
         torch_imported=any(r.get("torch_imported") for r in rounds),
         throughput_ips=1e3 * cfg.batch / p50 if p50 else None,
         gflops=gflops, peak_gflops=peak_gflops,
         peak_fraction=gflops / peak_gflops if gflops and peak_gflops else None,
         device=rounds[-1].get("device"))
+
+
+def _median(values) -> float | None:
+    """Median of the figures a runtime reported (AI Hub reports no first inference)."""
+    known = [v for v in values if v is not None]
+    return float(np.median(known)) if known else None
+
+
+def _device_feeds(work: Path, weights: dict[str, Path]) -> aihub.Feeds:
+    """For --validate-on-device: the bundled photos in the artifact's own input layout (its
+    local runtime's `prepare`), PyTorch's outputs for them and the export's tolerance."""
+    import torch
+
+    from mvdeploy.backends import get_backend, spec
+    from mvdeploy.models import create_model
+    from mvdeploy.pipeline.config import load_config
+    from mvdeploy.pipeline.manifest import read_manifest
+    from mvdeploy.pipeline.validate import Tolerance
+    from mvdeploy.tasks.classification import softmax
+
+    def feeds(cfg: BenchConfig, artifact: Path):
+        x = np.load(_inputs(work, cfg.resolution))
+        session = get_backend(cfg.format).load(artifact)
+        per_photo = [session.prepare(x[i:i + cfg.batch]) for i in range(0, len(x), cfg.batch)]
+        per_photo = [p for p in per_photo if len(next(iter(p.values()))) == cfg.batch]
+        (name,) = per_photo[0]
+        model = create_model(cfg.model, patch_sizes=cfg.patch, weights=weights[cfg.key]).eval()
+        with torch.inference_mode():
+            reference = model(torch.from_numpy(x[:len(per_photo) * cfg.batch])).numpy()
+        if spec(cfg.format).outputs(load_config().format_options(cfg.format)).kind == \
+                "probabilities":
+            reference = softmax(reference)
+        tolerance = read_manifest(artifact.parent / "manifest.json").validation["tolerance"]
+        return {name: [p[name] for p in per_photo]}, reference, Tolerance(**tolerance)
+
+    return feeds
 
 
 def _inputs(work: Path, resolution: tuple[int, int]) -> Path:
@@ -115,7 +153,9 @@ def _inputs(work: Path, resolution: tuple[int, int]) -> Path:
 
 
 def run_matrix(matrix: Matrix, timing: Timing, *, cache: Path, weights: str | None = None,
-               android_opts: android.AndroidOptions | None = None, log: Log = lambda _: None,
+               android_opts: android.AndroidOptions | None = None,
+               hub: aihub.Hub | None = None, validate_on_device: bool = False,
+               log: Log = lambda _: None,
                progress: Callable[[int, int, str], None] = lambda *_: None) -> BenchRun:
     """Everything in the matrix; returns per-configuration rows (ok, failed or unavailable)."""
     began = time.perf_counter()
@@ -136,7 +176,17 @@ def run_matrix(matrix: Matrix, timing: Timing, *, cache: Path, weights: str | No
             for threads in sorted({c.threads for c in timed if c.target == "cpu"}):
                 log(f"measuring this machine's float32 GEMM peak at {threads} thread(s)")
                 run.peaks[threads] = measure_peak(threads)
-            for r in range(timing.repetitions):
+            if hub is not None:  # AI Hub runs its own repetitions: one job per configuration
+                farmed = [c for c in timed if c.target == "aihub"]
+                weights = {c.key: prepared[c.key].weights for c in farmed}
+                done_jobs = aihub.run_all(
+                    farmed, {c.key: prepared[c.key].artifact for c in farmed}, hub,
+                    validate=validate_on_device, feeds=_device_feeds(work, weights),
+                    progress=progress)
+                for key, result in done_jobs.items():
+                    rounds[key].append(result)
+                timed = [c for c in timed if c.target != "aihub"]
+            for r in range(timing.repetitions if timed else 0):
                 offset = (r * len(timed)) // timing.repetitions
                 for cfg in timed[offset:] + timed[:offset]:
                     progress(done, total, f"round {r + 1}/{timing.repetitions}: {cfg.label}")

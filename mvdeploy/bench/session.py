@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mvdeploy.backends import runtime_aliases, runtimes
+from mvdeploy.bench.aihub import AIHubOptions
 from mvdeploy.bench.android import AndroidOptions
 from mvdeploy.bench.locks import another_bench_running, bench_locks
 from mvdeploy.bench.matrix import (
@@ -48,6 +49,7 @@ class Plan:
     weights: str | None = None
     android: AndroidOptions = field(default_factory=AndroidOptions)
     command: str = "mvdeploy bench"
+    aihub: AIHubOptions = field(default_factory=AIHubOptions)
     warnings: list[str] = field(default_factory=list)  # said before measuring
 
 
@@ -59,6 +61,7 @@ def plan(*, suite: str | None = None, models: Sequence[str] = (), patches: Seque
          weights: str | None = None, out: str | Path | None = None,
          cache: str | Path | None = None, quick: bool = False, force: bool = False,
          android: AndroidOptions | None = None, command: str = "mvdeploy bench",
+         devices: Sequence[str] = (), validate_on_device: bool = False,
          **timing: Any) -> Plan:
     """Flags override the suite file, which overrides the defaults; everything is checked
     before anything is exported. `timing` takes warmup, min_runs, min_seconds, repetitions,
@@ -82,7 +85,11 @@ def plan(*, suite: str | None = None, models: Sequence[str] = (), patches: Seque
         threads=list(threads) or spec.get("threads", [min(os.cpu_count() or 1, 4)]),
         batches=list(batches) or spec.get("batches", [1]),
         target=target, accelerators=list(accelerators) or spec.get("accelerators", []),
-        peer=peer if peer is not None else spec.get("peer", False))
+        peer=peer if peer is not None else spec.get("peer", False),
+        devices=list(devices) or spec.get("devices", []))
+    if validate_on_device and target != "aihub":
+        raise ConfigError("--validate-on-device runs the photos on AI Hub's devices: it needs "
+                          "--target aihub")
     if weights is not None:  # a bad checkpoint is one line now, not a matrix of failed rows
         from mvdeploy.models.weights import load_pretrained
 
@@ -105,8 +112,10 @@ def plan(*, suite: str | None = None, models: Sequence[str] = (), patches: Seque
         warnings.append(busy)
     cache_dir = Path(cache or os.environ.get("MVDEPLOY_CACHE")
                      or Path.home() / ".cache" / "mvdeploy" / "bench").expanduser()
+    hub_devices = tuple(dict.fromkeys(c.hub_device for c in matrix.configs if c.hub_device))
     return Plan(matrix, merged_timing, out_dir, cache_dir, weights,
-                android or AndroidOptions(), command, warnings)
+                android or AndroidOptions(), command, warnings=warnings,
+                aihub=AIHubOptions(hub_devices, validate_on_device))
 
 
 @dataclass
@@ -122,8 +131,15 @@ def run(plan: Plan, *, log: Callable[[str], None] = lambda text: None,
     from mvdeploy.bench import report as reports
     from mvdeploy.bench.runner import run_matrix
 
+    hub = None
+    if plan.aihub.devices:  # token, network and device names are checked before any export
+        from mvdeploy.bench.aihub import connect
+
+        hub = connect(plan.aihub)
     with bench_locks(plan.out):  # one bench per --out; later benches hear of this one
         measured = run_matrix(plan.matrix, plan.timing, cache=plan.cache, weights=plan.weights,
-                              android_opts=plan.android, log=log, progress=progress)
+                              android_opts=plan.android, hub=hub,
+                              validate_on_device=plan.aihub.validate_on_device, log=log,
+                              progress=progress)
         data = reports.build_report(measured, timing=plan.timing, command=plan.command)
         return Outcome(data, reports.write_all(data, plan.out), measured.interrupted)
