@@ -94,7 +94,7 @@ REFERENCE = np.random.default_rng(1).standard_normal((40, 50)) * 3
 
 def test_search_keeps_the_most_harmful_groups_float_and_no_more():
     trials = KnownNoise(REFERENCE, {"a": 40, "b": 22, "c": 45, "d": 25, "e": 38})
-    search = search_float_groups(trials, REFERENCE, FidelityTarget(30, 0.0),
+    search = search_float_groups(trials, REFERENCE, compare, FidelityTarget(30, 0.0),
                                  max_float_groups=4)
     assert [g for g, _ in search.ranking()][:2] == ["b", "d"]
     assert search.reached and set(search.best.float_groups) == {"b", "d"}
@@ -117,7 +117,7 @@ def test_an_overcautious_prediction_is_bisected_down():
                                               np.zeros_like(self.reference))
 
     trials = Overlapping(REFERENCE, {g: 20.0 + i for i, g in enumerate("abcdefgh")})
-    search = search_float_groups(trials, REFERENCE, FidelityTarget(30, 0.0),
+    search = search_float_groups(trials, REFERENCE, compare, FidelityTarget(30, 0.0),
                                  max_float_groups=8)
     tried = [len(a.float_groups) for a in search.attempts]
     assert search.reached and len(search.best.float_groups) < max(tried)
@@ -127,17 +127,17 @@ def test_an_overcautious_prediction_is_bisected_down():
 
 def test_a_met_target_needs_no_sensitivity_unless_asked():
     trials = KnownNoise(REFERENCE, {"a": 45, "b": 50})
-    search = search_float_groups(trials, REFERENCE, FidelityTarget(30, 0.0),
+    search = search_float_groups(trials, REFERENCE, compare, FidelityTarget(30, 0.0),
                                  max_float_groups=4)
     assert search.reached and search.best.float_groups == () and trials.calls == 1
-    asked = search_float_groups(trials, REFERENCE, FidelityTarget(30, 0.0),
+    asked = search_float_groups(trials, REFERENCE, compare, FidelityTarget(30, 0.0),
                                 max_float_groups=4, sensitivity=True)
     assert set(asked.sensitivity) == {"a", "b"} and asked.best.float_groups == ()
 
 
 def test_an_unreachable_target_stops_at_the_bound_with_the_best_attempt():
     trials = KnownNoise(REFERENCE, {g: 20.0 for g in "abcdef"})
-    search = search_float_groups(trials, REFERENCE, FidelityTarget(40, 0.0),
+    search = search_float_groups(trials, REFERENCE, compare, FidelityTarget(40, 0.0),
                                  max_float_groups=2)
     assert not search.reached
     assert len(search.best.float_groups) == 2  # the closest: the bound's worth kept float

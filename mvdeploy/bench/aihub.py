@@ -172,7 +172,19 @@ def _device_scores(outputs: dict | None) -> np.ndarray | None:
     return np.concatenate([np.asarray(a, dtype=np.float32).reshape(1, -1) for a in arrays])
 
 
-Feeds = Callable[[BenchConfig, Path], tuple[dict, np.ndarray, Any]]
+@dataclass(frozen=True)
+class OnDevice:
+    """--validate-on-device for one configuration: the device's inputs (name -> list of arrays,
+    one per photo or batch), PyTorch's outputs for them, the export's Tolerance, and the
+    model's task's compare (mvdeploy.tasks)."""
+
+    inputs: dict
+    reference: np.ndarray
+    tolerance: Any
+    compare: Callable[[np.ndarray, np.ndarray], Any]
+
+
+Feeds = Callable[[BenchConfig, Path], OnDevice]
 Progress = Callable[[int, int, str], None]
 
 
@@ -181,35 +193,34 @@ def run_all(configs: list[BenchConfig], artifacts: dict[str, Path], hub: Hub, *,
             ) -> dict[str, dict]:
     """Submit one job per configuration, then wait for each: config key -> its round.
 
-    `feeds(cfg, artifact)` gives, for --validate-on-device, the device's inputs (name -> list of
-    per-photo arrays), PyTorch's logits for those photos and the export's Tolerance."""
+    `feeds(cfg, artifact)` gives what --validate-on-device sends and checks (OnDevice)."""
     qai_hub = _qai_hub()
-    jobs: dict[str, tuple[Any, np.ndarray | None, Any]] = {}
+    jobs: dict[str, tuple[Any, OnDevice | None]] = {}
     results: dict[str, dict] = {}
     total = 2 * len(configs)
     for i, cfg in enumerate(configs):
         progress(i, total, f"submitting to AI Hub: {cfg.label}")
         try:
             model = hub.model(artifacts[cfg.key])
-            inputs, reference, tolerance = (feeds(cfg, artifacts[cfg.key]) if validate
-                                            else (None, None, None))
+            check = feeds(cfg, artifacts[cfg.key]) if validate else None
             job = hub.client.submit_inference_job(
-                model=model, device=hub.devices[cfg.hub_device], inputs=inputs,
-                name=job_name(cfg), options=job_options(cfg), profile=True)
-            jobs[cfg.key] = (job, reference, tolerance)
+                model=model, device=hub.devices[cfg.hub_device],
+                inputs=check.inputs if check else None, name=job_name(cfg),
+                options=job_options(cfg), profile=True)
+            jobs[cfg.key] = (job, check)
         except (qai_hub.Error, OSError) as exc:
             results[cfg.key] = {"status": "failed", "error": f"AI Hub: {_said(exc)}"}
     for i, cfg in enumerate(configs):
         if cfg.key not in jobs:
             continue
-        job, reference, tolerance = jobs[cfg.key]
+        job, check = jobs[cfg.key]
         progress(len(configs) + i, total, f"waiting for AI Hub job {job.job_id}: {cfg.label}")
-        results[cfg.key] = _collect(cfg, job, hub, reference, tolerance, qai_hub)
+        results[cfg.key] = _collect(cfg, job, hub, check, qai_hub)
     return results
 
 
-def _collect(cfg: BenchConfig, job: Any, hub: Hub, reference: np.ndarray | None,
-             tolerance: Any, qai_hub: Any) -> dict:
+def _collect(cfg: BenchConfig, job: Any, hub: Hub, check: OnDevice | None,
+             qai_hub: Any) -> dict:
     facts = {**device_facts(hub.devices[cfg.hub_device]), "job_url": job.url}
     try:
         status = job.wait()
@@ -218,28 +229,26 @@ def _collect(cfg: BenchConfig, job: Any, hub: Hub, reference: np.ndarray | None,
                     "error": f"AI Hub job {job.job_id} {status.code.lower()}: "
                              f"{status.message or 'no reason given'} ({job.url})"}
         result = profile_result(job.download_profile())
-        outputs = job.download_output_data() if reference is not None else None
+        outputs = job.download_output_data() if check is not None else None
     except (qai_hub.Error, OSError) as exc:
         return {"status": "failed", "device": facts, "error": f"AI Hub: {_said(exc)}"}
     facts.update(result.pop("hub", {}))
     result["device"] = facts
-    if reference is not None:
-        result["device_fidelity"] = device_fidelity(reference, _device_scores(outputs),
-                                                    tolerance)
+    if check is not None:
+        result["device_fidelity"] = device_fidelity(check, _device_scores(outputs))
     return result
 
 
-def device_fidelity(reference: np.ndarray, scores: np.ndarray | None, tolerance: Any) -> dict:
+def device_fidelity(check: OnDevice, scores: np.ndarray | None) -> dict:
     """The device's outputs against PyTorch's, under the export's own tolerance."""
-    from mvdeploy.tasks.classification import compare
-
+    reference = check.reference
     if scores is None or len(scores) != len(reference):
         return {"passed": False, "images": len(reference),
                 "failures": ["AI Hub returned no outputs for the photos"
                              if scores is None else
                              f"AI Hub returned {len(scores)} outputs for {len(reference)} photos"]}
-    metrics = compare(reference, scores)
-    failures = tolerance.failures("the device", metrics)
+    metrics = check.compare(reference, scores)
+    failures = check.tolerance.failures("the device", metrics)
     return {"passed": not failures, "images": len(reference), "snr_db": metrics.snr_db,
             "max_rel": metrics.max_rel, "top1_agreement": metrics.top1_agreement,
             "failures": failures}

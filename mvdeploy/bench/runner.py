@@ -118,11 +118,11 @@ def _device_feeds(work: Path, weights: dict[str, Path]) -> aihub.Feeds:
     import torch
 
     from mvdeploy.backends import get_backend, spec
-    from mvdeploy.models import create_model
+    from mvdeploy.models import create_model, get_model_cfg
     from mvdeploy.pipeline.config import load_config
     from mvdeploy.pipeline.manifest import read_manifest
     from mvdeploy.pipeline.validate import Tolerance
-    from mvdeploy.tasks.classification import softmax
+    from mvdeploy.tasks import get_task
 
     def feeds(cfg: BenchConfig, artifact: Path):
         x = np.load(_inputs(work, cfg.resolution))
@@ -133,11 +133,13 @@ def _device_feeds(work: Path, weights: dict[str, Path]) -> aihub.Feeds:
         model = create_model(cfg.model, patch_sizes=cfg.patch, weights=weights[cfg.key]).eval()
         with torch.inference_mode():
             reference = model(torch.from_numpy(x[:len(per_photo) * cfg.batch])).numpy()
+        task = get_task(get_model_cfg(cfg.model).task)
         if spec(cfg.format).outputs(load_config().format_options(cfg.format)).kind == \
                 "probabilities":
-            reference = softmax(reference)
+            reference = task.softmax(reference)
         tolerance = read_manifest(artifact.parent / "manifest.json").validation["tolerance"]
-        return {name: [p[name] for p in per_photo]}, reference, Tolerance(**tolerance)
+        return aihub.OnDevice({name: [p[name] for p in per_photo]}, reference,
+                              Tolerance(**tolerance), task.compare)
 
     return feeds
 

@@ -73,6 +73,7 @@ class MobileViTCfg:
     paper_params: int = 0
     paper_gmacs: float = 0.0
     paper_top1: float = 0.0
+    task: str = "classification"  # what the head predicts: a module of mvdeploy.tasks
 
 
 MODEL_CFGS: dict[str, MobileViTCfg] = {

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,7 +55,13 @@ from mvdeploy.data import normalise as normalise_pixels
 from mvdeploy.errors import ConfigError, MvdeployError, NoSpaceError
 from mvdeploy.files import failed_for_space, nearly_full, umask, write_atomic
 from mvdeploy.isolate import run_isolated
-from mvdeploy.models import PATCH_PRESETS, GraphForm, create_model, parse_patch_sizes
+from mvdeploy.models import (
+    PATCH_PRESETS,
+    GraphForm,
+    create_model,
+    get_model_cfg,
+    parse_patch_sizes,
+)
 from mvdeploy.models.library_preprocessing import LibraryCheck, check_against_library
 from mvdeploy.models.macs import count_macs
 from mvdeploy.native_output import redirect_native_output
@@ -76,11 +83,16 @@ from mvdeploy.pipeline.validate import (
     reference_spread,
     validate,
 )
-from mvdeploy.tasks.classification import LabelledReference, labelled_reference, softmax
+from mvdeploy.tasks import get_task
 from mvdeploy.tensor_names import INPUT_NAME
 from mvdeploy.version import __version__
 
 Step = Callable[[str], AbstractContextManager]
+
+
+def model_task(cfg: ExportConfig) -> str:
+    """The task the model's head serves (a module of mvdeploy.tasks)."""
+    return get_model_cfg(cfg.model.name).task
 
 
 def no_progress(text: str) -> AbstractContextManager:
@@ -278,7 +290,7 @@ def preprocessing_warning(prep: Preprocessing, origin: str) -> str:
 def _app_metadata(cfg: ExportConfig, model_info: dict, labels: list[str] | None,
                   nhwc: bool, outputs: Outputs) -> dict:
     """What an app needs to feed the artifact and read its output, embedded in the file."""
-    return {"mvdeploy": __version__, "model": model_info["name"],
+    return {"mvdeploy": __version__, "model": model_info["name"], "task": model_info["task"],
             "patch_sizes": model_info["patch_sizes"], "resolution": model_info["resolution"],
             "input": INPUT_NAME, "output": outputs.scores, "outputs": list(outputs.names),
             "output_kind": outputs.kind, "num_classes": model_info["num_classes"],
@@ -307,7 +319,7 @@ class _Reference:
     logits: dict[str, np.ndarray]
     photo_names: list[str]
     unreadable_photos: int
-    labelled: LabelledReference | None  # accuracy folder (validate.labelled_images), streamed
+    labelled: Any  # the task's LabelledReference (validate.labelled_images), streamed
     library_check: dict  # the preprocessing against the checkpoint's own library
     # what the float-group search tunes on: never validated, never in `inputs`
     selection: np.ndarray | None = None
@@ -402,8 +414,8 @@ def _reference(cfg: ExportConfig, model: torch.nn.Module, sets: ImageSets) -> _R
         inputs["random"] = normalise_pixels(pixels.astype(np.uint8), cfg.preprocessing)
     labelled = None
     if cfg.validate.labelled_images:
-        labelled = labelled_reference(cfg.validate.labelled_images, model, height, width,
-                                      cfg.preprocessing)
+        labelled = get_task(model_task(cfg)).labelled_reference(
+            cfg.validate.labelled_images, model, height, width, cfg.preprocessing)
     selection = selection_logits = None
     if sets.selection is not None:
         flag = "--selection" if cfg.quantize.selection_images else "--calibration"
@@ -522,7 +534,8 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = no_progre
         warn(text)
     macs = count_macs(model, height, width)
     model_info = {
-        "name": cfg.model.name, "patch_sizes": [list(p) for p in model.patch_sizes],
+        "name": cfg.model.name, "task": model_task(cfg),
+        "patch_sizes": [list(p) for p in model.patch_sizes],
         "resolution": [height, width], "num_classes": model.num_classes,
         "weights": cfg.model.weights, "checkpoint": getattr(model, "checkpoint", None),
         "params": sum(p.numel() for p in model.parameters()),
@@ -575,7 +588,7 @@ def _search(run: _Run, backend, job: Job, tmp: Path) -> FloatSearch:
     try:
         trials = backend.int8_trials(job, run.reference.selection, workdir)
         return search_float_groups(
-            trials, run.reference.selection_logits,
+            trials, run.reference.selection_logits, get_task(model_task(run.cfg)).compare,
             FidelityTarget(quantize.min_snr_db, quantize.min_top1_agreement),
             max_float_groups=quantize.max_float_groups, sensitivity=quantize.sensitivity,
             say=lambda text: print(text, flush=True))  # into the conversion log
@@ -672,7 +685,7 @@ def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> F
     outputs: Outputs = format_spec.outputs(options)
     expected = reference.logits
     if outputs.kind == "probabilities":
-        expected = {k: softmax(v) for k, v in expected.items()}
+        expected = {k: get_task(model_task(cfg)).softmax(v) for k, v in expected.items()}
     try:
         with _atomic_dir(final, run.force) as tmp:
             artifact = tmp / f"{stem}{format_spec.suffix}"
@@ -698,7 +711,8 @@ def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> F
                     _full_disk_named(out, tmp, log, weights_bytes):
                 export_info = run_isolated(_convert, backend, job, record, log=log)
             with step(f"Validating {fmt} against PyTorch"), redirect_native_output(log):
-                report = validate(fmt, artifact, inputs=reference.inputs,
+                report = validate(fmt, artifact, task=get_task(model_task(cfg)),
+                                  inputs=reference.inputs,
                                   references=expected, labelled=reference.labelled,
                                   outputs=tuple(outputs.names),
                                   precision=precision, input_shape=input_shape,

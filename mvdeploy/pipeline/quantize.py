@@ -14,11 +14,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from mvdeploy.tasks.classification import compare
+# the task's compare(reference, candidate) -> Metrics (snr_db, top1_agreement_decisive)
+Compare = Callable[[np.ndarray, np.ndarray], Any]
+
 
 # "auto" is each format's measured default (FormatSpec.calibration_methods[0])
 CALIBRATION_METHODS = ("auto", "minmax", "entropy", "percentile", "histogram")
@@ -125,7 +127,8 @@ def _noise(snr_db: float) -> float:
     return 10 ** (-snr_db / 10)
 
 
-def search_float_groups(trials: Trials, reference: np.ndarray, target: FidelityTarget, *,
+def search_float_groups(trials: Trials, reference: np.ndarray, compare: Compare,
+                        target: FidelityTarget, *,
                         max_float_groups: int, sensitivity: bool = False,
                         say: Callable[[str], None] = lambda text: None) -> FloatSearch:
     """Quantise everything; while the target is missed, keep the most sensitive groups float.

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mvdeploy.backends import BackendUnavailable, get_backend, spec
 from mvdeploy.runner import run_batched
-from mvdeploy.tasks.classification import LabelledReference, Metrics, compare
+from mvdeploy.tasks import get_task
 from mvdeploy.tensor_names import INPUT_NAME, OUTPUT_NAME
+
+if TYPE_CHECKING:  # the tolerances below read classification's metrics, the only task so far
+    from mvdeploy.tasks.classification import Metrics
 
 # Reference outputs whose spread across inputs (RMS distance from their mean over RMS size) is
 # below this are "degenerate": randomly initialised MobileViTs measure 1e-7 to 1e-3, mvdeploy's
@@ -131,12 +136,15 @@ def validate(fmt: str, artifact: Path, *, inputs: dict[str, np.ndarray],
              references: dict[str, np.ndarray], precision: str, input_shape: list,
              output_shape: list, batch: int | None, max_rank: int | None = None,
              tolerance: Tolerance, threads: int | None = None,
-             labelled: LabelledReference | None = None,
+             labelled=None, task: ModuleType | None = None,
              outputs: tuple[str, ...] = (OUTPUT_NAME,),
              gated: tuple[str, ...] | None = None) -> ValidationReport:
     """Structure and the recipe's evidence first, then numbers on every input set (photos,
     random) where it can run, then accuracy on a labelled folder (streamed) when one is given.
-    `gated`: the input sets held to the tolerance (default all); the others are reported."""
+    `gated`: the input sets held to the tolerance (default all); the others are reported.
+    `task`: the model's task module (mvdeploy.tasks), which compares outputs; `labelled`: its
+    LabelledReference."""
+    task = task or get_task()
     backend = get_backend(fmt)
     report = ValidationReport(backend=fmt, precision=precision, status="passed",
                               tolerance=tolerance, structure=backend.describe(artifact),
@@ -159,7 +167,7 @@ def validate(fmt: str, artifact: Path, *, inputs: dict[str, np.ndarray],
     report.gated = [label for label in inputs if gated is None or label in gated]
     for label, x in inputs.items():
         got = run_batched(runner, x, batch)
-        report.metrics[label] = metrics = compare(references[label], got)
+        report.metrics[label] = metrics = task.compare(references[label], got)
         if gated is None or label in gated:
             report.failures += tolerance.failures(label, metrics, outputs[-1])
     if labelled is not None:

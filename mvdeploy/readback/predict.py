@@ -17,7 +17,7 @@ from mvdeploy.errors import ArtifactError, ConfigError
 from mvdeploy.native_output import redirect_native_output
 from mvdeploy.readback.inspect import inspect_artifact
 from mvdeploy.runner import run_batched
-from mvdeploy.tasks.classification import softmax
+from mvdeploy.tasks import DEFAULT_TASK, get_task
 
 
 def embedded_metadata(info: dict) -> dict:
@@ -96,14 +96,10 @@ def predict(artifact: str | Path, images: list[str | Path], *, top: int = 5) -> 
                           + (f" (nor {len(unreadable) - 1} others)" if len(unreadable) > 1
                              else ""))
     scores = _scores(info, np.stack(arrays))
-    probs = softmax(scores) if meta.get("output_kind", "logits") == "logits" else scores
-    labels = meta.get("labels")
-    results = {}
-    for image, p in zip(readable, probs, strict=True):
-        order = np.argsort(-p)[:top]
-        results[image] = {"image": str(image), "top": [
-            {"class": int(i), "label": labels[i] if labels else f"class {i}",
-             "probability": float(p[i])} for i in order]}
+    task = get_task(meta.get("task", DEFAULT_TASK))  # files from before tasks: classifiers
+    found = task.predictions(scores, meta.get("output_kind", "logits"), meta.get("labels"), top)
+    results = {image: {"image": str(image), **one}
+               for image, one in zip(readable, found, strict=True)}
     for image in unreadable:
         results[image] = {"image": str(image), "error": unreadable_reason(Path(image))}
     return [results[image] for image in images]  # in the order given
@@ -114,14 +110,14 @@ def fidelity(artifact: str | Path, program: str | Path, images: list[Path]):
     `images` preprocessed as the artifact declares: how it holds on photos of the user's
     choosing, e.g. ones the export never saw. Returns (metrics, images used)."""
     from mvdeploy.data import load_images
-    from mvdeploy.tasks.classification import compare
 
     info = inspect_artifact(artifact)
     meta = embedded_metadata(info)
+    task = get_task(meta.get("task", DEFAULT_TASK))
     height, width = meta["resolution"]
     x, used, _ = load_images(images, height, width, artifact_preprocessing(meta))  # or raises
     got = _scores(info, x)
     reference = run_batched(get_backend("torch").load(Path(program)), x, 1)
     if meta.get("output_kind", "logits") != "logits":
-        reference = softmax(reference)
-    return compare(reference, got), used
+        reference = task.softmax(reference)
+    return task.compare(reference, got), used

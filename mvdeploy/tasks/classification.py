@@ -217,6 +217,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def predictions(scores: np.ndarray, output_kind: str, labels: list[str] | None,
+                top: int) -> list[dict]:
+    """What `mvdeploy predict` reports per image: the top classes with their probability."""
+    probs = softmax(scores) if output_kind == "logits" else scores
+    return [{"top": [{"class": int(i), "label": labels[i] if labels else f"class {i}",
+                      "probability": float(p[i])} for i in np.argsort(-p)[:top]]}
+            for p in probs]
+
+
 def compare(reference: np.ndarray, candidate: np.ndarray) -> Metrics:
     """Metrics of `candidate` against `reference`, both [N, classes]."""
     ref = reference.astype(np.float64).reshape(len(reference), -1)
