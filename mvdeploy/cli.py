@@ -65,14 +65,14 @@ def models(patch: tuple[str, ...], resolution: str, weights: str | None, as_json
     """List the MobileViT variants with parameters and MACs per patch configuration."""
     from mvdeploy.models import (
         check_attention_memory,
-        create_model,
         format_patch_sizes,
+        get_model_cfg,
         interpolated_stages,
         list_models,
         parse_patch_sizes,
         parse_resolution,
     )
-    from mvdeploy.models.macs import count_macs
+    from mvdeploy.models.counts import counts
 
     height, width = parse_resolution(resolution)
     presets = [parse_patch_sizes(p) for p in (patch or ("A", "B"))]
@@ -90,22 +90,20 @@ def models(patch: tuple[str, ...], resolution: str, weights: str | None, as_json
                            if labels else None}
     rows = []
     for name in [checkpoint.cfg.name] if checkpoint else list_models():
-        for patches in presets:
-            model = create_model(name, patch_sizes=patches, init="random",  # counts only
-                                 num_classes=checkpoint.num_classes if checkpoint else None)
-            macs = count_macs(model, height, width)
+        cfg = get_model_cfg(name)
+        for patches in presets:  # shipped counts where they exist: no torch to import
+            count = counts(name, patches, height, width,
+                           checkpoint.num_classes if checkpoint else 1000)
             rows.append({
                 "model": name,
                 "patch_sizes": [list(p) for p in patches],
                 "patch": format_patch_sizes(patches),
                 "resolution": [height, width],
-                "params": sum(p.numel() for p in model.parameters()),
-                "gmacs": round(macs.total / 1e9, 4),
-                "attention_gmacs": round(macs.attention / 1e9, 4),
+                **count,
                 "resized_stages": [8 * 2**i for i in interpolated_stages(patches, height, width)],
-                "paper_params": model.cfg.paper_params,
-                "paper_gmacs": model.cfg.paper_gmacs,
-                "paper_top1": model.cfg.paper_top1,
+                "paper_params": cfg.paper_params,
+                "paper_gmacs": cfg.paper_gmacs,
+                "paper_top1": cfg.paper_top1,
             })
     if as_json:
         print(json.dumps({"checkpoint": checkpoint_info, "models": rows} if checkpoint else rows,

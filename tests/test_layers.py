@@ -7,6 +7,7 @@ TYPE_CHECKING), so a lazy import that runs back up fails here just like a top-le
 from __future__ import annotations
 
 import ast
+import json
 import re
 import subprocess
 import sys
@@ -146,3 +147,19 @@ def test_help_imports_no_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT)
     assert "Usage: " in done.stdout and done.stderr.strip().endswith("False"), done.stderr
+
+
+def test_models_command_imports_no_torch_and_reads_the_shipped_counts():
+    """`mvdeploy models` at its defaults reads counts.json (checked against the network in
+    tests/test_models.py); another resolution still counts on the network itself."""
+    code = ("import sys\nfrom mvdeploy.cli import run\n"
+            "assert run(['models', '--json']) == 0\n"
+            "sys.stderr.write(str('torch' in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT)
+    rows = json.loads(done.stdout)
+    assert done.stderr.strip().endswith("False"), done.stderr
+    assert {(r["model"], r["patch"].split()[0]) for r in rows} == {
+        (m, p) for m in ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s") for p in "AB"}
+    assert rows[0]["params"] == 1_272_024 and rows[0]["gmacs"] == 0.4074
+

@@ -10,6 +10,7 @@ from mvdeploy.models import (
     MODEL_CFGS,
     PATCH_PRESETS,
     check_resolution,
+    counts,
     create_model,
     format_patch_sizes,
     interpolated_stages,
@@ -59,6 +60,16 @@ def test_macs_near_paper_and_attention_counted(name):
     assert round(macs_a.attention / 1e6) == pytest.approx(expected_attention[0], abs=1)
     assert round(macs_b.attention / 1e6) == pytest.approx(expected_attention[1], abs=1)
     assert macs_a.total - macs_b.total == macs_a.attention - macs_b.attention
+
+
+@pytest.mark.parametrize("entry", [
+    pytest.param(e, marks=[] if e[2] == 256 and e[0] == "mobilevit_xxs" else pytest.mark.slow,
+                 id=counts.key(*e)) for e in counts.table_entries()])
+def test_shipped_counts_are_the_networks_own(entry):
+    """counts.json (what `mvdeploy models` shows without torch) equals a count on the network:
+    a change to the architecture that is not regenerated fails here
+    (python -m mvdeploy.models.counts)."""
+    assert counts.counts(*entry) == counts.live_counts(*entry)
 
 
 def test_xxs_config_a_is_042_gmacs():

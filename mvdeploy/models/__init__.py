@@ -1,44 +1,31 @@
-"""The MobileViT model family and checkpoint import."""
+"""The MobileViT model family and checkpoint import.
 
-from mvdeploy.models.factory import INITS, create_model
-from mvdeploy.models.mobilevit import (
-    FOLD_IMPLS,
-    MODEL_CFGS,
-    PLAIN_FORM,
-    GraphForm,
-    MobileViT,
-    MobileViTCfg,
-    check_resolution,
-    get_model_cfg,
-    interpolated_stages,
-    list_models,
-    parse_resolution,
-)
-from mvdeploy.models.patches import (
-    PATCH_PRESETS,
-    PatchSizes,
-    check_attention_memory,
-    format_patch_sizes,
-    parse_patch_sizes,
-)
+Names load on first use (PEP 562), so `from mvdeploy.models.variants import ...` and the
+torch-free names below cost no torch import; the network itself (`create_model`, `MobileViT`)
+imports torch when it is first asked for.
+"""
 
-__all__ = [
-    "FOLD_IMPLS",
-    "INITS",
-    "MODEL_CFGS",
-    "PATCH_PRESETS",
-    "PLAIN_FORM",
-    "GraphForm",
-    "MobileViT",
-    "MobileViTCfg",
-    "PatchSizes",
-    "check_attention_memory",
-    "check_resolution",
-    "create_model",
-    "format_patch_sizes",
-    "get_model_cfg",
-    "interpolated_stages",
-    "list_models",
-    "parse_patch_sizes",
-    "parse_resolution",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "INITS": "factory", "create_model": "factory",
+    "FOLD_IMPLS": "mobilevit", "PLAIN_FORM": "mobilevit", "GraphForm": "mobilevit",
+    "MobileViT": "mobilevit",
+    "MODEL_CFGS": "variants", "MobileViTCfg": "variants", "check_resolution": "variants",
+    "get_model_cfg": "variants", "interpolated_stages": "variants", "list_models": "variants",
+    "parse_resolution": "variants",
+    "PATCH_PRESETS": "patches", "PatchSizes": "patches", "check_attention_memory": "patches",
+    "format_patch_sizes": "patches", "parse_patch_sizes": "patches",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value

@@ -1,0 +1,105 @@
+"""The MobileViT v1 variants and input-size rules, without torch: `mvdeploy models`,
+`--help` and config checks read these without paying torch's import (mvdeploy.models.mobilevit
+builds the network from them)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from mvdeploy.errors import ConfigError
+from mvdeploy.models.patches import PatchSizes
+
+
+@dataclass(frozen=True)
+class MobileViTCfg:
+    """One MobileViT v1 variant; channel numbers follow ml-cvnets / transformers' config names."""
+
+    name: str
+    # stem, layer1..layer5 outputs, exp conv: transformers' `neck_hidden_sizes`
+    channels: tuple[int, int, int, int, int, int, int]
+    hidden_sizes: tuple[int, int, int]  # transformer dim d of layer3..layer5
+    expand_ratio: float  # MV2 expansion
+    depths: tuple[int, int, int] = (2, 4, 3)  # transformer layers in layer3..layer5
+    num_heads: int = 4
+    mlp_ratio: float = 2.0
+    layer_norm_eps: float = 1e-5
+    # published reference numbers (paper; docs/reference.md), for display and tests
+    paper_params: int = 0
+    paper_gmacs: float = 0.0
+    paper_top1: float = 0.0
+    task: str = "classification"  # what the head predicts: a module of mvdeploy.tasks
+
+
+MODEL_CFGS: dict[str, MobileViTCfg] = {
+    cfg.name: cfg
+    for cfg in (
+        MobileViTCfg("mobilevit_xxs", (16, 16, 24, 48, 64, 80, 320), (64, 80, 96), 2.0,
+                     paper_params=1_272_024, paper_gmacs=0.42, paper_top1=69.0),
+        MobileViTCfg("mobilevit_xs", (16, 32, 48, 64, 80, 96, 384), (96, 120, 144), 4.0,
+                     paper_params=2_317_848, paper_gmacs=1.05, paper_top1=74.8),
+        MobileViTCfg("mobilevit_s", (16, 32, 64, 96, 128, 160, 640), (144, 192, 240), 4.0,
+                     paper_params=5_578_632, paper_gmacs=2.03, paper_top1=78.4),
+    )
+}
+
+
+def list_models() -> list[str]:
+    return list(MODEL_CFGS)
+
+
+def get_model_cfg(name: str) -> MobileViTCfg:
+    try:
+        return MODEL_CFGS[name]
+    except KeyError:
+        looks_like_path = any(c in str(name) for c in "/\\.") or Path(str(name)).exists()
+        hint = " (a checkpoint goes to --weights; --model names the variant)" \
+            if looks_like_path else ""
+        raise ConfigError(
+            f"unknown model {name!r}: choose one of {', '.join(MODEL_CFGS)}{hint}"
+        ) from None
+
+
+def padded_size(size: int, patch: int) -> int:
+    """Feature-map size after resizing up to the next multiple of the patch (ml-cvnets rule)."""
+    return int(math.ceil(size / patch) * patch)
+
+
+def parse_resolution(spec: str | int | tuple[int, int]) -> tuple[int, int]:
+    """'256' -> (256, 256); '320x256' -> (height 320, width 256); checked for multiples of 32."""
+    if isinstance(spec, int):
+        size = (spec, spec)
+    elif isinstance(spec, tuple):
+        size = spec
+    else:
+        parts = spec.strip().lower().split("x")
+        if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+            raise ConfigError(
+                f"bad resolution {spec!r}: use HEIGHTxWIDTH such as 320x256, or one number (256)"
+            )
+        size = (int(parts[0]), int(parts[-1]))
+    check_resolution(*size)
+    return size
+
+
+def check_resolution(height: int, width: int) -> None:
+    """MobileViT downsamples 5 times: both sides must be positive multiples of 32."""
+    for side, value in (("height", height), ("width", width)):
+        if value < 32 or value % 32:
+            raise ConfigError(
+                f"input {side} {value} is not a multiple of 32: use e.g. "
+                f"{max(32, round(value / 32) * 32)}"
+            )
+
+
+def interpolated_stages(patch_sizes: PatchSizes, height: int, width: int) -> list[int]:
+    """Which MobileViT stages (0..2 = strides 8/16/32) must resize because the patch doesn't fit."""
+    out = []
+    for i, (ph, pw) in enumerate(patch_sizes):
+        stride = 8 * 2**i
+        h, w = height // stride, width // stride
+        if (padded_size(h, ph), padded_size(w, pw)) != (h, w):
+            out.append(i)
+    return out
+
