@@ -761,7 +761,8 @@ def _print_bench_table(data: dict) -> None:
                       markup=False)
     for q in data.get("runtime_ratios", []):
         console.print(f"{q['model']} {q['preset']} {q['precision']} t{q['threads']}: "
-                      f"{q['runtime']} / {q['against']} = {q['ratio']:.2f} (same file)",
+                      f"{q['runtime']} / {q['against']} = {q['ratio']:.2f} (same file"
+                      + (", transformers' export)" if q.get("impl") == "transformers" else ")"),
                       markup=False)
     for p in data.get("peer", []):
         rounds = p.get("round_ratios") or []

@@ -122,7 +122,7 @@ def runtime_ratios(results: list[dict]) -> list[dict]:
             rounds = [a / b for a, b in zip(r.get("round_p50_ms") or [],
                                             ref.get("round_p50_ms") or [], strict=False)]
             out.append({"model": r["model"], "preset": r["preset"], "precision": r["precision"],
-                        "threads": r["threads"], "runtime": r["runtime"],
+                        "threads": r["threads"], "runtime": r["runtime"], "impl": r["impl"],
                         "against": ref["runtime"], "p50_ms": r["latency_ms"]["p50"],
                         "against_p50_ms": ref["latency_ms"]["p50"],
                         "ratio": r["latency_ms"]["p50"] / ref["latency_ms"]["p50"],
@@ -368,8 +368,9 @@ def markdown(report: dict) -> str:
         for q in report["runtime_ratios"]:
             rounds = q.get("round_ratios") or []
             spread = f"{min(rounds):.2f}-{max(rounds):.2f}" if rounds else "-"
+            whose = " (transformers' file)" if q.get("impl") == "transformers" else ""
             lines.append(f"| {q['model']} | {q['preset']} | {q['precision']} | {q['threads']} | "
-                         f"{q['runtime']} | {q['p50_ms']:.2f} | {q['against']} | "
+                         f"{q['runtime']}{whose} | {q['p50_ms']:.2f} | {q['against']} | "
                          f"{q['against_p50_ms']:.2f} | {q['ratio']:.2f} | {spread} |")
         lines += ["", "ratio: p50 of the runtime / p50 of the format's first runtime on the "
                   "same file (< 1: faster)."]
