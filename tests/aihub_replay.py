@@ -494,13 +494,17 @@ class AIHubReplay:
         return api_pb.DeviceList(devices=[self._device_pb(d) for d in found],
                                  total_query_count=len(found))
 
+    def _stored(self, table: dict, key: str, what: str) -> dict:
+        """A model, dataset or job by id, or the API's 404 for it."""
+        with self._lock:
+            if key not in table:
+                raise _not_found(what)
+            return table[key]
+
     # --- models ---------------------------------------------------------------------------
 
     def _model(self, model_id: str) -> dict:
-        with self._lock:
-            if model_id not in self._models:
-                raise _not_found("Model")
-            return self._models[model_id]
+        return self._stored(self._models, model_id, "Model")
 
     def _create_model(self, model_pb):
         from qai_hub import public_api_pb2 as api_pb
@@ -551,10 +555,7 @@ class AIHubReplay:
     # --- datasets ---------------------------------------------------------------------------
 
     def _dataset(self, dataset_id: str) -> dict:
-        with self._lock:
-            if dataset_id not in self._datasets:
-                raise _not_found("Dataset")
-            return self._datasets[dataset_id]
+        return self._stored(self._datasets, dataset_id, "Dataset")
 
     def _new_dataset(self, name: str, permanent: bool = False, data: bytes | None = None):
         from qai_hub import public_api_pb2 as api_pb
@@ -646,10 +647,7 @@ class AIHubReplay:
     # --- jobs -------------------------------------------------------------------------------
 
     def _job(self, job_id: str) -> dict:
-        with self._lock:
-            if job_id not in self._jobs:
-                raise _not_found("Job")
-            return self._jobs[job_id]
+        return self._stored(self._jobs, job_id, "Job")
 
     def _create_job(self, job_pb):
         """Settles the job's outcome now; polls reveal it (see the module docstring)."""

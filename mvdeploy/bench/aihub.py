@@ -164,9 +164,7 @@ def profile_result(profile: dict) -> dict:
 
 def _device_scores(outputs: dict | None) -> np.ndarray | None:
     """The one output AI Hub returned (a list of per-image arrays) as [N, classes] float32."""
-    if not outputs:
-        return None
-    (arrays,) = list(outputs.values())[:1] or [None]
+    arrays = next(iter(outputs.values()), None) if outputs else None
     if arrays is None:
         return None
     return np.concatenate([np.asarray(a, dtype=np.float32).reshape(1, -1) for a in arrays])

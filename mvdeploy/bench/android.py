@@ -118,6 +118,15 @@ def unavailable_reason(opts: AndroidOptions) -> str | None:
     return None
 
 
+def _push_binary(opts: AndroidOptions) -> str:
+    """benchmark_model onto the device, executable; its path there."""
+    binary = f"{REMOTE_DIR}/benchmark_model"
+    _adb(opts, "shell", f"mkdir -p {REMOTE_DIR}")
+    _adb(opts, "push", str(opts.benchmark_binary), binary, timeout=300)
+    _adb(opts, "shell", f"chmod +x {binary}")
+    return binary
+
+
 def check_device(opts: AndroidOptions) -> dict:
     """What `mvdeploy doctor --android` reports: the device, and whether the benchmark binary
     runs on it (pushed, then `benchmark_model --help`, whose flag list names --graph). A wrong
@@ -127,11 +136,8 @@ def check_device(opts: AndroidOptions) -> dict:
         return {"ok": False, "error": reason}
     try:
         device = device_info(opts)
-        on_device = AndroidOptions(adb=opts.adb, serial=device["serial"])
-        binary = f"{REMOTE_DIR}/benchmark_model"
-        _adb(on_device, "shell", f"mkdir -p {REMOTE_DIR}")
-        _adb(on_device, "push", str(opts.benchmark_binary), binary, timeout=300)
-        _adb(on_device, "shell", f"chmod +x {binary}")
+        on_device = AndroidOptions(opts.benchmark_binary, opts.adb, device["serial"])
+        binary = _push_binary(on_device)
         said = _adb(on_device, "shell", f"{binary} --help 2>&1; echo exit=$?")
     except AndroidError as exc:
         return {"ok": False, "error": str(exc)}
@@ -180,10 +186,7 @@ def benchmark_args(cfg: BenchConfig, remote_model: str, timing: Timing) -> list[
 def run_config(cfg: BenchConfig, artifact: Path, timing: Timing, opts: AndroidOptions) -> dict:
     """Push and time one .tflite on the device; a failure is a result, not an exception."""
     try:
-        binary = f"{REMOTE_DIR}/benchmark_model"
-        _adb(opts, "shell", f"mkdir -p {REMOTE_DIR}")
-        _adb(opts, "push", str(opts.benchmark_binary), binary, timeout=300)
-        _adb(opts, "shell", f"chmod +x {binary}")
+        binary = _push_binary(opts)
         remote = f"{REMOTE_DIR}/{artifact.name}"
         _adb(opts, "push", str(artifact), remote, timeout=300)
         command = shlex.join([binary, *benchmark_args(cfg, remote, timing)])

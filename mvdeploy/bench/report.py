@@ -90,8 +90,7 @@ def peer_ratios(results: list[dict]) -> list[dict]:
     for r in ok:
         peer = peers.get(identity(r)) if r["impl"] == "mvdeploy" else None
         if peer:
-            rounds = [a / b for a, b in zip(r.get("round_p50_ms") or [],
-                                            peer.get("round_p50_ms") or [], strict=False)]
+            rounds = _round_ratios(r, peer)
             out.append({"model": r["model"], "runtime": r["runtime"], "threads": r["threads"],
                         "ours_p50_ms": r["latency_ms"]["p50"],
                         "peer_p50_ms": peer["latency_ms"]["p50"],
@@ -99,6 +98,12 @@ def peer_ratios(results: list[dict]) -> list[dict]:
                         "round_ratios": [round(x, 4) for x in rounds],
                         "round_ratio_median": statistics.median(rounds) if rounds else None})
     return out
+
+
+def _round_ratios(row: dict, against: dict) -> list[float]:
+    """Each interleaved round's p50 ratio: the two ran next to each other in every round."""
+    return [a / b for a, b in zip(row.get("round_p50_ms") or [],
+                                  against.get("round_p50_ms") or [], strict=False)]
 
 
 def runtime_ratios(results: list[dict]) -> list[dict]:
@@ -119,8 +124,7 @@ def runtime_ratios(results: list[dict]) -> list[dict]:
     for r in ok:
         ref = base.get(identity(r)) if first[r["runtime"]] != r["runtime"] else None
         if ref:
-            rounds = [a / b for a, b in zip(r.get("round_p50_ms") or [],
-                                            ref.get("round_p50_ms") or [], strict=False)]
+            rounds = _round_ratios(r, ref)
             out.append({"model": r["model"], "preset": r["preset"], "precision": r["precision"],
                         "threads": r["threads"], "runtime": r["runtime"], "impl": r["impl"],
                         "against": ref["runtime"], "p50_ms": r["latency_ms"]["p50"],

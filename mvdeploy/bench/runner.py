@@ -114,12 +114,13 @@ def _median(values) -> float | None:
 
 def _device_feeds(work: Path, weights: dict[str, Path]) -> aihub.Feeds:
     """For --validate-on-device: the bundled photos in the artifact's own input layout (its
-    local runtime's `prepare`), PyTorch's outputs for them and the export's tolerance."""
+    local runtime's `prepare`), PyTorch's outputs for them and the export's tolerance; the task
+    and output kind from the record the export wrote beside the file."""
     import torch
 
-    from mvdeploy.backends import get_backend, spec
-    from mvdeploy.models import create_model, get_model_cfg
-    from mvdeploy.pipeline.config import load_config
+    from mvdeploy.backends import get_backend
+    from mvdeploy.models import create_model
+    from mvdeploy.pipeline.exporter import APP_METADATA
     from mvdeploy.pipeline.manifest import read_manifest
     from mvdeploy.pipeline.validate import Tolerance
     from mvdeploy.tasks import get_task
@@ -133,9 +134,9 @@ def _device_feeds(work: Path, weights: dict[str, Path]) -> aihub.Feeds:
         model = create_model(cfg.model, patch_sizes=cfg.patch, weights=weights[cfg.key]).eval()
         with torch.inference_mode():
             reference = model(torch.from_numpy(x[:len(per_photo) * cfg.batch])).numpy()
-        task = get_task(get_model_cfg(cfg.model).task)
-        if spec(cfg.format).outputs(load_config().format_options(cfg.format)).kind == \
-                "probabilities":
+        app = json.loads((artifact.parent / APP_METADATA).read_text())
+        task = get_task(app["task"])
+        if app["output_kind"] == "probabilities":
             reference = task.softmax(reference)
         tolerance = read_manifest(artifact.parent / "manifest.json").validation["tolerance"]
         return aihub.OnDevice({name: [p[name] for p in per_photo]}, reference,

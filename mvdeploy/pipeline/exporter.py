@@ -588,7 +588,7 @@ def _search(run: _Run, backend, job: Job, tmp: Path) -> FloatSearch:
     try:
         trials = backend.int8_trials(job, run.reference.selection, workdir)
         return search_float_groups(
-            trials, run.reference.selection_logits, get_task(model_task(run.cfg)).compare,
+            trials, run.reference.selection_logits, get_task(run.model_info["task"]).compare,
             FidelityTarget(quantize.min_snr_db, quantize.min_top1_agreement),
             max_float_groups=quantize.max_float_groups, sensitivity=quantize.sensitivity,
             say=lambda text: print(text, flush=True))  # into the conversion log
@@ -672,6 +672,7 @@ def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> F
     model_info = {**run.model_info, "graph_form": asdict(form)}
     final, stem, out = run.out / fmt, file_stem(cfg, fmt, run.stem), run.out
     backend, format_spec = get_backend(fmt), spec(fmt)
+    task = get_task(run.model_info["task"])
     options = cfg.format_options(fmt)
     result = FormatResult(fmt)
     start = time.perf_counter()
@@ -685,7 +686,7 @@ def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> F
     outputs: Outputs = format_spec.outputs(options)
     expected = reference.logits
     if outputs.kind == "probabilities":
-        expected = {k: get_task(model_task(cfg)).softmax(v) for k, v in expected.items()}
+        expected = {k: task.softmax(v) for k, v in expected.items()}
     try:
         with _atomic_dir(final, run.force) as tmp:
             artifact = tmp / f"{stem}{format_spec.suffix}"
@@ -711,7 +712,7 @@ def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> F
                     _full_disk_named(out, tmp, log, weights_bytes):
                 export_info = run_isolated(_convert, backend, job, record, log=log)
             with step(f"Validating {fmt} against PyTorch"), redirect_native_output(log):
-                report = validate(fmt, artifact, task=get_task(model_task(cfg)),
+                report = validate(fmt, artifact, task=task,
                                   inputs=reference.inputs,
                                   references=expected, labelled=reference.labelled,
                                   outputs=tuple(outputs.names),
