@@ -65,6 +65,7 @@ def measure(overrides: dict, unseen: list[Path], out: Path) -> list[dict]:
             "calibration": sets["calibration"]["images"],
             "calibration_source": sets["calibration"]["source"],
             "selection": sets["selection"]["images"], "report": sets["report"]["images"],
+            "selection_views": search.get("selection_views", 0),
             "report_names": sets["report"]["names"], "unseen_names": [p.name for p in used],
             "float_groups": len(search.get("float_groups", [])),
             "groups": search.get("groups"), "size_ratio_to_fp32": r.size_ratio_to_fp32,
@@ -89,7 +90,9 @@ def markdown(rows: list[dict], command: str) -> str:
     for r in rows:
         lines.append(
             f"| {r['weights']} | {r['patch']} | {r['format']} | {r['calibration']} "
-            f"({r['calibration_source']}) | {r['selection']} | {r['report']} | "
+            f"({r['calibration_source']}) | {r['selection']}"
+            f"{' + %d variants' % r['selection_views'] if r.get('selection_views') else ''} | "
+            f"{r['report']} | "
             f"{r['float_groups']}/{r['groups']} | {r['size_ratio_to_fp32']} | "
             f"{r['reported_snr_db']:.1f} ({r['reported_top1']}) | {r['unseen_snr_db']:.1f} | "
             f"{r['unseen_top1']:.0%} ({r['unseen_top1_decisive']:.0%} of "

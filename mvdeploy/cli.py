@@ -894,7 +894,10 @@ def _print_float_search(fmt: str, search: dict) -> None:
     kept, target = search["float_groups"], search["target"]["min_snr_db"]
     verdict = "met" if search["reached"] else f"NOT met within {search['max_float_groups']} groups"
     console.print(f"{fmt}: int8 target {target:g} dB {verdict} on the search's "
-                  f"{search['selection_images']} selection photo(s): {search['snr_db']:.1f} dB "
+                  f"{search['selection_images']} selection photo(s)"
+                  + (f" and {search['selection_views']} colour/brightness/contrast variants"
+                     if search.get("selection_views") else "")
+                  + f": {search['snr_db']:.1f} dB "
                   f"with {len(kept)} of {search['groups']} layer groups float after "
                   f"{search['tries']} tries" + (f" ({', '.join(kept)})" if kept else ""),
                   markup=False, highlight=False)

@@ -102,6 +102,10 @@ class QuantizeSection:
     # (never calibration or report images: mvdeploy.pipeline.image_sets)
     selection_images: str = ""
     selection_samples: int = 16
+    # the search also measures this many colour / brightness / contrast variants of the
+    # selection photos (quantize.photometric_views), so groups a new photo's ranges would clip
+    # stay float; 0: the photos alone
+    selection_views: int = 12
     # top a calibration set of fewer than 32 images up to this many with random resized crops
     # and mirror images of them (quantize.augmented_views); 0: off, the default, because on the
     # trained fixture they cost 0.7-2.7 dB (benchmarks/results/calibration_methods.md)
@@ -330,9 +334,10 @@ def _check(cfg: ExportConfig) -> None:
     if cfg.quantize.calibration_samples < 1 or cfg.quantize.selection_samples < 1:
         raise ConfigError("quantize.calibration_samples and quantize.selection_samples must be "
                           "at least 1")
-    if cfg.quantize.calibration_views < 0 or cfg.quantize.max_float_groups < 0:
-        raise ConfigError("quantize.calibration_views and quantize.max_float_groups must not "
-                          "be negative")
+    if min(cfg.quantize.calibration_views, cfg.quantize.selection_views,
+           cfg.quantize.max_float_groups) < 0:
+        raise ConfigError("quantize.calibration_views, selection_views and max_float_groups "
+                          "must not be negative")
     if not 0 <= cfg.quantize.min_top1_agreement <= 1:
         raise ConfigError("quantize.min_top1_agreement is a share between 0 and 1, got "
                           f"{cfg.quantize.min_top1_agreement!r}")

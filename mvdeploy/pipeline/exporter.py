@@ -74,6 +74,7 @@ from mvdeploy.pipeline.quantize import (
     FidelityTarget,
     FloatSearch,
     augmented_views,
+    photometric_views,
     search_float_groups,
 )
 from mvdeploy.pipeline.validate import (
@@ -322,8 +323,9 @@ class _Reference:
     labelled: Any  # the task's LabelledReference (validate.labelled_images), streamed
     library_check: dict  # the preprocessing against the checkpoint's own library
     # what the float-group search tunes on: never validated, never in `inputs`
-    selection: np.ndarray | None = None
+    selection: np.ndarray | None = None  # the photos, then selection_views variants of them
     selection_logits: np.ndarray | None = None
+    selection_views: int = 0
 
 
 def _split_images(cfg: ExportConfig) -> ImageSets:
@@ -420,12 +422,16 @@ def _reference(cfg: ExportConfig, model: torch.nn.Module, sets: ImageSets) -> _R
     if sets.selection is not None:
         flag = "--selection" if cfg.quantize.selection_images else "--calibration"
         selection = _load_set(cfg, sets.selection, "the search would tune on", flag)[0]
+        if cfg.quantize.selection_views:
+            selection = np.concatenate([selection, photometric_views(
+                selection, cfg.quantize.selection_views, cfg.preprocessing)])
     with torch.no_grad():
         logits = {k: model(torch.from_numpy(v)).numpy() for k, v in inputs.items()}
         if selection is not None:
             selection_logits = model(torch.from_numpy(selection)).numpy()
     return _Reference(inputs, logits, [p.name for p in used], skipped, labelled,
-                      _library_check(cfg, model, used), selection, selection_logits)
+                      _library_check(cfg, model, used), selection, selection_logits,
+                      cfg.quantize.selection_views if selection is not None else 0)
 
 
 def _take_input_channels(cfg: ExportConfig, model: torch.nn.Module, reference: _Reference
@@ -591,6 +597,7 @@ def _search(run: _Run, backend, job: Job, tmp: Path) -> FloatSearch:
             trials, run.reference.selection_logits, get_task(run.model_info["task"]).compare,
             FidelityTarget(quantize.min_snr_db, quantize.min_top1_agreement),
             max_float_groups=quantize.max_float_groups, sensitivity=quantize.sensitivity,
+            views=run.reference.selection_views,
             say=lambda text: print(text, flush=True))  # into the conversion log
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

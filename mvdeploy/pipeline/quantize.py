@@ -49,6 +49,38 @@ def augmented_views(images: np.ndarray, count: int, seed: int = 0) -> np.ndarray
     return np.ascontiguousarray(np.stack(views), dtype=np.float32)
 
 
+# Pillow's ImageEnhance factors the selection's variants draw from: colour saturation (0 is
+# greyscale), brightness and contrast. Photos a user's app meets differ from a few tuning
+# photos in these more than in framing, and on input-sensitive weights they are what pushes
+# activations past the calibrated ranges (a saturated flower went 2-3x past them in the last
+# stages and lost 17 dB more than the tuning photos: docs/quantisation.md).
+PHOTOMETRIC_FACTORS = {"colour": (0.0, 2.5), "brightness": (0.7, 1.3), "contrast": (0.6, 1.5)}
+_LUMA = {"RGB": (0.299, 0.587, 0.114), "BGR": (0.114, 0.587, 0.299)}  # ITU-R 601, as Pillow
+
+
+def photometric_views(images: np.ndarray, count: int, prep, seed: int = 1) -> np.ndarray:
+    """`count` variants of the preprocessed `images` (cycled), each with a random colour
+    saturation, brightness and contrast, computed as Pillow's ImageEnhance does but on the
+    0..255 pixels recovered from `prep` (a data.Preprocessing). Deterministic for a seed."""
+    mean = np.asarray(prep.mean, np.float64)[:, None, None]
+    std = np.asarray(prep.std, np.float64)[:, None, None]
+    if prep.channel_order == "BGR":  # mean and std are given in RGB order, like the photo
+        mean, std = mean[::-1], std[::-1]
+    luma = np.asarray(_LUMA[prep.channel_order])[:, None, None]
+    rng = np.random.default_rng(seed)
+    views = []
+    for i in range(count):
+        colour, brightness, contrast = (rng.uniform(*PHOTOMETRIC_FACTORS[k])
+                                        for k in ("colour", "brightness", "contrast"))
+        pixels = (images[i % len(images)] * std + mean) / prep.scale
+        grey = (luma * pixels).sum(0, keepdims=True)
+        pixels = (grey + colour * (pixels - grey)).clip(0, 255) * brightness
+        level = (luma * pixels.clip(0, 255)).sum(0).mean()
+        pixels = (level + contrast * (pixels.clip(0, 255) - level)).clip(0, 255)
+        views.append((pixels * prep.scale - mean) / std)
+    return np.ascontiguousarray(np.stack(views), dtype=np.float32)
+
+
 # ---------------------------------------------------------------- the search
 
 
@@ -94,6 +126,7 @@ class FloatSearch:
     attempts: list[Attempt] = field(default_factory=list)
     sensitivity: dict[str, float] = field(default_factory=dict)  # group -> SNR dB, alone int8
     images: int = 0  # selection photos the tries were measured on
+    views: int = 0  # photometric variants of them measured beside them (photometric_views)
 
     @property
     def reached(self) -> bool:
@@ -117,7 +150,7 @@ class FloatSearch:
                 "float_groups": list(best.float_groups), "snr_db": best.snr_db,
                 "top1_agreement": best.top1_agreement, "tries": len(self.attempts),
                 "max_float_groups": self.max_float_groups, "groups": len(self.groups),
-                "selection_images": self.images,
+                "selection_images": self.images, "selection_views": self.views,
                 "attempts": [{**asdict(a), "float_groups": list(a.float_groups)}
                              for a in self.attempts],
                 "sensitivity": [{"group": g, "snr_db": snr} for g, snr in self.ranking()]}
@@ -129,7 +162,7 @@ def _noise(snr_db: float) -> float:
 
 def search_float_groups(trials: Trials, reference: np.ndarray, compare: Compare,
                         target: FidelityTarget, *,
-                        max_float_groups: int, sensitivity: bool = False,
+                        max_float_groups: int, sensitivity: bool = False, views: int = 0,
                         say: Callable[[str], None] = lambda text: None) -> FloatSearch:
     """Quantise everything; while the target is missed, keep the most sensitive groups float.
 
@@ -138,15 +171,27 @@ def search_float_groups(trials: Trials, reference: np.ndarray, compare: Compare,
     k most harmful groups float is predicted as the sum of the others'; the search tries the
     smallest k predicted to meet the target, and, when a try misses, scales the prediction by
     what it measured and tries again with more, up to `max_float_groups`. Once a try meets the
-    target it bisects down to the fewest groups that still do.
+    target it bisects down to the fewest groups that still do. `views`: how many of the last
+    `reference` rows are photometric variants of the photos before them; the target must then
+    hold on both.
     """
-    search = FloatSearch(target, list(trials.groups), max_float_groups, images=len(reference))
+    search = FloatSearch(target, list(trials.groups), max_float_groups,
+                         images=len(reference) - views, views=views)
     aim = replace(target, min_snr_db=target.min_snr_db + trials.margin_db)
 
+    photos = len(reference) - views
+
+    def measure(logits: np.ndarray) -> tuple[float, float]:
+        """SNR and decisive top-1 agreement, the worse of the photos' and the variants': pooled,
+        the variants' larger logits would outweigh the photos' noise."""
+        parts = [compare(reference[:photos], logits[:photos])]
+        if views:
+            parts.append(compare(reference[photos:], logits[photos:]))
+        return (min(m.snr_db for m in parts), min(m.top1_agreement_decisive for m in parts))
+
     def attempt(float_groups: tuple[str, ...]) -> Attempt:
-        metrics = compare(reference, trials.logits(frozenset(float_groups)))
-        tried = Attempt(float_groups, metrics.snr_db, metrics.top1_agreement_decisive,
-                        aim.met(metrics.snr_db, metrics.top1_agreement_decisive))
+        snr_db, top1 = measure(trials.logits(frozenset(float_groups)))
+        tried = Attempt(float_groups, snr_db, top1, aim.met(snr_db, top1))
         search.attempts.append(tried)
         say(f"try {len(search.attempts)}: {len(float_groups)} group(s) float -> "
             f"{tried.snr_db:.1f} dB, top-1 {tried.top1_agreement:.0%}")
@@ -156,7 +201,7 @@ def search_float_groups(trials: Trials, reference: np.ndarray, compare: Compare,
     if (first.met or not max_float_groups) and not sensitivity:
         return search
     for i, group in enumerate(search.groups, 1):
-        search.sensitivity[group] = compare(reference, trials.logits(only=group)).snr_db
+        search.sensitivity[group] = measure(trials.logits(only=group))[0]
         say(f"sensitivity {i}/{len(search.groups)}: {group} {search.sensitivity[group]:.1f} dB")
     if first.met or not max_float_groups:
         return search
