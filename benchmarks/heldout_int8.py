@@ -88,11 +88,10 @@ def markdown(rows: list[dict], command: str) -> str:
              "groups | size ratio | reported dB (top-1) | unseen dB | unseen top-1 (decisive) | "
              "gap dB | validated | s |", "|" + "---|" * 14]
     for r in rows:
+        views = f" + {r['selection_views']} variants" if r.get("selection_views") else ""
         lines.append(
             f"| {r['weights']} | {r['patch']} | {r['format']} | {r['calibration']} "
-            f"({r['calibration_source']}) | {r['selection']}"
-            f"{' + %d variants' % r['selection_views'] if r.get('selection_views') else ''} | "
-            f"{r['report']} | "
+            f"({r['calibration_source']}) | {r['selection']}{views} | {r['report']} | "
             f"{r['float_groups']}/{r['groups']} | {r['size_ratio_to_fp32']} | "
             f"{r['reported_snr_db']:.1f} ({r['reported_top1']}) | {r['unseen_snr_db']:.1f} | "
             f"{r['unseen_top1']:.0%} ({r['unseen_top1_decisive']:.0%} of "
