@@ -15,9 +15,15 @@ import numpy as np
 import pytest
 
 from mvdeploy.cli import run
-from mvdeploy.data import sample_image_paths
+from mvdeploy.data import Preprocessing, normalise, sample_image_paths
 from mvdeploy.models.groups import layer_group
-from mvdeploy.pipeline.quantize import FidelityTarget, augmented_views, search_float_groups
+from mvdeploy.pipeline.quantize import (
+    PHOTOMETRIC_FACTORS,
+    FidelityTarget,
+    augmented_views,
+    photometric_views,
+    search_float_groups,
+)
 from mvdeploy.pipeline.validate import Tolerance
 from mvdeploy.tasks.classification import compare
 from tests.helpers import needs
@@ -170,6 +176,71 @@ def test_augmented_views_keep_the_photos_first_and_are_deterministic():
     assert views.min() >= images.min() - 1e-6 and views.max() <= images.max() + 1e-6
 
 
+@pytest.mark.parametrize("prep", [Preprocessing(), Preprocessing(
+    channel_order="RGB", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))],
+    ids=["published BGR", "ImageNet mean/std"])
+def test_photometric_views_compute_what_pillow_computes(prep, monkeypatch):
+    """The selection's variants are Pillow's ImageEnhance Color, Brightness and Contrast,
+    applied to the photo the preprocessed tensor came from (Pillow rounds to 8 bits after each
+    step, the view does not: a few levels apart)."""
+    from PIL import Image, ImageEnhance
+
+    photo = Image.open(sample_image_paths()[0]).convert("RGB").resize((48, 32))
+    x = normalise(np.asarray(photo)[None], prep)
+    for colour, brightness, contrast in ((0.0, 1.0, 1.0), (1.7, 1.2, 0.8), (0.3, 0.8, 1.4)):
+        for key, factor in zip(("colour", "brightness", "contrast"),
+                               (colour, brightness, contrast), strict=True):
+            monkeypatch.setitem(PHOTOMETRIC_FACTORS, key, (factor, factor))
+        enhanced = ImageEnhance.Color(photo).enhance(colour)
+        enhanced = ImageEnhance.Brightness(enhanced).enhance(brightness)
+        enhanced = ImageEnhance.Contrast(enhanced).enhance(contrast)
+        expected = normalise(np.asarray(enhanced)[None], prep)
+        levels = np.abs((photometric_views(x, 1, prep) - expected)
+                        * np.asarray(prep.std)[::-1 if prep.channel_order == "BGR" else 1,
+                                               None, None]) / prep.scale
+        assert levels.max() <= 4, (colour, brightness, contrast)
+
+
+def test_photometric_views_are_deterministic_and_differ_from_the_photos():
+    from PIL import Image
+
+    photo = Image.open(sample_image_paths()[1]).convert("RGB").resize((40, 40))
+    x = normalise(np.asarray(photo)[None], Preprocessing())
+    photos = np.concatenate([x, x[:, :, ::-1]])
+    views = photometric_views(photos, 5, Preprocessing())
+    assert views.shape == (5, 3, 40, 40) and views.dtype == np.float32
+    assert np.array_equal(views, photometric_views(photos, 5, Preprocessing()))
+    assert all(np.abs(v - x[0]).mean() > 1e-3 for v in views)
+    assert views.min() >= 0 and views.max() <= 1  # still 8-bit pixels scaled to 0..1
+
+
+def test_the_target_must_hold_on_the_photos_and_on_their_variants_alike():
+    """Pooled, variants with larger logits would outweigh noise on the photos: group "a" costs
+    the photos 25 dB and the variants nothing, and the pooled SNR still reads above 30."""
+    photos, variants = REFERENCE[:20], REFERENCE[20:] * 4
+    reference = np.concatenate([photos, variants])
+    noise = np.zeros_like(reference)
+    noise[:20] = np.random.default_rng(2).standard_normal(photos.shape) * np.sqrt(
+        float((photos ** 2).mean()) * 10 ** -2.5)
+
+    class PhotosOnly:
+        margin_db, groups = 0.0, ["a", "b"]
+
+        def logits(self, float_groups=frozenset(), only=None):
+            quantised = {only} if only else set(self.groups) - float_groups
+            return reference + (noise if "a" in quantised else 0)
+
+    assert compare(reference, reference + noise).snr_db > 30  # what pooling would have said
+    pooled = search_float_groups(PhotosOnly(), reference, compare, FidelityTarget(30, 0.0),
+                                 max_float_groups=2)
+    assert pooled.best.float_groups == ()
+    apart = search_float_groups(PhotosOnly(), reference, compare, FidelityTarget(30, 0.0),
+                                max_float_groups=2, views=len(variants))
+    assert apart.best.float_groups == ("a",) and apart.reached
+    assert apart.attempts[0].snr_db == pytest.approx(25, abs=1)
+    assert apart.to_dict()["selection_images"] == 20 and apart.to_dict()["selection_views"] == 20
+
+
 def test_a_calibration_method_the_format_lacks_is_refused(capsys):
     assert run(["export", "-f", "onnx", "--precision", "int8-static",
                 "--calibration-method", "histogram", "-o", "unused"]) == 2
@@ -214,9 +285,11 @@ def test_a_search_tuned_to_its_selection_photos_fails_the_gate_on_others(tmp_pat
         shutil.copy(path, tuning / path.name)
     for name in ("brick", "gravel", "moon", "page"):
         shutil.copy(skimage_data / f"{name}.png", report / f"{name}.png")
+    # the selection photos alone, no variants: a search free to fit what it tunes on
     code = run(["export", "-r", "64", "-f", "onnx", "--precision", "int8-static",
                 "--calibration", str(tuning), "--images", str(report), "--set",
-                "quantize.compare_speed=false", "-o", str(tmp_path / "out"), "--json"])
+                "quantize.compare_speed=false", "--set", "quantize.selection_views=0",
+                "-o", str(tmp_path / "out"), "--json"])
     assert code == 1
     manifest = json.loads((tmp_path / "out" / "onnx" / "manifest.json").read_text())
     search, validation = manifest["artifact"]["float_search"], manifest["validation"]
