@@ -45,6 +45,48 @@ MODEL_CFGS: dict[str, MobileViTCfg] = {
 }
 
 
+def _divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """ml-cvnets' channel rounding (transformers' make_divisible): to a multiple of `divisor`,
+    never more than 10 % down."""
+    new_value = max(min_value or divisor, int(value + divisor / 2) // divisor * divisor)
+    return int(new_value + divisor if new_value < 0.9 * value else new_value)
+
+
+@dataclass(frozen=True)
+class MobileViTV2Cfg:
+    """One MobileViTv2 width (Mehta & Rastegari, "Separable Self-attention for Mobile Vision
+    Transformers", TMLR 2023): every channel count is the width multiplier times a base,
+    rounded as ml-cvnets and transformers' MobileViTV2Config do."""
+
+    name: str
+    width: float  # width_multiplier
+    base_attn_dims: tuple[int, int, int] = (128, 192, 256)  # base_attn_unit_dims
+    depths: tuple[int, int, int] = (2, 4, 3)  # n_attn_blocks
+    expand_ratio: float = 2.0
+    ffn_multiplier: float = 2.0
+    layer_norm_eps: float = 1e-5
+    task: str = "classification"
+    family: str = "v2"
+
+    @property
+    def channels(self) -> tuple[int, int, int, int, int, int]:
+        """Stem, layer1..layer5 outputs."""
+        w = self.width
+        return (_divisible(min(64.0, max(16.0, 32 * w)), 8, 16), _divisible(64 * w, 16),
+                *(_divisible(base * w, 8) for base in (128, 256, 384, 512)))
+
+    @property
+    def attn_dims(self) -> tuple[int, int, int]:
+        return tuple(_divisible(base * self.width, 8) for base in self.base_attn_dims)
+
+
+# the paper's seven widths; timm and transformers name them the same way (mobilevitv2_050 ...)
+V2_CFGS: dict[str, MobileViTV2Cfg] = {
+    f"mobilevitv2_{round(w * 100):03d}": MobileViTV2Cfg(f"mobilevitv2_{round(w * 100):03d}", w)
+    for w in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+}
+
+
 def list_models() -> list[str]:
     return list(MODEL_CFGS)
 

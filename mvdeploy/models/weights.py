@@ -69,6 +69,31 @@ _HF_RULES: list[_Rule] = [
 ]
 
 
+# MobileViTv2 (transformers' MobileViTV2ForImageClassification): the same stage layout, the
+# attention and FFN as 1x1 convs, no exp conv and no fusion conv
+_HF_V2_RULES: list[_Rule] = [
+    (r"^stem\.", "mobilevitv2.conv_stem."),
+    (r"^stages\.([01])\.(\d+)\.", r"mobilevitv2.encoder.layer.\1.layer.\2."),
+    (r"^stages\.([234])\.0\.", r"mobilevitv2.encoder.layer.\1.downsampling_layer."),
+    (r"^stages\.([234])\.1\.", r"mobilevitv2.encoder.layer.\1."),
+    (r"\.expand\.", ".expand_1x1."),
+    (r"\.dw\.", ".conv_3x3."),
+    (r"\.project\.", ".reduce_1x1."),
+    (r"\.local_conv\.", ".conv_kxk."),
+    (r"\.to_tokens\.", ".conv_1x1.convolution."),
+    (r"\.from_tokens\.", ".conv_projection."),
+    (r"\.transformer\.(\d+)\.", r".transformer.layer.\1."),
+    (r"\.norm1\.", ".layernorm_before."),
+    (r"\.attn\.qkv\.", ".attention.qkv_proj.convolution."),
+    (r"\.attn\.proj\.", ".attention.out_proj.convolution."),
+    (r"\.norm2\.", ".layernorm_after."),
+    (r"\.mlp\.fc(\d)\.", r".ffn.conv\1.convolution."),
+    (r"\.norm\.", ".layernorm."),
+    (r"\.conv\.", ".convolution."),
+    (r"\.bn\.", ".normalization."),
+]
+
+
 # timm's mobilevit.py builds on byobnet.py: MV2 blocks are "bottle" blocks (conv1_1x1, conv2_kxk,
 # conv3_1x1), the MobileViT block names follow ml-cvnets, the transformer is timm's ViT Block
 # (norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2: the same as ours).
@@ -113,16 +138,28 @@ def _mlcvnets_rules(depths: tuple[int, int, int]) -> list[_Rule]:
     ]
 
 
-def foreign_keys(key: str, source: Source, depths: tuple[int, int, int] = (2, 4, 3)) -> list[str]:
+def foreign_keys(key: str, source: Source, depths: tuple[int, int, int] = (2, 4, 3),
+                 family: str = "v1") -> list[str]:
     """Names that `source` uses for our parameter `key` (three for HF's split q/k/v)."""
     if source == "mvdeploy":
         return [key]
-    rules = {"huggingface": _HF_RULES, "timm": _TIMM_RULES}.get(source) or _mlcvnets_rules(depths)
+    if family == "v2":
+        if source != "huggingface":
+            raise CheckpointError(f"MobileViTv2 weights load from Hugging Face checkpoints "
+                                  f"only so far, not {source}")
+        rules = _HF_V2_RULES
+    else:
+        rules = ({"huggingface": _HF_RULES, "timm": _TIMM_RULES}.get(source)
+                 or _mlcvnets_rules(depths))
     for pattern, repl in rules:
         key = re.sub(pattern, repl, key)
     if "{qkv}" in key:  # HF stores q, k, v as three Linear layers; we fuse them
         return [key.replace("{qkv}", part) for part in ("query", "key", "value")]
     return [key]
+
+
+def _family(model) -> str:
+    return getattr(model.cfg, "family", "v1")
 
 
 def _optional(key: str) -> bool:
@@ -139,7 +176,7 @@ def remap_state_dict(state: Mapping[str, torch.Tensor], model: MobileViT,
     missing: list[str] = []
     bad_shape: list[str] = []
     for key, ref in ours.items():
-        names = foreign_keys(key, source, model.cfg.depths)
+        names = foreign_keys(key, source, model.cfg.depths, _family(model))
         if not all(n in state for n in names):
             if _optional(key):
                 out[key] = ref  # keep the default so that loading can stay strict
@@ -174,7 +211,7 @@ def export_state_dict(model: MobileViT, source: Source) -> dict[str, torch.Tenso
     """Our weights under another source's key names (inverse of remap_state_dict)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
-        names = foreign_keys(key, source, model.cfg.depths)
+        names = foreign_keys(key, source, model.cfg.depths, _family(model))
         parts = value.chunk(len(names)) if len(names) > 1 else [value]  # 0-d tensors can't chunk
         for name, part in zip(names, parts, strict=True):
             out[name] = part.clone()
