@@ -25,6 +25,7 @@ from mvdeploy.models.variants import (  # noqa: F401  (re-exported: where they l
     get_model_cfg,
     interpolated_stages,
     list_models,
+    make_divisible,
     padded_size,
     parse_resolution,
 )
@@ -63,14 +64,6 @@ class GraphForm:
 
 
 PLAIN_FORM = GraphForm(fold="rank4", tokens="3d", qkv="packed")  # ml-cvnets / transformers
-
-
-def make_divisible(value: float, divisor: int = 8) -> int:
-    """Round channels to a multiple of 8, never more than 10 % down (as ml-cvnets does)."""
-    new_value = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    if new_value < 0.9 * value:
-        new_value += divisor
-    return int(new_value)
 
 
 # ---------------------------------------------------------------- unfold / fold

@@ -45,9 +45,9 @@ MODEL_CFGS: dict[str, MobileViTCfg] = {
 }
 
 
-def _divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
-    """ml-cvnets' channel rounding (transformers' make_divisible): to a multiple of `divisor`,
-    never more than 10 % down."""
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round channels to a multiple of `divisor` (at least `min_value`, default `divisor`),
+    never more than 10 % down, as ml-cvnets and transformers do."""
     new_value = max(min_value or divisor, int(value + divisor / 2) // divisor * divisor)
     return int(new_value + divisor if new_value < 0.9 * value else new_value)
 
@@ -72,12 +72,12 @@ class MobileViTV2Cfg:
     def channels(self) -> tuple[int, int, int, int, int, int]:
         """Stem, layer1..layer5 outputs."""
         w = self.width
-        return (_divisible(min(64.0, max(16.0, 32 * w)), 8, 16), _divisible(64 * w, 16),
-                *(_divisible(base * w, 8) for base in (128, 256, 384, 512)))
+        return (make_divisible(min(64.0, max(16.0, 32 * w)), 8, 16), make_divisible(64 * w, 16),
+                *(make_divisible(base * w, 8) for base in (128, 256, 384, 512)))
 
     @property
     def attn_dims(self) -> tuple[int, int, int]:
-        return tuple(_divisible(base * self.width, 8) for base in self.base_attn_dims)
+        return tuple(make_divisible(base * self.width, 8) for base in self.base_attn_dims)
 
 
 # the paper's seven widths; timm and transformers name them the same way (mobilevitv2_050 ...)

@@ -45,53 +45,47 @@ _Rule = tuple[str, str | Callable[[re.Match], str]]
 
 # Our names are regular, so each foreign name is a chain of substitutions on ours.
 # Rules apply in order; each one sees the result of the previous ones.
-_HF_RULES: list[_Rule] = [
-    (r"^stem\.", "mobilevit.conv_stem."),
-    (r"^stages\.([01])\.(\d+)\.", r"mobilevit.encoder.layer.\1.layer.\2."),
-    (r"^stages\.([234])\.0\.", r"mobilevit.encoder.layer.\1.downsampling_layer."),
-    (r"^stages\.([234])\.1\.", r"mobilevit.encoder.layer.\1."),
+def _hf_rules(prefix: str, transformer: list[_Rule]) -> list[_Rule]:
+    """transformers' names for MobileViT v1 (`prefix` mobilevit) and v2 (mobilevitv2): the same
+    stage layout, MV2 and block names and conv/norm leaves; `transformer` maps what differs
+    (v1's exp conv and attention, v2's 1x1-conv attention and FFN)."""
+    return [
+        (r"^stem\.", f"{prefix}.conv_stem."),
+        (r"^stages\.([01])\.(\d+)\.", rf"{prefix}.encoder.layer.\1.layer.\2."),
+        (r"^stages\.([234])\.0\.", rf"{prefix}.encoder.layer.\1.downsampling_layer."),
+        (r"^stages\.([234])\.1\.", rf"{prefix}.encoder.layer.\1."),
+        (r"\.expand\.", ".expand_1x1."),
+        (r"\.dw\.", ".conv_3x3."),
+        (r"\.project\.", ".reduce_1x1."),
+        (r"\.local_conv\.", ".conv_kxk."),
+        (r"\.to_tokens\.", ".conv_1x1.convolution."),
+        (r"\.from_tokens\.", ".conv_projection."),
+        *transformer,
+        (r"\.norm\.", ".layernorm."),
+        (r"\.conv\.", ".convolution."),
+        (r"\.bn\.", ".normalization."),
+    ]
+
+
+_HF_RULES = _hf_rules("mobilevit", [
     (r"^head_conv\.", "mobilevit.conv_1x1_exp."),
-    (r"\.expand\.", ".expand_1x1."),
-    (r"\.dw\.", ".conv_3x3."),
-    (r"\.project\.", ".reduce_1x1."),
-    (r"\.local_conv\.", ".conv_kxk."),
-    (r"\.to_tokens\.", ".conv_1x1.convolution."),
-    (r"\.from_tokens\.", ".conv_projection."),
     (r"\.transformer\.(\d+)\.norm1\.", r".transformer.layer.\1.layernorm_before."),
     (r"\.transformer\.(\d+)\.attn\.proj\.", r".transformer.layer.\1.attention.output.dense."),
     (r"\.transformer\.(\d+)\.attn\.qkv\.", r".transformer.layer.\1.attention.attention.{qkv}."),
     (r"\.transformer\.(\d+)\.norm2\.", r".transformer.layer.\1.layernorm_after."),
     (r"\.transformer\.(\d+)\.mlp\.fc1\.", r".transformer.layer.\1.intermediate.dense."),
     (r"\.transformer\.(\d+)\.mlp\.fc2\.", r".transformer.layer.\1.output.dense."),
-    (r"\.norm\.", ".layernorm."),
-    (r"\.conv\.", ".convolution."),
-    (r"\.bn\.", ".normalization."),
-]
-
-
-# MobileViTv2 (transformers' MobileViTV2ForImageClassification): the same stage layout, the
-# attention and FFN as 1x1 convs, no exp conv and no fusion conv
-_HF_V2_RULES: list[_Rule] = [
-    (r"^stem\.", "mobilevitv2.conv_stem."),
-    (r"^stages\.([01])\.(\d+)\.", r"mobilevitv2.encoder.layer.\1.layer.\2."),
-    (r"^stages\.([234])\.0\.", r"mobilevitv2.encoder.layer.\1.downsampling_layer."),
-    (r"^stages\.([234])\.1\.", r"mobilevitv2.encoder.layer.\1."),
-    (r"\.expand\.", ".expand_1x1."),
-    (r"\.dw\.", ".conv_3x3."),
-    (r"\.project\.", ".reduce_1x1."),
-    (r"\.local_conv\.", ".conv_kxk."),
-    (r"\.to_tokens\.", ".conv_1x1.convolution."),
-    (r"\.from_tokens\.", ".conv_projection."),
+])
+# MobileViTv2 (MobileViTV2ForImageClassification): the attention and FFN are 1x1 convs, and
+# there is no exp conv and no fusion conv
+_HF_V2_RULES = _hf_rules("mobilevitv2", [
     (r"\.transformer\.(\d+)\.", r".transformer.layer.\1."),
     (r"\.norm1\.", ".layernorm_before."),
     (r"\.attn\.qkv\.", ".attention.qkv_proj.convolution."),
     (r"\.attn\.proj\.", ".attention.out_proj.convolution."),
     (r"\.norm2\.", ".layernorm_after."),
     (r"\.mlp\.fc(\d)\.", r".ffn.conv\1.convolution."),
-    (r"\.norm\.", ".layernorm."),
-    (r"\.conv\.", ".convolution."),
-    (r"\.bn\.", ".normalization."),
-]
+])
 
 
 # timm's mobilevit.py builds on byobnet.py: MV2 blocks are "bottle" blocks (conv1_1x1, conv2_kxk,

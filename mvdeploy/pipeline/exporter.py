@@ -325,7 +325,6 @@ class _Reference:
     # what the float-group search tunes on: never validated, never in `inputs`
     selection: np.ndarray | None = None  # the photos, then selection_views variants of them
     selection_logits: np.ndarray | None = None
-    selection_views: int = 0
 
 
 def _split_images(cfg: ExportConfig) -> ImageSets:
@@ -430,8 +429,7 @@ def _reference(cfg: ExportConfig, model: torch.nn.Module, sets: ImageSets) -> _R
         if selection is not None:
             selection_logits = model(torch.from_numpy(selection)).numpy()
     return _Reference(inputs, logits, [p.name for p in used], skipped, labelled,
-                      _library_check(cfg, model, used), selection, selection_logits,
-                      cfg.quantize.selection_views if selection is not None else 0)
+                      _library_check(cfg, model, used), selection, selection_logits)
 
 
 def _take_input_channels(cfg: ExportConfig, model: torch.nn.Module, reference: _Reference
@@ -597,7 +595,7 @@ def _search(run: _Run, backend, job: Job, tmp: Path) -> FloatSearch:
             trials, run.reference.selection_logits, get_task(run.model_info["task"]).compare,
             FidelityTarget(quantize.min_snr_db, quantize.min_top1_agreement),
             max_float_groups=quantize.max_float_groups, sensitivity=quantize.sensitivity,
-            views=run.reference.selection_views,
+            views=quantize.selection_views,
             say=lambda text: print(text, flush=True))  # into the conversion log
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
