@@ -49,7 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/mvdeploy_matrix"))
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--models", default=",".join(list_models()))
+    parser.add_argument("--models", default=",".join(list_models("v1")))
     parser.add_argument("--patches", default="A,B")
     parser.add_argument("--resolutions", default="256,320x256")
     parser.add_argument("--formats", default="onnx,tflite,coreml")

@@ -57,7 +57,7 @@ def resize_share(model: torch.nn.Module, x: torch.Tensor, runs: int = 10) -> flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(list_models()))
+    parser.add_argument("--models", default=",".join(list_models("v1")))
     parser.add_argument("--patch", action="append", help="preset or sizes; repeat (default A, B)")
     parser.add_argument("--resolutions", default="224,256")
     parser.add_argument("--threads", type=int, default=2)

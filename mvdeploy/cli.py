@@ -60,9 +60,12 @@ def app(verbose: bool) -> None:
               help="Describe the model this checkpoint holds (hub id such as "
                    "apple/mobilevit-small, Hugging Face or timm directory, ml-cvnets .pt, or "
                    "mvdeploy .safetensors) instead of listing every variant.")
+@click.option("--family", type=click.Choice(["v1", "v2"]),
+              help="Only MobileViT (v1) or MobileViTv2 (v2). Default: both.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def models(patch: tuple[str, ...], resolution: str, weights: str | None, as_json: bool) -> None:
-    """List the MobileViT variants with parameters and MACs per patch configuration."""
+def models(patch: tuple[str, ...], resolution: str, weights: str | None, family: str | None,
+           as_json: bool) -> None:
+    """List the MobileViT v1 and v2 variants with parameters and MACs per patch configuration."""
     from mvdeploy.models import (
         check_attention_memory,
         format_patch_sizes,
@@ -89,7 +92,7 @@ def models(patch: tuple[str, ...], resolution: str, weights: str | None, as_json
                            "labels": labels[:5] + (["..."] if len(labels) > 5 else [])
                            if labels else None}
     rows = []
-    for name in [checkpoint.cfg.name] if checkpoint else list_models():
+    for name in [checkpoint.cfg.name] if checkpoint else list_models(family):
         cfg = get_model_cfg(name)
         for patches in presets:  # shipped counts where they exist: no torch to import
             count = counts(name, patches, height, width,
@@ -114,21 +117,25 @@ def models(patch: tuple[str, ...], resolution: str, weights: str | None, as_json
                       + (f"labels {', '.join(checkpoint_info['labels'])}"
                          if checkpoint_info["labels"] else "no labels"), markup=False)
     classes = checkpoint.num_classes if checkpoint else 1000
-    table = Table(title=f"MobileViT v1 at {height}x{width} ({classes} classes)",
+    table = Table(title=f"MobileViT at {height}x{width} ({classes} classes)",
                   box=box.SIMPLE_HEAD)
     for col in ("model", "patch", "params", "GMACs", "attn", "resized", "paper"):
         table.add_column(col, justify="left" if col in ("model", "patch") else "right",
                          no_wrap=True)
     for r in rows:
         resized = ",".join(map(str, r["resized_stages"])) or "-"
+        separable = get_model_cfg(r["model"]).family == "v2"  # no QK^T / AV matmuls
         table.add_row(r["model"], r["patch"], f"{r['params']:,}", f"{r['gmacs']:.3f}",
-                      f"{r['attention_gmacs']:.3f}", resized,
-                      f"{r['paper_gmacs']:.2f} {r['paper_top1']:.1f}%")
+                      "-" if separable else f"{r['attention_gmacs']:.3f}", resized,
+                      (f"{r['paper_gmacs']:.2f} " if r["paper_gmacs"] else "- ")
+                      + f"{r['paper_top1']:.1f}%")
     console.print(table)
-    console.print("GMACs include the attention matmuls; attn: QK^T and AV alone. resized: "
+    console.print("GMACs include the attention matmuls; attn: QK^T and AV alone (v2's "
+                  "separable attention has none: its MACs do not change with the patch). "
+                  "resized: "
                   "strides of the stages whose feature map the patch does not divide, so it is "
                   "resized up and back (extra latency, see docs/model.md). paper: published "
-                  "GMACs and ImageNet top-1 at 256x256, patch A.")
+                  "GMACs (v1; -: none quoted for v2) and ImageNet top-1 at 256x256, patch A.")
 
 
 @app.command()

@@ -32,7 +32,7 @@ def test_models_table_has_real_counts(capsys):
 
 
 def test_models_json(capsys):
-    assert run(["models", "--json", "-p", "2x4,2,2", "-r", "224"]) == 0
+    assert run(["models", "--json", "-p", "2x4,2,2", "-r", "224", "--family", "v1"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["model"] for r in rows] == ["mobilevit_xxs", "mobilevit_xs", "mobilevit_s"]
     xxs = rows[0]
@@ -40,6 +40,20 @@ def test_models_json(capsys):
     assert xxs["patch_sizes"] == [[2, 4], [2, 2], [2, 2]]
     assert xxs["resized_stages"] == [32]
     assert 0 < xxs["attention_gmacs"] < xxs["gmacs"]
+
+
+def test_models_lists_mobilevitv2(capsys):
+    """The seven MobileViTv2 widths, with transformers' parameter counts; separable attention
+    has no QK^T / AV matmuls, so its MACs are the same under A and B."""
+    assert run(["models", "--json", "--family", "v2"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in rows[::2]] == [f"mobilevitv2_{w}" for w in
+                                              ("050", "075", "100", "125", "150", "175", "200")]
+    v2_100 = [r for r in rows if r["model"] == "mobilevitv2_100"]
+    assert [r["params"] for r in v2_100] == [4_901_841] * 2
+    assert v2_100[0]["gmacs"] == v2_100[1]["gmacs"] and v2_100[0]["attention_gmacs"] == 0
+    assert run(["models"]) == 0
+    assert "mobilevitv2_200" in capsys.readouterr().out
 
 
 def test_models_describes_a_checkpoint(capsys, tmp_path):

@@ -32,7 +32,7 @@ def _skimage_photos() -> list[Path]:
 # ---------------------------------------------------------------- default weights
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("v1"))
 def test_default_weights_tell_photos_apart(name):
     photos = sample_image_paths() + _skimage_photos()
     x, used, _ = load_images(photos, 256, 256)
@@ -161,7 +161,7 @@ def _revalidate(artifact: Path, model: torch.nn.Module, prep, height: int, width
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [  # XS and S: the same check on wider layers (CI time)
     extended(n) if n != "mobilevit_xxs" else n
-    for n in list_models()] + ["fixture"])
+    for n in list_models("v1")] + ["fixture"])
 def test_right_export_passes_and_a_wrong_weight_fails(name, tmp_path):
     if name == "fixture":
         weights, model_name, resolution = str(checkpoint_dir()), "mobilevit_xxs", 64

@@ -160,6 +160,8 @@ def test_models_command_imports_no_torch_and_reads_the_shipped_counts():
     rows = json.loads(done.stdout)
     assert done.stderr.strip().endswith("False"), done.stderr
     assert {(r["model"], r["patch"].split()[0]) for r in rows} == {
-        (m, p) for m in ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s") for p in "AB"}
+        (m, p) for m in ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s",
+                         *(f"mobilevitv2_{w}" for w in ("050", "075", "100", "125", "150",
+                                                        "175", "200"))) for p in "AB"}
     assert rows[0]["params"] == 1_272_024 and rows[0]["gmacs"] == 0.4074
 

@@ -22,7 +22,7 @@ def _max_diff(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> float:
     return (ya - yb).abs().max().item() / max(1.0, ya.abs().max().item())
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("v1"))
 @pytest.mark.parametrize("batch", [1, 2])
 def test_huggingface_parity(hf_checkpoint, name, batch):
     hf, directory = hf_checkpoint(name)
@@ -73,7 +73,7 @@ MLCVNETS_KEYS = [
 ]
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("v1"))
 def test_mlcvnets_round_trip(hf_checkpoint, tmp_path, name):
     hf, directory = hf_checkpoint(name)
     state = export_state_dict(load_pretrained(directory), "mlcvnets")
@@ -167,7 +167,7 @@ def test_a_checkpoint_given_as_model_name_points_to_weights():
 
 def test_foreign_model(tmp_path):
     torch.save(torch.nn.Linear(3, 3).state_dict(), tmp_path / "w.pt")
-    _expect(tmp_path / "w.pt", "not a MobileViT v1 checkpoint")
+    _expect(tmp_path / "w.pt", "not a MobileViT checkpoint")
 
 
 def test_missing_keys_are_listed(tmp_path, xxs_state):
@@ -209,7 +209,8 @@ def test_hf_directory_without_weights(hf_checkpoint, tmp_path):
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        ({"model_type": "mobilevitv2"}, "MobileViT v1"),
+        ({"model_type": "vit"}, r"MobileViT \('mobilevit'\) and MobileViTv2"),
+        ({"model_type": "mobilevitv2"}, "hidden_act='silu' is not supported"),
         ({"hidden_sizes": [10, 20, 30]}, "match none"),
         ({"num_attention_heads": 8}, "num_attention_heads=8 is not supported"),
         ({"expand_ratio": 4.0}, "expand_ratio"),

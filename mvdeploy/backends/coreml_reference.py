@@ -157,11 +157,19 @@ def _concat(a) -> np.ndarray:
     return stacked.reshape(shape)
 
 
-def _reduce_mean(a) -> np.ndarray:
-    x = _f32(a("x"))
-    axes = a("axes")
-    axes = None if axes is None else tuple(int(i) for i in np.atleast_1d(axes))
-    return x.mean(axis=axes, keepdims=bool(a("keep_dims", False)))
+def _reduce(fn: Callable) -> OpFn:
+    """reduce_mean / reduce_sum: over `axes` (None: all), keeping them if keep_dims."""
+    def reduce(a) -> np.ndarray:
+        axes = a("axes")
+        axes = None if axes is None else tuple(int(i) for i in np.atleast_1d(axes))
+        return fn(_f32(a("x")), axis=axes, keepdims=bool(a("keep_dims", False)))
+    return reduce
+
+
+def _rsqrt(a) -> np.ndarray:
+    """1 / sqrt(x + epsilon), epsilon 1e-12 by default (MIL iOS15 elementwise_unary.rsqrt)."""
+    epsilon = a("epsilon")
+    return 1 / np.sqrt(_f32(a("x")) + np.float32(1e-12 if epsilon is None else epsilon))
 
 
 def _grid(size_in: int, size_out: int, align_corners: bool, half_pixel: bool) -> np.ndarray:
@@ -253,7 +261,8 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 OPS: dict[str, OpFn] = {
     "conv": _conv, "linear": _linear, "matmul": _matmul, "layer_norm": _layer_norm,
     "softmax": _softmax, "reshape": _reshape, "split": _split, "concat": _concat,
-    "reduce_mean": _reduce_mean, "upsample_bilinear": _upsample_bilinear, "cast": _cast,
+    "reduce_mean": _reduce(np.mean), "reduce_sum": _reduce(np.sum), "rsqrt": _rsqrt,
+    "upsample_bilinear": _upsample_bilinear, "cast": _cast,
     "quantize": _quantize, "dequantize": _dequantize, "classify": _classify,
     "transpose": lambda a: np.transpose(np.asarray(a("x")), [int(p) for p in a("perm")]),
     "add": _binary(np.add), "sub": _binary(np.subtract), "mul": _binary(np.multiply),

@@ -136,12 +136,16 @@ def _export_float(job: Job, path: Path, attention: str) -> str:
     # one self-contained file unless protobuf's 2 GB limit forces external data
     program.save(str(path), external_data=external)
     done = "standard"
-    if attention == "fused":
+    from mvdeploy.models import get_model_cfg
+
+    heads = getattr(get_model_cfg(job.model), "num_heads", None)
+    if attention == "fused" and heads is None:  # MobileViTv2's separable attention has none
+        done = "standard (separable attention: no multi-head attention to fuse)"
+    elif attention == "fused":
         from mvdeploy.backends.onnx_attention import fuse_attention
-        from mvdeploy.models import get_model_cfg
 
         model = onnx.load(str(path))
-        fused = fuse_attention(model, get_model_cfg(job.model).num_heads)
+        fused = fuse_attention(model, heads)
         onnx.save(model, str(path), save_as_external_data=external)
         done = (f"com.microsoft.MultiHeadAttention ({fused} fused)" if fused
                 else "standard (no attention matched the fusion pattern)")

@@ -1,4 +1,4 @@
-"""Build a MobileViT by name: seeded input-sensitive weights, or a checkpoint's.
+"""Build a MobileViT (v1 or v2) by name: seeded input-sensitive weights, or a checkpoint's.
 
 Kept apart from the architecture file so that the model definition and the checkpoint loader
 never import each other (the split timm makes between a model file and its builder).
@@ -10,10 +10,13 @@ from functools import lru_cache
 from typing import Literal
 
 import torch
+from torch import nn
 
 from mvdeploy.errors import ConfigError
-from mvdeploy.models.mobilevit import GraphForm, MobileViT, get_model_cfg
+from mvdeploy.models.mobilevit import GraphForm
+from mvdeploy.models.network import build_network
 from mvdeploy.models.patches import PatchSizes, parse_patch_sizes
+from mvdeploy.models.variants import get_model_cfg
 
 Init = Literal["photos", "random"]
 INITS: tuple[Init, ...] = ("photos", "random")
@@ -28,7 +31,8 @@ def _seeded_state(name: str, num_classes: int, patches: PatchSizes, seed: int) -
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = MobileViT(get_model_cfg(name), num_classes=num_classes, patch_sizes=patches)
+        model = build_network(get_model_cfg(name), num_classes=num_classes,
+                              patch_sizes=patches)
         align_to_inputs_(smooth_kernels_(model), model.classifier)
         calibrate_(model, model.classifier)
     return {k: v.clone() for k, v in model.state_dict().items()}
@@ -36,8 +40,8 @@ def _seeded_state(name: str, num_classes: int, patches: PatchSizes, seed: int) -
 
 def create_model(name: str, *, num_classes: int | None = None,
                  patch_sizes: str | PatchSizes | list = "A", form: GraphForm | None = None,
-                 weights: str | None = None, init: Init = "photos", seed: int = 0) -> MobileViT:
-    """A MobileViT variant in eval mode.
+                 weights: str | None = None, init: Init = "photos", seed: int = 0) -> nn.Module:
+    """A MobileViT (v1: MobileViT, v2: MobileViTV2) in eval mode.
 
     `weights`: a Hugging Face Hub id (`apple/mobilevit-small`, `timm/mobilevit_xxs.cvnets_in1k`,
     `org/name@revision`), a Hugging Face or timm model directory, an ml-cvnets `.pt`, or an
@@ -55,7 +59,7 @@ def create_model(name: str, *, num_classes: int | None = None,
         classes = num_classes or 1000
         with torch.random.fork_rng(devices=[]):  # the caller's random stream is left alone
             torch.manual_seed(seed)
-            model = MobileViT(cfg, num_classes=classes, patch_sizes=patches)
+            model = build_network(cfg, num_classes=classes, patch_sizes=patches)
         if init == "photos":  # seconds of work, so made once per process and settings
             model.load_state_dict(_seeded_state(name, classes, patches, seed))
         if form is not None:

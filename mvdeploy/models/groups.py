@@ -1,6 +1,7 @@
 """Layer groups: the parts of a MobileViT that int8 can be switched off for, named from the
 module paths torch.export and the ONNX exporter record for every op (mvdeploy's own module
-names: stages, InvertedResidual, MobileViTBlock, TransformerLayer)."""
+names: stages, InvertedResidual, MobileViTBlock / MobileViTV2Block, TransformerLayer /
+LinearTransformerLayer; v1 and v2 share the child names local_conv, to_tokens, norm1, attn)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ def layer_group(stack: Iterable[tuple[str, str]]) -> str | None:
 
     Groups are what int8 can be switched off for: the stem, each MobileNetV2 block, a MobileViT
     block's local convs (`.local`), each transformer layer's attention (`.attn`, with its
-    LayerNorm) and MLP (`.mlp`), a MobileViT block's fold and fusion (`.fusion`), `head_conv`
-    and `classifier`. None: an op outside every group (the global pooling)."""
+    LayerNorm) and MLP (`.mlp`), a MobileViT block's fold and fusion (`.fusion`; in v2 the
+    final norm, fold and 1x1 projection), `head_conv` (v1) and `classifier`.
+    None: an op outside every group (the global pooling)."""
     entries = [(_relative(path), kind.rsplit(".", 1)[-1]) for path, kind in stack]
     entries = [(path, kind) for path, kind in entries if path]
     innermost = {kind: path for path, kind in entries}
@@ -30,11 +32,11 @@ def layer_group(stack: Iterable[tuple[str, str]]) -> str | None:
         below = [p for p, _ in entries if p.startswith(parent + ".")]
         return below[0][len(parent) + 1:].split(".")[0] if below else ""
 
-    if "TransformerLayer" in innermost:
-        layer = innermost["TransformerLayer"]
+    layer = innermost.get("TransformerLayer") or innermost.get("LinearTransformerLayer")
+    if layer:
         return f"{layer}.attn" if child_of(layer) in ("norm1", "attn") else f"{layer}.mlp"
-    if "MobileViTBlock" in innermost:
-        block = innermost["MobileViTBlock"]
+    block = innermost.get("MobileViTBlock") or innermost.get("MobileViTV2Block")
+    if block:
         return f"{block}.local" if child_of(block) in ("local_conv", "to_tokens") else (
             f"{block}.fusion")
     if "InvertedResidual" in innermost:

@@ -27,8 +27,11 @@ from mvdeploy.models.mobilevit import ConvBNAct, GraphForm, InvertedResidual, pa
 from mvdeploy.models.patches import Patch, PatchSizes
 from mvdeploy.models.variants import V2_CFGS, MobileViTV2Cfg
 
-# MobileViTv2 uses 2x2 patches in every stage (transformers' patch_size = 2)
+# MobileViTv2 uses 2x2 patches in every stage (transformers' patch_size = 2): preset A
 V2_PATCHES: PatchSizes = ((2, 2), (2, 2), (2, 2))
+# its one graph form, as v1's GraphForm spells it: the fold is rank 4 (unfold_v2), and the
+# tokens and qkv fields do not apply
+V2_FORM = GraphForm(fold="rank4")
 
 
 def get_v2_cfg(name: str) -> MobileViTV2Cfg:
@@ -53,6 +56,28 @@ def fold_v2(x: torch.Tensor, ph: int, pw: int, h: int, w: int) -> torch.Tensor:
     nh, nw = h // ph, w // pw
     x = x.transpose(2, 3).reshape(b * d * nh, nw, ph, pw).transpose(1, 2)  # [B*d*nh, ph, nw, pw]
     return x.reshape(b, d, h, w)
+
+
+class GroupNorm1(nn.GroupNorm):
+    """GroupNorm with one group (ml-cvnets' LayerNorm2D): each sample normalised over all of
+    d x P x N, then a per-channel scale and shift; nn.GroupNorm's parameters and keys.
+
+    Written out as two means over a [B, 1, d, P*N] view rather than aten.native_group_norm:
+    XNNPACK delegates a mean over the last two dims but not group_norm (which also cut the
+    ExecuTorch graph so that XNNPACK refused it: "pass through arguments"), and every other
+    converter lowers the plain ops too. Equal to F.group_norm to float rounding
+    (tests/test_mobilevit_v2.py)."""
+
+    def __init__(self, channels: int, eps: float):
+        super().__init__(1, channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, d = x.shape[:2]
+        mean = x.reshape(b, 1, d, -1).mean(dim=(2, 3), keepdim=True)  # [B, 1, 1, 1]
+        centred = x - mean
+        var = (centred * centred).reshape(b, 1, d, -1).mean(dim=(2, 3), keepdim=True)
+        scale = self.weight.reshape(1, d, 1, 1) * torch.rsqrt(var + self.eps)
+        return centred * scale + self.bias.reshape(1, d, 1, 1)
 
 
 class SeparableAttention(nn.Module):
@@ -87,9 +112,9 @@ class LinearTransformerLayer(nn.Module):
 
     def __init__(self, dim: int, mlp_hidden: int, eps: float):
         super().__init__()
-        self.norm1 = nn.GroupNorm(1, dim, eps=eps)
+        self.norm1 = GroupNorm1(dim, eps)
         self.attn = SeparableAttention(dim)
-        self.norm2 = nn.GroupNorm(1, dim, eps=eps)
+        self.norm2 = GroupNorm1(dim, eps)
         self.mlp = ConvMLP(dim, mlp_hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,7 +134,7 @@ class MobileViTV2Block(nn.Module):
         hidden = int(ffn_multiplier * dim) // 16 * 16  # ml-cvnets keeps FFN widths at x16
         self.transformer = nn.ModuleList(
             LinearTransformerLayer(dim, hidden, eps) for _ in range(depth))
-        self.norm = nn.GroupNorm(1, dim, eps=eps)
+        self.norm = GroupNorm1(dim, eps)
         self.from_tokens = ConvBNAct(dim, channels, 1, act=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -141,7 +166,9 @@ class MobileViTV2(nn.Module):
         if num_classes < 1:
             raise ConfigError(f"num_classes must be at least 1, got {num_classes}")
         self.cfg, self.num_classes, self.patch_sizes = cfg, num_classes, patch_sizes
-        self.form = form or GraphForm()  # v2 has one form; kept for the shared interface
+        self.form = V2_FORM  # one form; kept for the interface v1 and the exporter share
+        if form is not None:
+            self.set_form(form)
         self.class_labels: list[str] | None = None
         self.preprocessing = None
         self.preprocessing_origin = "the published default (seeded weights)"
@@ -169,7 +196,9 @@ class MobileViTV2(nn.Module):
             self.stem.conv.weight.copy_(self.stem.conv.weight.flip(1))
 
     def set_form(self, form: GraphForm) -> None:
-        self.form = form  # one graph form so far: the fold is always rank 4
+        """v2 has one graph form (V2_FORM); another is refused, not silently ignored."""
+        if form != V2_FORM:
+            raise ConfigError(f"MobileViTv2 has one graph form ({V2_FORM}), not {form}")
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = self.stages(self.stem(pixel_values))  # [B, C5, H/32, W/32]

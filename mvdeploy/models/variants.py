@@ -1,4 +1,4 @@
-"""The MobileViT v1 variants and input-size rules, without torch: `mvdeploy models`,
+"""The MobileViT v1 and v2 variants and input-size rules, without torch: `mvdeploy models`,
 `--help` and config checks read these without paying torch's import (mvdeploy.models.mobilevit
 builds the network from them)."""
 
@@ -30,6 +30,7 @@ class MobileViTCfg:
     paper_gmacs: float = 0.0
     paper_top1: float = 0.0
     task: str = "classification"  # what the head predicts: a module of mvdeploy.tasks
+    family: str = "v1"
 
 
 MODEL_CFGS: dict[str, MobileViTCfg] = {
@@ -65,6 +66,12 @@ class MobileViTV2Cfg:
     expand_ratio: float = 2.0
     ffn_multiplier: float = 2.0
     layer_norm_eps: float = 1e-5
+    # reference numbers: parameters as transformers' MobileViTV2ForImageClassification counts
+    # them (tests/test_mobilevit_v2.py), ImageNet top-1 at 256x256 from the paper (Table 1 of
+    # arXiv 2206.02680, docs/reference.md); no published MACs are quoted (0: not shown)
+    paper_params: int = 0
+    paper_top1: float = 0.0
+    paper_gmacs: float = 0.0
     task: str = "classification"
     family: str = "v2"
 
@@ -82,24 +89,33 @@ class MobileViTV2Cfg:
 
 # the paper's seven widths; timm and transformers name them the same way (mobilevitv2_050 ...)
 V2_CFGS: dict[str, MobileViTV2Cfg] = {
-    f"mobilevitv2_{round(w * 100):03d}": MobileViTV2Cfg(f"mobilevitv2_{round(w * 100):03d}", w)
-    for w in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+    f"mobilevitv2_{round(w * 100):03d}": MobileViTV2Cfg(
+        f"mobilevitv2_{round(w * 100):03d}", w, paper_params=params, paper_top1=top1)
+    for w, params, top1 in ((0.5, 1_370_593, 70.2), (0.75, 2_866_009, 75.6),
+                            (1.0, 4_901_841, 78.1), (1.25, 7_478_089, 79.6),
+                            (1.5, 10_594_753, 80.4), (1.75, 14_251_833, 80.8),
+                            (2.0, 18_449_329, 81.2))
 }
 
+ModelCfg = MobileViTCfg | MobileViTV2Cfg
+ALL_CFGS: dict[str, ModelCfg] = {**MODEL_CFGS, **V2_CFGS}
+FAMILIES = ("v1", "v2")
 
-def list_models() -> list[str]:
-    return list(MODEL_CFGS)
+
+def list_models(family: str | None = None) -> list[str]:
+    """Every variant's name, or one family's ("v1": MobileViT, "v2": MobileViTv2)."""
+    return [name for name, cfg in ALL_CFGS.items() if family in (None, cfg.family)]
 
 
-def get_model_cfg(name: str) -> MobileViTCfg:
+def get_model_cfg(name: str) -> ModelCfg:
     try:
-        return MODEL_CFGS[name]
+        return ALL_CFGS[name]
     except KeyError:
         looks_like_path = any(c in str(name) for c in "/\\.") or Path(str(name)).exists()
         hint = " (a checkpoint goes to --weights; --model names the variant)" \
             if looks_like_path else ""
         raise ConfigError(
-            f"unknown model {name!r}: choose one of {', '.join(MODEL_CFGS)}{hint}"
+            f"unknown model {name!r}: choose one of {', '.join(ALL_CFGS)}{hint}"
         ) from None
 
 

@@ -28,7 +28,9 @@ from mvdeploy.models.mobilevit import (
     MobileViT,
     MobileViTCfg,
 )
+from mvdeploy.models.network import build_network
 from mvdeploy.models.patches import PATCH_PRESETS, PatchSizes
+from mvdeploy.models.variants import V2_CFGS, ModelCfg
 
 Source = Literal["mvdeploy", "huggingface", "mlcvnets", "timm"]
 
@@ -39,6 +41,12 @@ TELLTALE_KEYS: dict[Source, str] = {
     "huggingface": "mobilevit.conv_stem.convolution.weight",
     "mlcvnets": "conv_1.block.conv.weight",
     "timm": "final_conv.conv.weight",
+}
+# MobileViTv2 has no exp conv: transformers' v2 prefix, or (mvdeploy's own names) a final norm
+# in a block without a fusion conv
+V2_TELLTALE_KEYS: dict[Source, str] = {
+    "huggingface": "mobilevitv2.conv_stem.convolution.weight",
+    "mvdeploy": "stages.4.1.norm.weight",
 }
 
 _Rule = tuple[str, str | Callable[[re.Match], str]]
@@ -249,9 +257,18 @@ def _strip_wrappers(key: str) -> str:
     return key
 
 
+def detect_family(state: Mapping[str, torch.Tensor], source: Source) -> str:
+    """v2 when the state dict has v2's telltale key and (mvdeploy's names) no v1 fusion conv."""
+    key = V2_TELLTALE_KEYS.get(source)
+    return "v2" if key in state and "stages.4.1.fusion.conv.weight" not in state else "v1"
+
+
 def detect_source(state: Mapping[str, torch.Tensor], where: object) -> Source:
     for source, key in TELLTALE_KEYS.items():
         if key in state:
+            return source
+    for source, key in V2_TELLTALE_KEYS.items():
+        if key in state and detect_family(state, source) == "v2":
             return source
     if "conv_stem.convolution.weight" in state:
         raise CheckpointError(
@@ -259,16 +276,28 @@ def detect_source(state: Mapping[str, torch.Tensor], where: object) -> Source:
             "save a MobileViTForImageClassification instead"
         )
     raise CheckpointError(
-        f"{where} is not a MobileViT v1 checkpoint: expected one of the keys "
-        + ", ".join(TELLTALE_KEYS.values())
+        f"{where} is not a MobileViT checkpoint: expected one of the keys "
+        + ", ".join([*TELLTALE_KEYS.values(), *V2_TELLTALE_KEYS.values()])
     )
 
 
-def _infer_cfg(state: Mapping[str, torch.Tensor], source: Source, where: object) -> MobileViTCfg:
-    """Pick the variant whose widths match the checkpoint's (stem, exp conv, transformer dims)."""
+def _infer_cfg(state: Mapping[str, torch.Tensor], source: Source, where: object) -> ModelCfg:
+    """Pick the variant whose widths match the checkpoint's (stem, exp conv, transformer dims;
+    for v2 the stem and transformer dims, which set the width multiplier)."""
+    family = detect_family(state, source)
+
     def width(our_key: str) -> int | None:
-        name = foreign_keys(our_key, source)[0]
+        name = foreign_keys(our_key, source, family=family)[0]
         return int(state[name].shape[0]) if name in state else None
+
+    if family == "v2":
+        found = (width("stem.conv.weight"),
+                 tuple(width(f"stages.{i}.1.to_tokens.weight") for i in (2, 3, 4)))
+        for cfg in V2_CFGS.values():
+            if found == (cfg.channels[0], cfg.attn_dims):
+                return cfg
+        raise CheckpointError(f"{where}: widths stem={found[0]} transformer dims={found[1]} "
+                              f"match none of {', '.join(V2_CFGS)}")
 
     found = (
         width("stem.conv.weight"),
@@ -353,12 +382,47 @@ def _timm_default_origin(cfg: MobileViTCfg, why: str) -> str:
     return f"timm's default for {cfg.name} ({why})"
 
 
-def _hf_config(conf: dict, cfg_path: Path) -> tuple[MobileViTCfg, list[str] | None]:
+_HF_V2_FIXED = {  # MobileViTV2Config values our MobileViTv2 implements (transformers 5.24)
+    "base_attn_unit_dims": [128, 192, 256], "n_attn_blocks": [2, 4, 3], "expand_ratio": 2.0,
+    "ffn_multiplier": 2, "patch_size": 2, "conv_kernel_size": 3, "hidden_act": "swish",
+    "output_stride": 32, "num_channels": 3,
+}
+
+
+def _hf_v2_config(conf: dict, cfg_path: Path) -> ModelCfg:
+    """MobileViTV2Config: the fixed structure checked, the width multiplier picks the variant."""
+    for key, expected in _HF_V2_FIXED.items():
+        if key in conf and conf[key] != expected:
+            raise CheckpointError(f"{cfg_path}: {key}={conf[key]!r} is not supported "
+                                  f"(MobileViTv2 uses {expected!r})")
+    width = _number(conf, "width_multiplier", cfg_path, 1.0)
+    found = next((cfg for cfg in V2_CFGS.values() if math.isclose(cfg.width, width)), None)
+    if found is None:
+        raise CheckpointError(
+            f"{cfg_path}: width_multiplier={width} is none of the published widths "
+            f"({', '.join(f'{c.width:g}' for c in V2_CFGS.values())})")
+    return found
+
+
+def _hf_labels(conf: dict, cfg_path: Path) -> list[str] | None:
+    id2label = conf.get("id2label")
+    if not (isinstance(id2label, dict) and id2label):
+        return None
+    bad = next((k for k in id2label if not (isinstance(k, str) and k.strip().isdigit())), None)
+    if bad is not None:
+        raise CheckpointError(f"{cfg_path}: id2label key {bad!r} is not a class index: "
+                              'expected {"0": "label", "1": ...}')
+    return [str(id2label[k]) for k in sorted(id2label, key=int)]
+
+
+def _hf_config(conf: dict, cfg_path: Path) -> tuple[ModelCfg, list[str] | None]:
     model_type = conf.get("model_type")
+    if model_type == "mobilevitv2":
+        return _hf_v2_config(conf, cfg_path), _hf_labels(conf, cfg_path)
     if model_type != "mobilevit":
         raise CheckpointError(
-            f"{cfg_path} describes model_type={model_type!r}; mvdeploy supports MobileViT v1 "
-            "('mobilevit') only"
+            f"{cfg_path} describes model_type={model_type!r}; mvdeploy supports MobileViT "
+            "('mobilevit') and MobileViTv2 ('mobilevitv2')"
         )
     for key, expected in _HF_FIXED.items():
         if key in conf and conf[key] != expected:
@@ -381,16 +445,7 @@ def _hf_config(conf: dict, cfg_path: Path) -> tuple[MobileViTCfg, list[str] | No
             f"{cfg_path}: hidden_sizes={list(hidden)} neck_hidden_sizes={list(neck)} match none of "
             f"{', '.join(MODEL_CFGS)}"
         )
-    id2label = conf.get("id2label")
-    labels = None
-    if isinstance(id2label, dict) and id2label:
-        bad = next((k for k in id2label if not (isinstance(k, str) and k.strip().isdigit())),
-                   None)
-        if bad is not None:
-            raise CheckpointError(f"{cfg_path}: id2label key {bad!r} is not a class index: "
-                                  'expected {"0": "label", "1": ...}')
-        labels = [str(id2label[k]) for k in sorted(id2label, key=int)]
-    return cfg, labels
+    return cfg, _hf_labels(conf, cfg_path)
 
 
 # A malformed config.json / preprocessor_config.json is one line naming the file, the key and
@@ -544,7 +599,11 @@ def load_pretrained(path: str | Path, *, patch_sizes: PatchSizes = PATCH_PRESETS
         cfg = _infer_cfg(state, source, path)
         preprocessing, origin = _bare_file_preprocessing(source, cfg, path)
     _refuse_non_finite(state, found.weights if path.is_dir() else path)
-    classifier = foreign_keys("classifier.weight", source)[0]
+    family = detect_family(state, source)
+    if family != cfg.family:
+        raise CheckpointError(f"{path}: config.json describes {cfg.name} but the weights are "
+                              f"MobileViT{'v2' if family == 'v2' else ' v1'}'s")
+    classifier = foreign_keys("classifier.weight", source, family=family)[0]
     if classifier not in state:
         raise CheckpointError(f"{path} has no classifier weights ({classifier})")
     num_classes = int(state[classifier].shape[0])
@@ -553,7 +612,7 @@ def load_pretrained(path: str | Path, *, patch_sizes: PatchSizes = PATCH_PRESETS
             f"{path}: config.json names {len(labels)} labels but the classifier has "
             f"{num_classes} outputs"
         )
-    model = MobileViT(cfg, num_classes=num_classes, patch_sizes=patch_sizes, form=form)
+    model = build_network(cfg, num_classes=num_classes, patch_sizes=patch_sizes, form=form)
     model.load_state_dict(remap_state_dict(state, model, source), strict=True)
     model.class_labels = labels
     model.preprocessing = preprocessing

@@ -271,13 +271,16 @@ def _check(cfg: ExportConfig) -> None:
         except MvdeployError as exc:
             raise ConfigError(f"{key}: {exc}") from None
 
-    wrap("model.name", get_model_cfg, cfg.model.name)
+    family = wrap("model.name", get_model_cfg, cfg.model.name).family
     patches = wrap("model.patch", parse_patch_sizes, cfg.model.patch)
     height, width = wrap("model.resolution", parse_resolution, cfg.model.resolution)
     wrap("model.resolution", check_attention_memory, height, width, patches)
     if cfg.model.fold not in ("auto", *FOLD_IMPLS):
         raise ConfigError(f"model.fold must be auto or one of {', '.join(FOLD_IMPLS)}, "
                           f"got {cfg.model.fold!r}")
+    if family == "v2" and cfg.model.fold != "auto":
+        raise ConfigError(f"model.fold: {cfg.model.name} is MobileViTv2, which has one graph "
+                          "form (a rank-4 fold); leave --fold at auto")
     if not 1 <= cfg.model.num_classes <= MAX_CLASSES:
         raise ConfigError(f"model.num_classes must be between 1 and {MAX_CLASSES} "
                           f"(ImageNet-21k has 21,843), got {cfg.model.num_classes}")

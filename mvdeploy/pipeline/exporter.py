@@ -483,7 +483,12 @@ class _Run:
 
 def graph_form(cfg: ExportConfig, fmt: str) -> GraphForm:
     """The graph form `fmt` is exported in: the one its backend measured fastest on its runtime
-    (FormatSpec.graph_form), with the configured fold if model.fold is not auto."""
+    (FormatSpec.graph_form), with the configured fold if model.fold is not auto. MobileViTv2
+    has one form (the forms are v1's fold, token and qkv spellings)."""
+    if get_model_cfg(cfg.model.name).family == "v2":
+        from mvdeploy.models.mobilevit_v2 import V2_FORM
+
+        return V2_FORM
     form = GraphForm(**spec(fmt).graph_form)
     return form if cfg.model.fold == "auto" else form.with_fold(cfg.model.fold)
 
