@@ -62,10 +62,12 @@ def _artifact(out: Path, fmt: str) -> Path:
 # ---------------------------------------------------------------- shipped configs
 
 
-# paths that another config proves in CI (CI time): XS and S iOS as XXS B iOS, XS Android as
-# XXS and S Android, patch A's Android and iOS as patch B's (test_export exports A everywhere)
+# paths that another config proves in CI (CI time): XS and S iOS as XXS B iOS, XS and S Android
+# as XXS B Android (the same layout at another width), patch A's Android and iOS as patch B's
+# (test_quantize exports patch A to every format)
 PATCH_A = extended("A")  # the A configs: extended, see above
 EXTENDED_CONFIGS = {"mobilevit_xs_B_android", "mobilevit_xs_B_ios", "mobilevit_s_B_ios",
+                    "mobilevit_s_B_android",
                     "mobilevit_xxs_A_android", "mobilevit_xxs_A_ios"}
 
 

@@ -122,9 +122,12 @@ AT_THE_EDGE = {("onnx", "int8-dynamic", "A"),
 WEIGHT_ONLY = ("int8-weights", "palettize-4", "palettize-6", "palettize-8")  # no activations
 
 
-# the same path as a neighbour (CI time): B for fp16 / int8-dynamic (A proves the recipe, the
-# patch-B exports of test_export prove the layout), palettize-6 between palettize-4 and -8
-EXTENDED_RUNS = {("fp16", "B"), ("int8-dynamic", "B"), ("palettize-6", "A")}
+# the same path as a neighbour (CI time): B for fp16 / int8-dynamic / w8a8 (A proves the
+# recipe, the patch-B exports of test_export prove the layout), palettize-6 and -8 as
+# palettize-4, int8-static as test_heldout_int8 and test_eval (the same recipe and search on
+# ONNX and TFLite, graded on unseen photos and on labelled digits)
+EXTENDED_RUNS = {("fp16", "B"), ("int8-dynamic", "B"), ("w8a8", "B"), ("palettize-6", "A"),
+                 ("palettize-8", "A"), ("int8-static", "A")}
 
 
 @pytest.mark.slow
