@@ -105,6 +105,14 @@ APPLE_PREPROCESSOR = {"crop_size": 256, "do_center_crop": True, "do_flip_channel
                       "resample": 2, "size": 288}
 
 
+# apple/mobilevitv2-1.0-imagenet1k-256's preprocessor_config.json on the Hub (commit 96540f7,
+# "Update preprocessor_config.json (#1)"): the same preprocessing as v1, in the dict form
+APPLE_V2_PREPROCESSOR = {"crop_size": {"height": 256, "width": 256}, "do_center_crop": True,
+                         "do_flip_channel_order": True, "do_rescale": True, "do_resize": True,
+                         "image_processor_type": "MobileViTImageProcessor", "resample": 2,
+                         "rescale_factor": 0.00392156862745098, "size": {"shortest_edge": 288}}
+
+
 def lay_out_hub_cache(cache: Path, repo: str, files: dict[str, Path | dict],
                       revision: str = "main", commit: str = "0" * 39 + "1") -> Path:
     """Write the standard huggingface_hub cache layout (refs/<revision> -> snapshots/<commit>)

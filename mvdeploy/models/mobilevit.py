@@ -34,6 +34,7 @@ FoldImpl = Literal["nhwc", "rank4", "permute"]
 FOLD_IMPLS: tuple[FoldImpl, ...] = ("nhwc", "rank4", "permute")
 TOKEN_FORMS = ("2d", "3d")
 QKV_FORMS = ("packed", "separate")
+NORM_FORMS = ("native", "means")
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,16 @@ class GraphForm:
     # separate: q, k and v from three linears on slices of the packed weight (no Split/SLICE
     # op); packed: one qkv linear, then split (the checkpoint's layout either way)
     qkv: str = "packed"
+    # MobileViTv2's GroupNorm(1): native (aten.group_norm: bit-identical to transformers, the
+    # eager default) or means (two means over a 4-D view: what XNNPACK delegates; exports).
+    # v1 has LayerNorm only and keeps native.
+    norm: str = "native"
 
     def __post_init__(self) -> None:
         for name, value, choices in (("fold", self.fold, FOLD_IMPLS),
                                      ("tokens", self.tokens, TOKEN_FORMS),
-                                     ("qkv", self.qkv, QKV_FORMS)):
+                                     ("qkv", self.qkv, QKV_FORMS),
+                                     ("norm", self.norm, NORM_FORMS)):
             if value not in choices:
                 raise ConfigError(f"unknown {name} form {value!r}: choose one of "
                                   f"{', '.join(choices)}")

@@ -29,9 +29,10 @@ from mvdeploy.models.variants import V2_CFGS, MobileViTV2Cfg
 
 # MobileViTv2 uses 2x2 patches in every stage (transformers' patch_size = 2): preset A
 V2_PATCHES: PatchSizes = ((2, 2), (2, 2), (2, 2))
-# its one graph form, as v1's GraphForm spells it: the fold is rank 4 (unfold_v2), and the
-# tokens and qkv fields do not apply
-V2_FORM = GraphForm(fold="rank4")
+# its graph forms, as v1's GraphForm spells them: the fold is always rank 4 (unfold_v2) and the
+# tokens and qkv fields do not apply; eager runs the native GroupNorm, exports the written-out one
+V2_EAGER_FORM = GraphForm(fold="rank4")
+V2_FORM = GraphForm(fold="rank4", norm="means")
 
 
 def get_v2_cfg(name: str) -> MobileViTV2Cfg:
@@ -62,22 +63,36 @@ class GroupNorm1(nn.GroupNorm):
     """GroupNorm with one group (ml-cvnets' LayerNorm2D): each sample normalised over all of
     d x P x N, then a per-channel scale and shift; nn.GroupNorm's parameters and keys.
 
-    Written out as two means over a [B, 1, d, P*N] view rather than aten.native_group_norm:
-    XNNPACK delegates a mean over the last two dims but not group_norm (which also cut the
-    ExecuTorch graph so that XNNPACK refused it: "pass through arguments"), and every other
-    converter lowers the plain ops too. Equal to F.group_norm to float rounding
-    (tests/test_mobilevit_v2.py)."""
+    `means=True` (the export form, V2_FORM) spells it with means over the last two dims
+    (_mean) instead of aten.native_group_norm: XNNPACK delegates such a mean but not
+    group_norm, which also cut the ExecuTorch graph so that XNNPACK refused it ("pass through
+    arguments"); every other converter lowers the plain ops too. The eager default stays
+    native, bit-identical to transformers; the two agree to float rounding (about 1e-5 of the
+    logits, as far as transformers' own float32 is from float64; tests/test_mobilevit_v2.py)."""
 
     def __init__(self, channels: int, eps: float):
         super().__init__(1, channels, eps=eps)
+        self.means = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.means:
+            return super().forward(x)
         b, d = x.shape[:2]
-        mean = x.reshape(b, 1, d, -1).mean(dim=(2, 3), keepdim=True)  # [B, 1, 1, 1]
+        mean = self._mean(x, b, d)  # [B, 1, 1, 1]
         centred = x - mean
-        var = (centred * centred).reshape(b, 1, d, -1).mean(dim=(2, 3), keepdim=True)
+        var = self._mean(centred * centred, b, d)
         scale = self.weight.reshape(1, d, 1, 1) * torch.rsqrt(var + self.eps)
         return centred * scale + self.bias.reshape(1, d, 1, 1)
+
+    @staticmethod
+    def _mean(x: torch.Tensor, b: int, d: int) -> torch.Tensor:
+        """The mean over d x P x N of [B, d, P, N] as two means over the last two dims (the
+        reduction XNNPACK delegates): per channel over P x N, then over the d channel means.
+        One mean over all d*P*N elements summed them in one run in XNNPACK, 1.9e-4 of the
+        logits off at 256x256 (mobilevitv2_100), above the 1e-4 float32 gate; the two short
+        runs are 4e-5 off. A mean over one dim is not delegated (it cut the graph 3-fold)."""
+        return x.mean(dim=(2, 3), keepdim=True).reshape(b, 1, d, 1).mean(dim=(2, 3),
+                                                                         keepdim=True)
 
 
 class SeparableAttention(nn.Module):
@@ -166,7 +181,7 @@ class MobileViTV2(nn.Module):
         if num_classes < 1:
             raise ConfigError(f"num_classes must be at least 1, got {num_classes}")
         self.cfg, self.num_classes, self.patch_sizes = cfg, num_classes, patch_sizes
-        self.form = V2_FORM  # one form; kept for the interface v1 and the exporter share
+        self.form = V2_EAGER_FORM
         if form is not None:
             self.set_form(form)
         self.class_labels: list[str] | None = None
@@ -196,9 +211,14 @@ class MobileViTV2(nn.Module):
             self.stem.conv.weight.copy_(self.stem.conv.weight.flip(1))
 
     def set_form(self, form: GraphForm) -> None:
-        """v2 has one graph form (V2_FORM); another is refused, not silently ignored."""
-        if form != V2_FORM:
-            raise ConfigError(f"MobileViTv2 has one graph form ({V2_FORM}), not {form}")
+        """V2_EAGER_FORM or V2_FORM (how GroupNorm is spelt); another form is refused, not
+        silently ignored."""
+        if form not in (V2_EAGER_FORM, V2_FORM):
+            raise ConfigError(f"MobileViTv2 has a rank-4 fold only, not the form {form}")
+        for module in self.modules():
+            if isinstance(module, GroupNorm1):
+                module.means = form.norm == "means"
+        self.form = form
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = self.stages(self.stem(pixel_values))  # [B, C5, H/32, W/32]

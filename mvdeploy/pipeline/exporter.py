@@ -484,7 +484,7 @@ class _Run:
 def graph_form(cfg: ExportConfig, fmt: str) -> GraphForm:
     """The graph form `fmt` is exported in: the one its backend measured fastest on its runtime
     (FormatSpec.graph_form), with the configured fold if model.fold is not auto. MobileViTv2
-    has one form (the forms are v1's fold, token and qkv spellings)."""
+    exports in one form (V2_FORM: its GroupNorm written out; the fold is always rank 4)."""
     if get_model_cfg(cfg.model.name).family == "v2":
         from mvdeploy.models.mobilevit_v2 import V2_FORM
 
@@ -556,6 +556,8 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = no_progre
     forms = list(dict.fromkeys(graph_form(cfg, fmt) for fmt in cfg.export.formats))
     program_form = model.form if cfg.model.fold == "auto" else \
         model.form.with_fold(cfg.model.fold)  # the .pt2: the model's default form
+    if get_model_cfg(cfg.model.name).family == "v2":
+        program_form = forms[0]  # v2's export form, which every lowering takes
     if cfg.export.save_program and program_form not in forms:
         forms.append(program_form)
     captures = {}
