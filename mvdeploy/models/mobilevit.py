@@ -147,27 +147,28 @@ _UNFOLD = {"nhwc": (unfold_nhwc, fold_nhwc), "rank4": (unfold_rank4, fold_rank4)
 
 
 class ConvBNAct(nn.Sequential):
-    """Conv (no bias) -> BatchNorm -> optional SiLU."""
+    """Conv (no bias) -> BatchNorm -> optional SiLU (ReLU with `relu`: DeepLabV3's ASPP)."""
 
     def __init__(self, cin: int, cout: int, kernel: int, *, stride: int = 1, groups: int = 1,
-                 act: bool = True):
+                 act: bool = True, relu: bool = False, dilation: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, kernel, stride, padding=(kernel - 1) // 2,
-                              groups=groups, bias=False)
+        self.conv = nn.Conv2d(cin, cout, kernel, stride, padding=(kernel - 1) // 2 * dilation,
+                              dilation=dilation, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(cout)
         if act:
-            self.act = nn.SiLU()
+            self.act = nn.ReLU() if relu else nn.SiLU()
 
 
 class InvertedResidual(nn.Module):
     """MobileNetV2 block: 1x1 expand -> 3x3 depthwise -> 1x1 project (+ residual)."""
 
-    def __init__(self, cin: int, cout: int, *, stride: int, expand_ratio: float):
+    def __init__(self, cin: int, cout: int, *, stride: int, expand_ratio: float,
+                 dilation: int = 1):
         super().__init__()
         hidden = make_divisible(round(cin * expand_ratio))
         self.use_residual = stride == 1 and cin == cout
         self.expand = ConvBNAct(cin, hidden, 1)
-        self.dw = ConvBNAct(hidden, hidden, 3, stride=stride, groups=hidden)
+        self.dw = ConvBNAct(hidden, hidden, 3, stride=stride, groups=hidden, dilation=dilation)
         self.project = ConvBNAct(hidden, cout, 1, act=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

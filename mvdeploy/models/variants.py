@@ -97,6 +97,45 @@ V2_CFGS: dict[str, MobileViTV2Cfg] = {
                             (2.0, 18_449_329, 81.2))
 }
 
+OUTPUT_STRIDES = (8, 16, 32)  # what transformers' segmentation backbones offer
+
+
+@dataclass(frozen=True)
+class DeepLabV3Cfg:
+    """DeepLabV3 segmentation on a MobileViT backbone, as Apple trained it (ml-cvnets) and
+    transformers builds it (MobileViT(V2)ForSemanticSegmentation): the backbone's last stage
+    feeds an ASPP head; strides past `output_stride` become dilations, so the logits come out
+    at 1/output_stride of the input (32x32 for 512x512 at 16). Defaults are the published
+    checkpoints' (their config.json; transformers' convert_mlcvnets_to_pytorch.py)."""
+
+    name: str
+    backbone: str  # the classification variant whose stem and stages it uses
+    aspp_channels: int
+    atrous_rates: tuple[int, int, int]
+    output_stride: int = 16
+    num_classes: int = 21  # PASCAL VOC: background + 20 classes
+    resolution: int = 512
+    paper_miou: float = 0.0  # PASCAL VOC val mIoU from the model card (docs/reference.md)
+    task: str = "segmentation"
+
+    @property
+    def family(self) -> str:
+        return ALL_CFGS[self.backbone].family
+
+
+SEG_CFGS: dict[str, DeepLabV3Cfg] = {
+    cfg.name: cfg
+    for cfg in (
+        *(DeepLabV3Cfg(f"deeplabv3_{v}", v, 256, (6, 12, 18), paper_miou=miou)
+          for v, miou in (("mobilevit_xxs", 73.6), ("mobilevit_xs", 77.1),
+                          ("mobilevit_s", 79.1))),
+        # v2: ml-cvnets' deeplabv3 defaults for MobileViTv2 (aspp 512, rates 12/24/36), which
+        # transformers' converter also assumes where a config does not say
+        *(DeepLabV3Cfg(f"deeplabv3_{v}", v, 512, (12, 24, 36)) for v in V2_CFGS),
+    )
+}
+
+
 ModelCfg = MobileViTCfg | MobileViTV2Cfg
 ALL_CFGS: dict[str, ModelCfg] = {**MODEL_CFGS, **V2_CFGS}
 FAMILIES = ("v1", "v2")
@@ -107,15 +146,16 @@ def list_models(family: str | None = None) -> list[str]:
     return [name for name, cfg in ALL_CFGS.items() if family in (None, cfg.family)]
 
 
-def get_model_cfg(name: str) -> ModelCfg:
+def get_model_cfg(name: str) -> ModelCfg | DeepLabV3Cfg:
+    """A classification variant's config, or a segmentation model's (SEG_CFGS)."""
     try:
-        return ALL_CFGS[name]
+        return ALL_CFGS[name] if name in ALL_CFGS else SEG_CFGS[name]
     except KeyError:
         looks_like_path = any(c in str(name) for c in "/\\.") or Path(str(name)).exists()
         hint = " (a checkpoint goes to --weights; --model names the variant)" \
             if looks_like_path else ""
         raise ConfigError(
-            f"unknown model {name!r}: choose one of {', '.join(ALL_CFGS)}{hint}"
+            f"unknown model {name!r}: choose one of {', '.join([*ALL_CFGS, *SEG_CFGS])}{hint}"
         ) from None
 
 

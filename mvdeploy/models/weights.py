@@ -13,7 +13,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -30,7 +30,13 @@ from mvdeploy.models.mobilevit import (
 )
 from mvdeploy.models.network import build_network
 from mvdeploy.models.patches import PATCH_PRESETS, PatchSizes
-from mvdeploy.models.variants import V2_CFGS, ModelCfg
+from mvdeploy.models.variants import (
+    OUTPUT_STRIDES,
+    SEG_CFGS,
+    V2_CFGS,
+    DeepLabV3Cfg,
+    ModelCfg,
+)
 
 Source = Literal["mvdeploy", "huggingface", "mlcvnets", "timm"]
 
@@ -75,7 +81,7 @@ def _hf_rules(prefix: str, transformer: list[_Rule]) -> list[_Rule]:
     ]
 
 
-_HF_RULES = _hf_rules("mobilevit", [
+_HF_V1_LAYERS: list[_Rule] = [
     (r"^head_conv\.", "mobilevit.conv_1x1_exp."),
     (r"\.transformer\.(\d+)\.norm1\.", r".transformer.layer.\1.layernorm_before."),
     (r"\.transformer\.(\d+)\.attn\.proj\.", r".transformer.layer.\1.attention.output.dense."),
@@ -83,17 +89,28 @@ _HF_RULES = _hf_rules("mobilevit", [
     (r"\.transformer\.(\d+)\.norm2\.", r".transformer.layer.\1.layernorm_after."),
     (r"\.transformer\.(\d+)\.mlp\.fc1\.", r".transformer.layer.\1.intermediate.dense."),
     (r"\.transformer\.(\d+)\.mlp\.fc2\.", r".transformer.layer.\1.output.dense."),
-])
+]
 # MobileViTv2 (MobileViTV2ForImageClassification): the attention and FFN are 1x1 convs, and
 # there is no exp conv and no fusion conv
-_HF_V2_RULES = _hf_rules("mobilevitv2", [
+_HF_V2_LAYERS: list[_Rule] = [
     (r"\.transformer\.(\d+)\.", r".transformer.layer.\1."),
     (r"\.norm1\.", ".layernorm_before."),
     (r"\.attn\.qkv\.", ".attention.qkv_proj.convolution."),
     (r"\.attn\.proj\.", ".attention.out_proj.convolution."),
     (r"\.norm2\.", ".layernorm_after."),
     (r"\.mlp\.fc(\d)\.", r".ffn.conv\1.convolution."),
-])
+]
+# DeepLabV3 (MobileViT(V2)ForSemanticSegmentation): the backbone's names as above, the head's
+# under segmentation_head (our ASPP `fuse` is its `project`, which the MV2 rule would rename)
+_HF_SEG_HEAD: list[_Rule] = [
+    (r"^aspp\.fuse\.", "segmentation_head.aspp.project."),
+    (r"^aspp\.", "segmentation_head.aspp."),
+    (r"^classifier\.", "segmentation_head.classifier.convolution."),
+]
+_HF_RULES = _hf_rules("mobilevit", _HF_V1_LAYERS)
+_HF_V2_RULES = _hf_rules("mobilevitv2", _HF_V2_LAYERS)
+_HF_SEG_RULES = {"v1": _hf_rules("mobilevit", [*_HF_V1_LAYERS, *_HF_SEG_HEAD]),
+                 "v2": _hf_rules("mobilevitv2", [*_HF_V2_LAYERS, *_HF_SEG_HEAD])}
 
 
 # timm's mobilevit.py builds on byobnet.py: MV2 blocks are "bottle" blocks (conv1_1x1, conv2_kxk,
@@ -141,11 +158,16 @@ def _mlcvnets_rules(depths: tuple[int, int, int]) -> list[_Rule]:
 
 
 def foreign_keys(key: str, source: Source, depths: tuple[int, int, int] = (2, 4, 3),
-                 family: str = "v1") -> list[str]:
+                 family: str = "v1", task: str = "classification") -> list[str]:
     """Names that `source` uses for our parameter `key` (three for HF's split q/k/v)."""
     if source == "mvdeploy":
         return [key]
-    if family == "v2":
+    if task == "segmentation":
+        if source != "huggingface":
+            raise CheckpointError(f"DeepLabV3 weights load from Hugging Face checkpoints only "
+                                  f"so far, not {source}")
+        rules = _HF_SEG_RULES[family]
+    elif family == "v2":
         if source != "huggingface":
             raise CheckpointError(f"MobileViTv2 weights load from Hugging Face checkpoints "
                                   f"only so far, not {source}")
@@ -161,7 +183,15 @@ def foreign_keys(key: str, source: Source, depths: tuple[int, int, int] = (2, 4,
 
 
 def _family(model) -> str:
-    return getattr(model.cfg, "family", "v1")
+    return getattr(model, "backbone_cfg", model.cfg).family
+
+
+def _task(model) -> str:
+    return model.cfg.task
+
+
+def _depths(model) -> tuple[int, int, int]:
+    return getattr(model, "backbone_cfg", model.cfg).depths
 
 
 def _optional(key: str) -> bool:
@@ -178,7 +208,7 @@ def remap_state_dict(state: Mapping[str, torch.Tensor], model: MobileViT,
     missing: list[str] = []
     bad_shape: list[str] = []
     for key, ref in ours.items():
-        names = foreign_keys(key, source, model.cfg.depths, _family(model))
+        names = foreign_keys(key, source, _depths(model), _family(model), _task(model))
         if not all(n in state for n in names):
             if _optional(key):
                 out[key] = ref  # keep the default so that loading can stay strict
@@ -213,7 +243,7 @@ def export_state_dict(model: MobileViT, source: Source) -> dict[str, torch.Tenso
     """Our weights under another source's key names (inverse of remap_state_dict)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
-        names = foreign_keys(key, source, model.cfg.depths, _family(model))
+        names = foreign_keys(key, source, _depths(model), _family(model), _task(model))
         parts = value.chunk(len(names)) if len(names) > 1 else [value]  # 0-d tensors can't chunk
         for name, part in zip(names, parts, strict=True):
             out[name] = part.clone()
@@ -415,7 +445,49 @@ def _hf_labels(conf: dict, cfg_path: Path) -> list[str] | None:
     return [str(id2label[k]) for k in sorted(id2label, key=int)]
 
 
+# transformers' defaults for what a segmentation config.json leaves out (MobileViTConfig,
+# MobileViTV2Config): the model transformers would build is the one loaded
+_HF_SEG_DEFAULTS = {"v1": {"output_stride": 32, "atrous_rates": (6, 12, 18),
+                           "aspp_out_channels": 256},
+                    "v2": {"output_stride": 32, "atrous_rates": (6, 12, 18),
+                           "aspp_out_channels": 512}}
+
+
+def _has_seg_head(state: Mapping[str, torch.Tensor]) -> bool:
+    """A DeepLabV3 head's tensors (transformers' names or ours)."""
+    return any(k.startswith(("segmentation_head.", "aspp.")) for k in state)
+
+
+def _is_segmentation(conf: dict) -> bool:
+    architectures = conf.get("architectures") or []
+    return any(str(a).endswith("ForSemanticSegmentation") for a in architectures)
+
+
+def _hf_seg_config(conf: dict, cfg_path: Path) -> tuple[DeepLabV3Cfg, list[str] | None]:
+    """MobileViT(V2)ForSemanticSegmentation: the backbone checked as for a classifier, then the
+    head's output stride, ASPP rates and width (the checkpoint's, else transformers' defaults).
+    """
+    backbone, labels = _hf_config({k: v for k, v in conf.items() if k != "output_stride"},
+                                  cfg_path)
+    defaults = _HF_SEG_DEFAULTS[backbone.family]
+    stride = conf.get("output_stride", defaults["output_stride"])
+    if stride not in OUTPUT_STRIDES:
+        raise CheckpointError(f"{cfg_path}: output_stride={stride!r} is not supported (choose "
+                              f"one of {', '.join(map(str, OUTPUT_STRIDES))})")
+    rates = _int_list(conf, "atrous_rates", cfg_path) if "atrous_rates" in conf \
+        else defaults["atrous_rates"]
+    if len(rates) != 3:
+        raise CheckpointError(f"{cfg_path}: atrous_rates={list(rates)} must hold 3 rates")
+    channels = int(_number(conf, "aspp_out_channels", cfg_path, defaults["aspp_out_channels"]))
+    seg = replace(SEG_CFGS[f"deeplabv3_{backbone.name}"], output_stride=stride,
+                  atrous_rates=tuple(rates), aspp_channels=channels)
+    return seg, labels
+
+
 def _hf_config(conf: dict, cfg_path: Path) -> tuple[ModelCfg, list[str] | None]:
+    if _is_segmentation(conf):
+        return _hf_seg_config({k: v for k, v in conf.items() if k != "architectures"},
+                              cfg_path)
     model_type = conf.get("model_type")
     if model_type == "mobilevitv2":
         return _hf_v2_config(conf, cfg_path), _hf_labels(conf, cfg_path)
@@ -595,15 +667,23 @@ def load_pretrained(path: str | Path, *, patch_sizes: PatchSizes = PATCH_PRESETS
         source = detect_source(state, path)
     else:
         state = _read_tensor_file(path)
+        if _has_seg_head(state):
+            raise CheckpointError(f"{path} is a bare DeepLabV3 state dict: load its Hugging "
+                                  "Face folder, whose config.json gives the output stride and "
+                                  "ASPP rates")
         source = detect_source(state, path)
         cfg = _infer_cfg(state, source, path)
         preprocessing, origin = _bare_file_preprocessing(source, cfg, path)
     _refuse_non_finite(state, found.weights if path.is_dir() else path)
+    if _has_seg_head(state) != (cfg.task == "segmentation"):
+        raise CheckpointError(
+            f"{path}: config.json describes a {cfg.task} model but the weights are a "
+            f"{'segmentation' if _has_seg_head(state) else 'classification'} model's")
     family = detect_family(state, source)
     if family != cfg.family:
         raise CheckpointError(f"{path}: config.json describes {cfg.name} but the weights are "
                               f"MobileViT{'v2' if family == 'v2' else ' v1'}'s")
-    classifier = foreign_keys("classifier.weight", source, family=family)[0]
+    classifier = foreign_keys("classifier.weight", source, family=family, task=cfg.task)[0]
     if classifier not in state:
         raise CheckpointError(f"{path} has no classifier weights ({classifier})")
     num_classes = int(state[classifier].shape[0])

@@ -271,7 +271,12 @@ def _check(cfg: ExportConfig) -> None:
         except MvdeployError as exc:
             raise ConfigError(f"{key}: {exc}") from None
 
-    family = wrap("model.name", get_model_cfg, cfg.model.name).family
+    model_cfg = wrap("model.name", get_model_cfg, cfg.model.name)
+    if model_cfg.task == "segmentation":
+        raise ConfigError(f"model.name: {cfg.model.name} is a DeepLabV3 segmentation model, "
+                          "which mvdeploy loads and checks against transformers but cannot "
+                          "export yet (its validation and app metadata are being built)")
+    family = model_cfg.family
     patches = wrap("model.patch", parse_patch_sizes, cfg.model.patch)
     height, width = wrap("model.resolution", parse_resolution, cfg.model.resolution)
     wrap("model.resolution", check_attention_memory, height, width, patches)
