@@ -118,7 +118,8 @@ def test_saved_program_reproduces_pytorch(xxs_export):
     result = xxs_export["B"]
     program = torch.export.load(str(result.program)).module()
     x, _, _ = load_images(sample_image_paths()[:2], 96, 64)
-    model = create_model("mobilevit_xxs", weights=str(result.out.parent / "weights.safetensors"))
+    model = create_model("mobilevit_xxs", patch_sizes="B",
+                         weights=str(result.out.parent / "weights.safetensors"))
     with torch.no_grad():
         got = program(pixel_values=torch.from_numpy(x[:1]))["logits"]
         assert torch.allclose(got, model(torch.from_numpy(x[:1])), atol=1e-5)
@@ -452,7 +453,8 @@ def test_predict_matches_pytorch_top1(xxs_export, fmt, capsys):
     argv = ["predict", str(r.artifact), *map(str, photos), "--top", "3", "--json"]
     assert run(argv) == 0  # Core ML off macOS: through the reference executor
     predictions = json.loads(capsys.readouterr().out)
-    model = create_model("mobilevit_xxs", weights=str(result.out.parent / "weights.safetensors"))
+    model = create_model("mobilevit_xxs", patch_sizes="B",
+                         weights=str(result.out.parent / "weights.safetensors"))
     x, _, _ = load_images(photos, 96, 64)  # the reference preprocessing: 288/256 resize, BGR
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).argmax(1).tolist()

@@ -65,6 +65,12 @@ class GraphForm:
                 raise ConfigError(f"unknown {name} form {value!r}: choose one of "
                                   f"{', '.join(choices)}")
 
+    def recorded(self) -> dict[str, str]:
+        """The fields a manifest records: `norm` only where it is not the default (v2's
+        export form; v1 has no GroupNorm, so its manifests keep their three fields)."""
+        fields = {"fold": self.fold, "tokens": self.tokens, "qkv": self.qkv}
+        return fields if self.norm == "native" else {**fields, "norm": self.norm}
+
     def with_fold(self, fold: str) -> GraphForm:
         return replace(self, fold=fold)
 

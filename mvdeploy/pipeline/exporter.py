@@ -681,7 +681,7 @@ def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> F
     """Convert, validate and write one format into out/<fmt>, atomically."""
     cfg, reference, labels = run.cfg, run.reference, run.labels
     form = graph_form(cfg, fmt)
-    model_info = {**run.model_info, "graph_form": asdict(form)}
+    model_info = {**run.model_info, "graph_form": form.recorded()}
     final, stem, out = run.out / fmt, file_stem(cfg, fmt, run.stem), run.out
     backend, format_spec = get_backend(fmt), spec(fmt)
     task = get_task(run.model_info["task"])
