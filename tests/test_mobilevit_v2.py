@@ -241,3 +241,25 @@ def test_export_v2_hub_id_to_every_format_reproduces_transformers(tmp_path):
     logits = np.concatenate([session.run(["logits"], {"pixel_values": x[None]})[0]
                              for x in pixels.numpy()])
     assert np.abs(logits - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
+
+
+def test_v2_hugging_face_folder_and_bench_peer_are_transformers_own_model(tmp_path):
+    """save_pretrained writes a folder transformers loads as MobileViTV2 with our logits, and
+    the bench's peer is transformers' MobileViTV2 holding the same weights."""
+    from mvdeploy.bench.peer import transformers_model
+    from mvdeploy.models.weights import save_pretrained
+
+    hf, directory = _hf_v2_folder(tmp_path, "mobilevitv2_050", seed=4)
+    model = load_pretrained(directory)
+    written = save_pretrained(model, tmp_path / "written", resolution=(256, 256),
+                              preprocessing=model.preprocessing)
+    again = transformers.MobileViTV2ForImageClassification.from_pretrained(written).eval()
+    peer = transformers_model("mobilevitv2_050", str(directory))
+    x = torch.from_numpy(load_images(sample_image_paths()[:2], 64, 64)[0])
+    with torch.no_grad():
+        expected = hf(x).logits
+        assert torch.equal(again(x).logits, expected) and torch.equal(peer(x), expected)
+    assert load_pretrained(written).cfg.name == "mobilevitv2_050"
+    with pytest.raises(ConfigError, match="holds 2x2 patches only"):
+        save_pretrained(create_model("mobilevitv2_050", patch_sizes="B"), tmp_path / "b",
+                        resolution=(256, 256))

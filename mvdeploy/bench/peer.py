@@ -1,4 +1,4 @@
-"""The peer baseline: the same weights in `transformers`' MobileViTForImageClassification,
+"""The peer baseline: the same weights in `transformers`' MobileViT(V2)ForImageClassification,
 exported the plain way (each format's `plain_export`: the converter's one documented call),
 no mvdeploy graph changes. It shows what mvdeploy's model and export path cost or save."""
 
@@ -25,17 +25,24 @@ class _Logits(torch.nn.Module):
 
 
 def transformers_model(name: str, weights: str) -> torch.nn.Module:
-    """transformers' MobileViT (patch 2 at every stage) holding the weights of `weights`."""
+    """transformers' MobileViT or MobileViTV2 (patch 2 at every stage) holding the weights of
+    `weights`."""
     try:
-        from transformers import MobileViTConfig, MobileViTForImageClassification
+        import transformers
     except ImportError:
         raise MissingDependencyError("transformers", "dev", "the peer baseline") from None
     ours = create_model(name, weights=weights)
     cfg = ours.cfg
-    config = MobileViTConfig(hidden_sizes=list(cfg.hidden_sizes),
-                             neck_hidden_sizes=list(cfg.channels),
-                             expand_ratio=cfg.expand_ratio, num_labels=ours.num_classes)
-    model = MobileViTForImageClassification(config)
+    if cfg.family == "v2":
+        config = transformers.MobileViTV2Config(width_multiplier=cfg.width,
+                                                num_labels=ours.num_classes)
+        model = transformers.MobileViTV2ForImageClassification(config)
+    else:
+        config = transformers.MobileViTConfig(hidden_sizes=list(cfg.hidden_sizes),
+                                              neck_hidden_sizes=list(cfg.channels),
+                                              expand_ratio=cfg.expand_ratio,
+                                              num_labels=ours.num_classes)
+        model = transformers.MobileViTForImageClassification(config)
     model.load_state_dict(export_state_dict(ours, "huggingface"), strict=True)
     return _Logits(model.eval()).eval()
 

@@ -734,20 +734,32 @@ def save_checkpoint(model: MobileViT, path: str | Path, source: Source = "mvdepl
 
 
 def hf_model_config(model: MobileViT, resolution: tuple[int, int]) -> dict:
-    """transformers' config.json for `model` (MobileViTConfig, id2label from its labels).
+    """transformers' config.json for `model` (MobileViTConfig or MobileViTV2Config, id2label
+    from its labels).
     transformers' MobileViT has one patch size for every stage: the first stage's is written,
     and mvdeploy_patch_sizes keeps the real ones (a B model is not transformers' model)."""
     cfg, (height, _) = model.cfg, resolution
     labels = model.class_labels or [str(i) for i in range(model.num_classes)]
+    label_maps = {"id2label": {str(i): name for i, name in enumerate(labels)},
+                  "label2id": {name: i for i, name in enumerate(labels)},
+                  "mvdeploy_patch_sizes": [list(p) for p in model.patch_sizes]}
+    if cfg.family == "v2":
+        if any(p != (2, 2) for p in model.patch_sizes):
+            # transformers' MobileViTv2 runs 2x2 patches everywhere, and mvdeploy's loader
+            # holds its config to that: a folder claiming otherwise would load as another model
+            raise ConfigError(f"a Hugging Face folder of {cfg.name} holds 2x2 patches only, "
+                              f"not {[list(p) for p in model.patch_sizes]}: export it with "
+                              "--patch A for the hf layout")
+        return {"architectures": ["MobileViTV2ForImageClassification"],
+                "model_type": "mobilevitv2", "width_multiplier": cfg.width,
+                "image_size": height, "layer_norm_eps": cfg.layer_norm_eps,
+                **_HF_V2_FIXED, **label_maps}
     return {
         "architectures": ["MobileViTForImageClassification"], "model_type": "mobilevit",
         "hidden_sizes": list(cfg.hidden_sizes), "neck_hidden_sizes": list(cfg.channels),
         "expand_ratio": cfg.expand_ratio, "image_size": height,
         "patch_size": model.patch_sizes[0][0], "layer_norm_eps": cfg.layer_norm_eps,
-        **_HF_FIXED,
-        "id2label": {str(i): name for i, name in enumerate(labels)},
-        "label2id": {name: i for i, name in enumerate(labels)},
-        "mvdeploy_patch_sizes": [list(p) for p in model.patch_sizes],
+        **_HF_FIXED, **label_maps,
     }
 
 
