@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,3 +124,87 @@ def test_checkpoints_that_do_not_fit_say_so_in_one_line(tmp_path):
     bare = save_checkpoint(model, tmp_path / "seg.safetensors")
     with pytest.raises(CheckpointError, match="bare DeepLabV3 state dict"):
         load_pretrained(bare)
+
+
+# ---------------------------------------------------------------- the segmentation task
+
+
+def _seg_scores(model, count: int = 3):
+    x = torch.from_numpy(load_images(sample_image_paths()[:count], 128, 128)[0])
+    with torch.no_grad():
+        return model(x).numpy()
+
+
+def test_compare_reads_agreement_per_pixel_and_can_fail(tmp_path):
+    from mvdeploy.tasks import segmentation
+
+    hf, directory = hf_seg_folder(tmp_path, "deeplabv3_mobilevit_xxs", seed=1)
+    model = load_pretrained(directory)
+    reference = _seg_scores(model)
+    assert not segmentation.one_class_everywhere(reference)  # the guard does not fire
+    same = segmentation.compare(reference, _seg_scores(hf_logits(hf)))
+    assert same.samples == 3 and same.top1_agreement > 0.999 and same.mask_miou > 0.99
+    assert same.snr_db > 100
+    with torch.no_grad():  # one wrong weight: the masks move, and the metrics say so
+        model.aspp.fuse.conv.weight[:, :64].mul_(-1)
+    wrong = segmentation.compare(reference, _seg_scores(model))
+    assert wrong.snr_db < 20 and wrong.top1_agreement < 0.9 and wrong.mask_miou < 0.8
+
+
+def hf_logits(hf):
+    return lambda x: hf(x).logits
+
+
+def test_a_model_that_predicts_one_class_everywhere_is_flagged():
+    from mvdeploy.tasks import segmentation
+
+    scores = np.zeros((2, 21, 8, 8), dtype=np.float32)
+    scores[:, 4] = 1.0
+    assert segmentation.one_class_everywhere(scores)
+    scores[1, 7, 3, 3] = 5.0
+    assert not segmentation.one_class_everywhere(scores)
+
+
+def test_confusion_matrix_miou_skips_void():
+    from mvdeploy.tasks.segmentation import VOID, ConfusionMatrix
+
+    truth = np.array([[0, 0, 1, 1], [2, 2, VOID, VOID]], dtype=np.uint8)
+    predicted = np.array([[0, 1, 1, 1], [2, 0, 2, 2]], dtype=np.uint8)
+    confusion = ConfusionMatrix(3)
+    confusion.update(predicted, truth)
+    # class 0: 1 hit, union 3; class 1: 2 hits, union 3; class 2: 1 hit, union 2
+    assert np.allclose(confusion.iou(), [1 / 3, 2 / 3, 1 / 2])
+    assert np.isclose(confusion.miou(), (1 / 3 + 2 / 3 + 1 / 2) / 3)
+    assert confusion.pixel_accuracy() == 4 / 6
+    with pytest.raises(ValueError, match="holds class 3"):
+        confusion.update(np.zeros((1, 1), np.uint8), np.full((1, 1), 3, np.uint8))
+
+
+def test_voc_layout_is_read_and_a_wrong_one_said_in_one_line(tmp_path):
+    import shutil
+
+    from mvdeploy.errors import ConfigError
+    from mvdeploy.tasks.segmentation import colour_mask, read_mask, voc_pairs
+
+    root = tmp_path / "voc"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    for i, photo in enumerate(sample_image_paths()[:2]):
+        shutil.copy(photo, root / "JPEGImages" / f"im{i}.jpg")
+        mask = np.full((16, 24), i + 1, dtype=np.uint8)
+        mask[0] = 255  # a void border row
+        colour_mask(mask).save(root / "SegmentationClass" / f"im{i}.png")
+    pairs = voc_pairs(root)
+    assert [p[0].name for p in pairs] == ["im0.jpg", "im1.jpg"]
+    read = read_mask(pairs[1][1])
+    assert read[0, 0] == 255 and read[5, 5] == 2  # indices survive the palette PNG
+    from PIL import Image
+
+    with Image.open(pairs[0][1]) as image:  # VOC's colours: class 1 is dark red
+        assert image.convert("RGB").getpixel((3, 3)) == (128, 0, 0)
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("im1\nmissing\n")
+    with pytest.raises(ConfigError, match=r"lack a photo or a mask, e.g. 'missing'"):
+        voc_pairs(root)
+    with pytest.raises(ConfigError, match="not a PASCAL VOC-layout folder"):
+        voc_pairs(root / "JPEGImages")

@@ -209,6 +209,9 @@ class Metrics:
     top5_agreement: float  # share of inputs whose reference top-1 is in the artifact's top 5
     decisive: int = 0  # inputs whose reference top-1 is not a near tie (DECISIVE_MARGIN)
     top1_agreement_decisive: float = 1.0  # top-1 agreement on those
+    # segmentation (tasks/segmentation.py reads every pixel as a row of scores): the mIoU of
+    # the artifact's argmax masks against the reference's; None for classification
+    mask_miou: float | None = None
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
