@@ -35,6 +35,7 @@ in_process = pytest.mark.skipif(sys.platform == "darwin",
                                 reason="macOS converts in-process (no fork): a hard death ends it")
 
 
+@pytest.mark.slow  # fast-suite time (3 minutes on 2 cores): CI's full run keeps it
 @in_process
 @pytest.mark.parametrize(("note", "said"), [
     ("abort", "converter crashed (exit 134, SIGABRT): terminate called after throwing"),

@@ -32,7 +32,9 @@ def _skimage_photos() -> list[Path]:
 # ---------------------------------------------------------------- default weights
 
 
-@pytest.mark.parametrize("name", list_models("v1"))
+# XS and S are slow (15-25 s each): the fast suite keeps XXS, CI's full run all three
+@pytest.mark.parametrize("name", [n if n == "mobilevit_xxs" else pytest.param(
+    n, marks=pytest.mark.slow) for n in list_models("v1")])
 def test_default_weights_tell_photos_apart(name):
     photos = sample_image_paths() + _skimage_photos()
     x, used, _ = load_images(photos, 256, 256)

@@ -32,6 +32,7 @@ def _run(proto, x: np.ndarray) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
+@pytest.mark.slow  # fast-suite time (3 minutes on 2 cores): CI's full run keeps it
 @pytest.mark.parametrize("tokens", ["2d", "3d"])
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_fused_attention_matches_the_plain_graph(tokens, dynamic):

@@ -264,6 +264,7 @@ def test_cli_unreadable_calibration_folder(tmp_path, capsys):
     assert "could be read" in err and "--calibration" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow  # fast-suite time (3 minutes on 2 cores): CI's full run keeps it
 @needs("onnx")
 def test_cli_warns_about_a_calibration_set_that_cannot_represent_the_data(tmp_path, capfd):
     """One 1x1 image: accepted (it is a choice), but said twice before the conversion."""

@@ -144,6 +144,7 @@ def test_format_choices_and_flags_come_from_the_registry(with_fake_format, capfd
             assert flag.decls[0] in text
 
 
+@pytest.mark.slow  # fast-suite time (3 minutes on 2 cores): CI's full run keeps it
 @needs("coreml")
 def test_a_recipe_needing_another_extra_fails_before_any_work(tmp_path):
     """Core ML w8a8 quantises with litert-torch (PT2E): with only the coreml extra, the export
