@@ -10,7 +10,7 @@ import torch
 
 from mvdeploy.errors import MissingDependencyError
 from mvdeploy.models import create_model
-from mvdeploy.models.weights import export_state_dict
+from mvdeploy.models.weights import export_state_dict, hf_model_config
 
 
 class _Logits(torch.nn.Module):
@@ -32,17 +32,11 @@ def transformers_model(name: str, weights: str) -> torch.nn.Module:
     except ImportError:
         raise MissingDependencyError("transformers", "dev", "the peer baseline") from None
     ours = create_model(name, weights=weights)
-    cfg = ours.cfg
-    if cfg.family == "v2":
-        config = transformers.MobileViTV2Config(width_multiplier=cfg.width,
-                                                num_labels=ours.num_classes)
-        model = transformers.MobileViTV2ForImageClassification(config)
-    else:
-        config = transformers.MobileViTConfig(hidden_sizes=list(cfg.hidden_sizes),
-                                              neck_hidden_sizes=list(cfg.channels),
-                                              expand_ratio=cfg.expand_ratio,
-                                              num_labels=ours.num_classes)
-        model = transformers.MobileViTForImageClassification(config)
+    # the config.json mvdeploy writes for Hugging Face folders (v1 or v2), read by
+    # transformers' own auto classes: the peer is exactly the model a hub user would load
+    conf = hf_model_config(ours, (256, 256))  # image_size only names the training size
+    config = transformers.AutoConfig.for_model(conf.pop("model_type"), **conf)
+    model = transformers.AutoModelForImageClassification.from_config(config)
     model.load_state_dict(export_state_dict(ours, "huggingface"), strict=True)
     return _Logits(model.eval()).eval()
 

@@ -51,16 +51,13 @@ class DeepLabV3(nn.Module):
     """DeepLabV3-MobileViT. Input: [B, 3, H, W] float, H and W multiples of 32."""
 
     def __init__(self, cfg: DeepLabV3Cfg, *, num_classes: int | None = None,
-                 patch_sizes: PatchSizes | None = None, form: GraphForm | None = None,
-                 output_stride: int | None = None, atrous_rates: tuple[int, int, int] | None = None,
-                 aspp_channels: int | None = None):
+                 patch_sizes: PatchSizes | None = None, form: GraphForm | None = None):
+        """`cfg` carries the head's shape (a checkpoint's config.json sets it: weights.py)."""
         super().__init__()
         self.cfg = cfg
         self.backbone_cfg = get_model_cfg(cfg.backbone)
         self.num_classes = num_classes or cfg.num_classes
-        self.output_stride = output_stride or cfg.output_stride
-        self.atrous_rates = tuple(atrous_rates or cfg.atrous_rates)
-        self.aspp_channels = aspp_channels or cfg.aspp_channels
+        self.output_stride = cfg.output_stride
         if self.output_stride not in OUTPUT_STRIDES:
             raise ConfigError(f"output_stride {self.output_stride} is not supported: choose one "
                               f"of {', '.join(map(str, OUTPUT_STRIDES))}")
@@ -75,8 +72,8 @@ class DeepLabV3(nn.Module):
         self._backbone_class = type(backbone)
         self._dilate()
         c = self.backbone_cfg.channels
-        self.aspp = ASPP(c[5], self.aspp_channels, self.atrous_rates)
-        self.classifier = nn.Conv2d(self.aspp_channels, self.num_classes, 1)
+        self.aspp = ASPP(c[5], cfg.aspp_channels, cfg.atrous_rates)
+        self.classifier = nn.Conv2d(cfg.aspp_channels, self.num_classes, 1)
         self.class_labels: list[str] | None = None
         self.preprocessing = None
         self.preprocessing_origin = "the published default (seeded weights)"

@@ -182,16 +182,14 @@ def foreign_keys(key: str, source: Source, depths: tuple[int, int, int] = (2, 4,
     return [key]
 
 
-def _family(model) -> str:
-    return getattr(model, "backbone_cfg", model.cfg).family
+def _backbone(model) -> ModelCfg:
+    """The classification variant whose layers `model` has (DeepLabV3 keeps its backbone's)."""
+    return getattr(model, "backbone_cfg", model.cfg)
 
 
-def _task(model) -> str:
-    return model.cfg.task
-
-
-def _depths(model) -> tuple[int, int, int]:
-    return getattr(model, "backbone_cfg", model.cfg).depths
+def _foreign_keys(key: str, model, source: Source) -> list[str]:
+    backbone = _backbone(model)
+    return foreign_keys(key, source, backbone.depths, backbone.family, model.cfg.task)
 
 
 def _optional(key: str) -> bool:
@@ -208,7 +206,7 @@ def remap_state_dict(state: Mapping[str, torch.Tensor], model: MobileViT,
     missing: list[str] = []
     bad_shape: list[str] = []
     for key, ref in ours.items():
-        names = foreign_keys(key, source, _depths(model), _family(model), _task(model))
+        names = _foreign_keys(key, model, source)
         if not all(n in state for n in names):
             if _optional(key):
                 out[key] = ref  # keep the default so that loading can stay strict
@@ -243,7 +241,7 @@ def export_state_dict(model: MobileViT, source: Source) -> dict[str, torch.Tenso
     """Our weights under another source's key names (inverse of remap_state_dict)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
-        names = foreign_keys(key, source, _depths(model), _family(model), _task(model))
+        names = _foreign_keys(key, model, source)
         parts = value.chunk(len(names)) if len(names) > 1 else [value]  # 0-d tensors can't chunk
         for name, part in zip(names, parts, strict=True):
             out[name] = part.clone()
@@ -398,7 +396,7 @@ def _read_directory(directory: Path) -> CheckpointDir:
                                  _timm_default_origin(cfg, f"{cfg_path} has no pretrained_cfg"))
         return CheckpointDir("timm", cfg, labels, prep, weights,
                              f"checkpoint ({cfg_path.name}: pretrained_cfg)")
-    cfg, labels = _hf_config(conf, cfg_path)
+    cfg, labels = (_hf_seg_config if _is_segmentation(conf) else _hf_config)(conf, cfg_path)
     prep_path = directory / "preprocessor_config.json"
     if prep_path.is_file():
         return CheckpointDir("huggingface", cfg, labels,
@@ -485,9 +483,6 @@ def _hf_seg_config(conf: dict, cfg_path: Path) -> tuple[DeepLabV3Cfg, list[str] 
 
 
 def _hf_config(conf: dict, cfg_path: Path) -> tuple[ModelCfg, list[str] | None]:
-    if _is_segmentation(conf):
-        return _hf_seg_config({k: v for k, v in conf.items() if k != "architectures"},
-                              cfg_path)
     model_type = conf.get("model_type")
     if model_type == "mobilevitv2":
         return _hf_v2_config(conf, cfg_path), _hf_labels(conf, cfg_path)
@@ -675,10 +670,10 @@ def load_pretrained(path: str | Path, *, patch_sizes: PatchSizes = PATCH_PRESETS
         cfg = _infer_cfg(state, source, path)
         preprocessing, origin = _bare_file_preprocessing(source, cfg, path)
     _refuse_non_finite(state, found.weights if path.is_dir() else path)
-    if _has_seg_head(state) != (cfg.task == "segmentation"):
-        raise CheckpointError(
-            f"{path}: config.json describes a {cfg.task} model but the weights are a "
-            f"{'segmentation' if _has_seg_head(state) else 'classification'} model's")
+    weights_task = "segmentation" if _has_seg_head(state) else "classification"
+    if weights_task != cfg.task:
+        raise CheckpointError(f"{path}: config.json describes a {cfg.task} model but the "
+                              f"weights are a {weights_task} model's")
     family = detect_family(state, source)
     if family != cfg.family:
         raise CheckpointError(f"{path}: config.json describes {cfg.name} but the weights are "
