@@ -68,15 +68,22 @@ def preprocess(image: Image.Image, height: int, width: int,
                prep: Preprocessing = Preprocessing()) -> np.ndarray:
     """One PIL image -> float32 array [3, height, width]."""
     image = to_rgb(image)
+    return normalise(np.asarray(resize_and_crop(image, height, width, prep)), prep)
+
+
+def resize_and_crop(image: Image.Image, height: int, width: int, prep: Preprocessing,
+                    resample: str | None = None) -> Image.Image:
+    """The geometric half of `preprocess`: shorter side resized, then centre-cropped to
+    height x width. Segmentation masks take the same steps with resample="nearest", so each
+    label stays on the pixel the model saw."""
     short = prep.shorter_side(height, width)
     w, h = image.size
     # the longer side is truncated, as transformers' and torchvision's shortest-edge resize do
     new_w, new_h = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
     new_w, new_h = max(width, new_w), max(height, new_h)
-    image = image.resize((new_w, new_h), _RESAMPLE[prep.resample])
+    image = image.resize((new_w, new_h), _RESAMPLE[resample or prep.resample])
     left, top = (new_w - width) // 2, (new_h - height) // 2
-    image = image.crop((left, top, left + width, top + height))
-    return normalise(np.asarray(image), prep)
+    return image.crop((left, top, left + width, top + height))
 
 
 _WIDE_GREY = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}

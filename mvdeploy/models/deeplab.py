@@ -22,7 +22,10 @@ from mvdeploy.models.variants import OUTPUT_STRIDES, DeepLabV3Cfg, get_model_cfg
 class ASPPPooling(nn.Module):
     """The image-level branch: global mean -> 1x1 conv + BN + ReLU -> spread over the map.
     transformers upsamples the 1x1 map bilinearly, which for one pixel is the same value
-    everywhere: written as expand, so no converter sees a resize from 1x1."""
+    everywhere: written as a broadcast sum with zeros of the map's size, so no converter sees
+    a resize from 1x1 (an expand became TFLite's BROADCAST_TO, which LiteRT refused after
+    the layout pass, and Core ML's tile, which the reference executor does not run; coremltools
+    has no new_ones). Adding zeros is exact."""
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
@@ -30,7 +33,7 @@ class ASPPPooling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.conv_1x1(x.mean(dim=(2, 3), keepdim=True))
-        return pooled.expand(-1, -1, x.shape[2], x.shape[3])
+        return pooled + torch.zeros_like(x[:, :1])
 
 
 class ASPP(nn.Module):

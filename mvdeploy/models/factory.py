@@ -56,7 +56,7 @@ def create_model(name: str, *, num_classes: int | None = None,
     if init not in INITS:
         raise ConfigError(f"unknown init {init!r}: choose one of {', '.join(INITS)}")
     if weights is None:
-        classes = num_classes or 1000
+        classes = num_classes or getattr(cfg, "num_classes", 1000)  # DeepLabV3Cfg: 21
         with torch.random.fork_rng(devices=[]):  # the caller's random stream is left alone
             torch.manual_seed(seed)
             model = build_network(cfg, num_classes=classes, patch_sizes=patches)

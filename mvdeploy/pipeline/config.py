@@ -55,7 +55,9 @@ class ModelSection:
     patch: str = "A"  # preset or per-stage sizes, e.g. "8,4,2" or "2x4,2,2"
     resolution: str = "256"  # "HEIGHTxWIDTH" or one number
     fold: str = "auto"  # unfold/fold form; auto: each format's own (FormatSpec.fold)
-    num_classes: int = 1000  # for random initialisation; a checkpoint brings its own
+    # for seeded weights; unset: the model's own (1000 for classification, 21 = PASCAL VOC for
+    # segmentation); a checkpoint brings its own
+    num_classes: int | None = None
 
 
 INPUT_CHANNELS = ("checkpoint", "RGB", "BGR")
@@ -272,10 +274,6 @@ def _check(cfg: ExportConfig) -> None:
             raise ConfigError(f"{key}: {exc}") from None
 
     model_cfg = wrap("model.name", get_model_cfg, cfg.model.name)
-    if model_cfg.task == "segmentation":
-        raise ConfigError(f"model.name: {cfg.model.name} is a DeepLabV3 segmentation model, "
-                          "which mvdeploy loads and checks against transformers but cannot "
-                          "export yet (its validation and app metadata are being built)")
     family = model_cfg.family
     patches = wrap("model.patch", parse_patch_sizes, cfg.model.patch)
     height, width = wrap("model.resolution", parse_resolution, cfg.model.resolution)
@@ -286,7 +284,7 @@ def _check(cfg: ExportConfig) -> None:
     if family == "v2" and cfg.model.fold != "auto":
         raise ConfigError(f"model.fold: {cfg.model.name} is MobileViTv2, which has one graph "
                           "form (a rank-4 fold); leave --fold at auto")
-    if not 1 <= cfg.model.num_classes <= MAX_CLASSES:
+    if cfg.model.num_classes is not None and not 1 <= cfg.model.num_classes <= MAX_CLASSES:
         raise ConfigError(f"model.num_classes must be between 1 and {MAX_CLASSES} "
                           f"(ImageNet-21k has 21,843), got {cfg.model.num_classes}")
     formats = cfg.export.formats

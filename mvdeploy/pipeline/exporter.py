@@ -729,7 +729,8 @@ def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> F
                                   references=expected, labelled=reference.labelled,
                                   outputs=tuple(outputs.names),
                                   precision=precision, input_shape=input_shape,
-                                  output_shape=[batch, model_info["num_classes"]],
+                                  # the task's shape: [B, classes] or [B, classes, h, w]
+                                  output_shape=[batch, *reference.logits["photos"].shape[1:]],
                                   batch=batch, max_rank=format_spec.max_rank, threads=threads,
                                   tolerance=_tolerance(cfg, fmt, precision),
                                   # random noise lies outside what int8 was calibrated on:

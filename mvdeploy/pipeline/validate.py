@@ -60,7 +60,7 @@ class ReferenceSpread:
 
     inputs: int
     spread: float  # RMS distance from the mean output / RMS output
-    top1_classes: int  # distinct top-1 classes among the inputs
+    top1_classes: int  # distinct top-1 classes among the inputs (their pixels: segmentation)
 
     @property
     def degenerate(self) -> bool:
@@ -71,8 +71,10 @@ def reference_spread(references: dict[str, np.ndarray]) -> ReferenceSpread:
     ref = np.concatenate([r.reshape(len(r), -1) for r in references.values()]).astype(np.float64)
     size = float(np.sqrt((ref**2).sum(1).mean()))
     deviation = float(np.sqrt(((ref - ref.mean(0)) ** 2).sum(1).mean()))
+    # top-1 over the class axis: one class per input, or per pixel of a segmentation mask
+    top1 = np.concatenate([r.argmax(1).reshape(-1) for r in references.values()])
     return ReferenceSpread(inputs=len(ref), spread=deviation / max(size, 1e-30),
-                           top1_classes=len(set(ref.argmax(1).tolist())))
+                           top1_classes=len(set(top1.tolist())))
 
 
 @dataclass
@@ -172,9 +174,10 @@ def validate(fmt: str, artifact: Path, *, inputs: dict[str, np.ndarray],
             report.failures += tolerance.failures(label, metrics, outputs[-1])
     if labelled is not None:
         report.accuracy["labelled"] = accuracy = labelled.score(runner, batch)
-        drop = 100 * (accuracy["reference_top1"] - accuracy["artifact_top1"])
+        headline = labelled.headline  # top1, or miou for segmentation
+        drop = 100 * (accuracy[f"reference_{headline}"] - accuracy[f"artifact_{headline}"])
         if tolerance.max_top1_drop is not None and drop > tolerance.max_top1_drop:
-            report.failures.append(f"top-1 accuracy on labelled images {drop:.2f} points below "
+            report.failures.append(f"{headline} on labelled images {drop:.2f} points below "
                                    f"PyTorch's, more than {tolerance.max_top1_drop:g}")
     report.status = "failed" if report.failures else "passed"
     return report

@@ -6,7 +6,11 @@ A task module provides what the pipeline and the readers ask of it:
   labelled_reference(folder, model, h, w, preprocessing) -> LabelledReference
                                               PyTorch's predictions on a labelled folder,
                                               which validation scores artifacts against
-  predictions(scores, output_kind, labels, top) -> [per image: what `predict` reports]
+  predictions(scores, output_kind, labels, top, frame) -> [per image: what `predict` reports;
+                                              PIL Image values are written beside the photo]
+  open_labelled(folder, labels, num_classes, limit) / evaluate(run, items, ...) -> scores
+                                              what `mvdeploy eval` reads and how it scores
+  HEADLINE                                    the accuracy key a labelled folder is judged by
 A model's head says which task it serves (MobileViTCfg.task); the manifest records it, so
 readers pick the task without loading the model. Adding a task is a module here, one line in
 TASKS, and its head in mvdeploy.models.
@@ -19,7 +23,8 @@ from types import ModuleType
 
 from mvdeploy.errors import ConfigError
 
-TASKS = {"classification": "mvdeploy.tasks.classification"}  # task -> its module
+TASKS = {"classification": "mvdeploy.tasks.classification",  # task -> its module
+         "segmentation": "mvdeploy.tasks.segmentation"}
 DEFAULT_TASK = "classification"
 
 

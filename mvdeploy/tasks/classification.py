@@ -30,6 +30,7 @@ from mvdeploy.runner import Runner, run_batched
 
 BATCH_SIZE = 32
 TOP_K = 5
+HEADLINE = "top1"  # the score a labelled folder is judged by (validate: points below PyTorch)
 _SYNSET = re.compile(r"^n\d{8}$")
 
 Progress = Callable[[int, int], None]  # (images done, total)
@@ -121,6 +122,7 @@ class LabelledReference:
     width: int
     preprocessing: Preprocessing
     predictions: Predictions
+    headline: str = HEADLINE
 
     def score(self, run: Runner, batch: int | None) -> dict:
         got = predict_top(run, self.images, self.height, self.width, self.preprocessing,
@@ -138,6 +140,19 @@ def labelled_reference(folder: str | Path, model, height: int, width: int,
     images = labelled_images(folder, model.class_labels, model.num_classes)
     predictions = predict_top(torch_runner(model), images, height, width, prep)
     return LabelledReference(images, height, width, prep, predictions)
+
+
+def open_labelled(folder: str | Path, labels: list[str] | None, num_classes: int,
+                  limit: int | None = None) -> LabelledImages:
+    """`mvdeploy eval`'s data: one sub-folder per class."""
+    return labelled_images(folder, labels, num_classes, limit)
+
+
+def evaluate(run: Runner, images: LabelledImages, num_classes: int, height: int, width: int,
+             prep: Preprocessing, *, batch: int | None = None,
+             progress: Progress | None = None) -> Predictions:
+    """`mvdeploy eval`: top-1 / top-5 of `run` on `images`, streamed."""
+    return predict_top(run, images, height, width, prep, batch=batch, progress=progress)
 
 
 def batches(images: LabelledImages, height: int, width: int, prep: Preprocessing,
@@ -221,7 +236,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def predictions(scores: np.ndarray, output_kind: str, labels: list[str] | None,
-                top: int) -> list[dict]:
+                top: int, frame: tuple[int, int] | None = None) -> list[dict]:
     """What `mvdeploy predict` reports per image: the top classes with their probability."""
     probs = softmax(scores) if output_kind == "logits" else scores
     return [{"top": [{"class": int(i), "label": labels[i] if labels else f"class {i}",

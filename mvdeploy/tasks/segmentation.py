@@ -162,3 +162,165 @@ def colour_mask(mask: np.ndarray) -> Image.Image:
     image = Image.fromarray(mask.astype(np.uint8), mode="P")
     image.putpalette(voc_palette())
     return image
+
+
+# --- what the rest of mvdeploy asks of a task (mvdeploy.tasks) -------------------------------
+
+HEADLINE = "miou"  # the score a labelled folder is judged by (validate: points below PyTorch)
+
+
+def upsample(scores: np.ndarray, height: int, width: int) -> np.ndarray:
+    """[N, C, h, w] scores -> [N, C, height, width], bilinearly (align_corners=False), as
+    transformers' post_process_semantic_segmentation and ml-cvnets' evaluation do before the
+    argmax: masks are then read in the frame of the image the model saw."""
+    import torch
+    import torch.nn.functional as F
+
+    if scores.shape[2:] == (height, width):
+        return scores
+    with torch.no_grad():
+        return F.interpolate(torch.from_numpy(np.ascontiguousarray(scores, np.float32)),
+                             size=(height, width), mode="bilinear",
+                             align_corners=False).numpy()
+
+
+def predictions(scores: np.ndarray, output_kind: str, labels: list[str] | None, top: int,
+                frame: tuple[int, int] | None = None) -> list[dict]:
+    """What `mvdeploy predict` reports per image: the `top` classes by share of pixels, and
+    the mask as a VOC-coloured PNG (an Image value: predict writes it beside the photo) in the
+    frame the model saw (`frame` = its input height and width)."""
+    if frame is not None:
+        scores = upsample(scores, *frame)
+    found = []
+    for mask in masks(scores):
+        classes, counts = np.unique(mask, return_counts=True)
+        order = np.argsort(-counts, kind="stable")[:top]
+        found.append({
+            "classes": [{"class": int(classes[i]),
+                         "label": labels[classes[i]] if labels else f"class {classes[i]}",
+                         "share": round(float(counts[i] / mask.size), 4)} for i in order],
+            "mask": colour_mask(mask)})
+    return found
+
+
+def read_pair(image_path: Path, mask_path: Path, height: int, width: int, prep
+              ) -> tuple[np.ndarray, np.ndarray] | None:
+    """A photo preprocessed as the model takes it and its mask put through the same resize
+    and crop (nearest, so labels stay labels); None when either cannot be read."""
+    from PIL import UnidentifiedImageError
+
+    from mvdeploy.data import normalise, resize_and_crop, to_rgb, upright
+
+    try:
+        with Image.open(image_path) as image:
+            photo = to_rgb(upright(image))
+        truth = Image.fromarray(read_mask(mask_path))
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        return None
+    if truth.size != photo.size:
+        raise ConfigError(f"{mask_path} is {truth.size[0]}x{truth.size[1]} but its photo "
+                          f"{image_path.name} is {photo.size[0]}x{photo.size[1]}: a mask must "
+                          "have its photo's size")
+    rgb = resize_and_crop(photo, height, width, prep)
+    truth = resize_and_crop(truth, height, width, prep, resample="nearest")
+    return normalise(np.asarray(rgb), prep), np.asarray(truth, dtype=np.uint8)
+
+
+@dataclass
+class MaskScores:
+    """What a run over a VOC folder leaves: the confusion against the truth, and the masks at
+    the model's output resolution (small: a 512² input gives 32² masks) for agreement."""
+
+    confusion: ConfusionMatrix
+    found: list[np.ndarray]
+    unreadable: list[Path]
+
+    def accuracy(self) -> dict:
+        return {"images": len(self.found), "miou": self.confusion.miou(),
+                "pixel_accuracy": self.confusion.pixel_accuracy()}
+
+    def agreement(self, reference: MaskScores) -> dict:
+        """Share of output pixels whose class equals the reference's, and the mIoU of these
+        masks against the reference's."""
+        same = ConfusionMatrix(self.confusion.num_classes)
+        hits = total = 0
+        for ours, theirs in zip(self.found, reference.found, strict=True):
+            same.update(ours, theirs)
+            hits += int((ours == theirs).sum())
+            total += ours.size
+        return {"pixels": hits / total if total else 0.0, "mask_miou": same.miou()}
+
+
+def score_folder(run, pairs: list[tuple[Path, Path]], num_classes: int, height: int,
+                 width: int, prep, *, batch: int | None = None, progress=None,
+                 batch_size: int = 8) -> MaskScores:
+    """Stream `pairs` through `run` (an NCHW batch -> [N, C, h, w] scores), `batch_size` at a
+    time: upsample to the input frame, argmax, count against the truth."""
+    from mvdeploy.runner import run_batched
+
+    confusion, found, unreadable = ConfusionMatrix(num_classes), [], []
+    for start in range(0, len(pairs), batch_size):
+        chunk, xs, truths = pairs[start:start + batch_size], [], []
+        for image_path, mask_path in chunk:
+            pair = read_pair(image_path, mask_path, height, width, prep)
+            if pair is None:
+                unreadable.append(image_path)
+            else:
+                xs.append(pair[0])
+                truths.append(pair[1])
+        if xs:
+            scores = run_batched(run, np.stack(xs), batch)
+            confusion.update(masks(upsample(scores, height, width)), np.stack(truths))
+            found += list(masks(scores))
+        if progress:
+            progress(min(start + batch_size, len(pairs)), len(pairs))
+    if not found:
+        raise ConfigError(f"none of the {len(pairs)} photos could be read")
+    return MaskScores(confusion, found, unreadable)
+
+
+@dataclass(frozen=True)
+class LabelledReference:
+    """A VOC-layout folder and PyTorch's masks on it, to score artifacts against."""
+
+    pairs: list[tuple[Path, Path]]
+    num_classes: int
+    height: int
+    width: int
+    preprocessing: object
+    reference: MaskScores
+    headline: str = HEADLINE
+
+    def score(self, run, batch: int | None) -> dict:
+        got = score_folder(run, self.pairs, self.num_classes, self.height, self.width,
+                           self.preprocessing, batch=batch)
+        ours, ref = got.accuracy(), self.reference.accuracy()
+        return {"images": ours["images"], "unreadable": len(got.unreadable),
+                "reference_miou": ref["miou"], "artifact_miou": ours["miou"],
+                "reference_pixel_accuracy": ref["pixel_accuracy"],
+                "artifact_pixel_accuracy": ours["pixel_accuracy"],
+                "agreement_pixels": got.agreement(self.reference)["pixels"]}
+
+
+def labelled_reference(folder: str | Path, model, height: int, width: int,
+                       prep) -> LabelledReference:
+    """`folder` (PASCAL VOC layout) streamed through the eager model once."""
+    from mvdeploy.tasks.classification import torch_runner
+
+    pairs = voc_pairs(folder)
+    reference = score_folder(torch_runner(model), pairs, model.num_classes, height, width, prep)
+    return LabelledReference(pairs, model.num_classes, height, width, prep, reference)
+
+
+def open_labelled(folder: str | Path, labels: list[str] | None, num_classes: int,
+                  limit: int | None = None) -> list[tuple[Path, Path]]:
+    """`mvdeploy eval`'s data: a VOC-layout folder's (photo, mask) pairs."""
+    pairs = voc_pairs(folder)
+    return pairs[:limit] if limit else pairs
+
+
+def evaluate(run, pairs: list[tuple[Path, Path]], num_classes: int, height: int, width: int,
+             prep, *, batch: int | None = None, progress=None) -> MaskScores:
+    """`mvdeploy eval`: mIoU and pixel accuracy of `run` on `pairs`, streamed."""
+    return score_folder(run, pairs, num_classes, height, width, prep, batch=batch,
+                        progress=progress)
