@@ -462,13 +462,18 @@ def inspect_command(artifact: str, as_json: bool) -> None:
 @click.argument("artifact", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--top", "-k", default=5, show_default=True, help="How many classes to show.")
+@click.option("--masks", "masks_dir", metavar="DIR", type=click.Path(),
+              help="Segmentation: write each PHOTO_mask.png here (default: beside the photo).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def predict_command(artifact: str, images: tuple[str, ...], top: int, as_json: bool) -> None:
+def predict_command(artifact: str, images: tuple[str, ...], top: int, masks_dir: str | None,
+                    as_json: bool) -> None:
     """Top-k classes for photos, with the artifact's own preprocessing (Core ML off macOS:
-    through mvdeploy's reference executor)."""
+    through mvdeploy's reference executor). A segmentation artifact writes a colour mask
+    PNG per photo (PASCAL VOC colours, pixel values = class indices, in the crop the model
+    saw) and lists the classes covering most pixels."""
     from mvdeploy.readback.predict import predict
 
-    results = predict(artifact, list(images), top=top)
+    results = predict(artifact, list(images), top=top, masks_dir=masks_dir)
     if as_json:
         print(json.dumps(results, indent=2))
     else:
@@ -477,6 +482,11 @@ def predict_command(artifact: str, images: tuple[str, ...], top: int, as_json: b
                 console.print(f"[bold]{result['image']}[/]")
                 for entry in result["top"]:
                     console.print(f"  {entry['probability']:7.2%}  {entry['label']}",
+                                  markup=False)
+            elif "classes" in result:
+                console.print(f"[bold]{result['image']}[/] -> {escape(result['mask'])}")
+                for entry in result["classes"]:
+                    console.print(f"  {entry['share']:7.2%} of pixels  {entry['label']}",
                                   markup=False)
     failed = [r for r in results if "error" in r]
     for r in failed:
@@ -489,8 +499,14 @@ def predict_command(artifact: str, images: tuple[str, ...], top: int, as_json: b
 @app.command(name="eval")
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path())
 @click.option("--data", "-d", required=True, metavar="DIR",
-              help="Labelled folder: one sub-folder per class, named by the model's label, "
-                   "a class index, or an ImageNet-1k synset id (n01440764).")
+              help="Labelled folder. Classification: one sub-folder per class, named by the "
+                   "model's label, a class index, or an ImageNet-1k synset id (n01440764). "
+                   "Segmentation: PASCAL VOC layout, JPEGImages/ and SegmentationClass/ (PNG "
+                   "masks of class indices, 255 = void), optionally ImageSets/Segmentation/"
+                   "val.txt.")
+@click.option("--task", type=click.Choice(["classification", "segmentation"]),
+              help="The task the artifacts serve (default: read from each artifact); a "
+                   "mismatch is refused.")
 @click.option("--limit", "-n", type=click.IntRange(min=1), metavar="N",
               help="Use N images spread evenly over the folder (default: all).")
 @click.option("--weights", "-w", metavar="CKPT",
@@ -499,14 +515,16 @@ def predict_command(artifact: str, images: tuple[str, ...], top: int, as_json: b
 @click.option("--threads", type=click.IntRange(min=1),
               help="Runtime threads (default: the runtime's choice).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per artifact.")
-def eval_command(artifacts: tuple[str, ...], data: str, limit: int | None, weights: str | None,
-                 threads: int | None, as_json: bool) -> None:
-    """Top-1 / top-5 accuracy of artifacts on a labelled image folder (streamed in batches),
-    with the preprocessing and labels embedded in each artifact.
+def eval_command(artifacts: tuple[str, ...], data: str, task: str | None, limit: int | None,
+                 weights: str | None, threads: int | None, as_json: bool) -> None:
+    """Top-1 / top-5 accuracy of classifiers, or mIoU and pixel accuracy of segmentation
+    models, on a labelled folder (streamed in batches), with the preprocessing and labels
+    embedded in each artifact.
 
     \b
     mvdeploy eval out/onnx/model.onnx out/tflite/model.tflite --data held-out/ --json
     mvdeploy eval model.onnx --data imagenet/val --weights apple/mobilevit-small --limit 5000
+    mvdeploy eval seg/onnx/model.onnx --task segmentation --data VOC2012/
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -527,9 +545,11 @@ def eval_command(artifacts: tuple[str, ...], data: str, limit: int | None, weigh
             progress.update(tasks[artifact], completed=done)
 
         results = evaluate_artifacts(list(artifacts), data, limit=limit, weights=weights,
-                                     threads=threads, progress=advance)
+                                     threads=threads, task=task, progress=advance)
     if as_json:
         print(json.dumps(results, indent=2))
+    elif any(r.get("task") == "segmentation" for r in results):
+        _print_segmentation_eval(data, results)
     else:
         table = Table(title=f"Accuracy on {data}", box=box.SIMPLE_HEAD)
         for col in ("artifact", "format", "precision", "images", "top-1", "top-5",
@@ -545,12 +565,32 @@ def eval_command(artifacts: tuple[str, ...], data: str, limit: int | None, weigh
                           f"{r['reference']['top1']:.2%}" if "reference" in r else "-",
                           f"{r['agreement']['top1']:.2%}" if "agreement" in r else "-")
         console.print(table)
-        for r in results:
-            if r.get("unreadable"):
-                console.print(f"{r['artifact']}: {r['unreadable']} images could not be read and "
-                              f"are not counted: {', '.join(r['unreadable_files'])}"
-                              + (" ..." if r["unreadable"] > len(r["unreadable_files"]) else ""),
-                              markup=False, highlight=False, soft_wrap=True)
+    _print_unreadable_and_errors(results, as_json)
+
+
+def _print_segmentation_eval(data: str, results: list[dict]) -> None:
+    table = Table(title=f"Segmentation on {data}", box=box.SIMPLE_HEAD)
+    for col in ("artifact", "format", "precision", "images", "mIoU", "pixel acc.",
+                "PyTorch mIoU", "same pixels"):
+        table.add_column(col, no_wrap=col != "artifact")
+    for r in results:
+        if "error" in r:
+            table.add_row(Text(r["artifact"]), r["format"], r["precision"], *["-"] * 5)
+            continue
+        table.add_row(Text(r["artifact"]), r["format"], r["precision"], str(r["images"]),
+                      f"{r['miou']:.4f}", f"{r['pixel_accuracy']:.2%}",
+                      f"{r['reference']['miou']:.4f}" if "reference" in r else "-",
+                      f"{r['agreement']['pixels']:.2%}" if "agreement" in r else "-")
+    console.print(table)
+
+
+def _print_unreadable_and_errors(results: list[dict], as_json: bool) -> None:
+    for r in [] if as_json else results:
+        if r.get("unreadable"):
+            console.print(f"{r['artifact']}: {r['unreadable']} images could not be read and "
+                          f"are not counted: {', '.join(r['unreadable_files'])}"
+                          + (" ..." if r["unreadable"] > len(r["unreadable_files"]) else ""),
+                          markup=False, highlight=False, soft_wrap=True)
     failed = [r for r in results if "error" in r]
     for r in failed:
         err_console.print(f"mvdeploy: {r['artifact']}: {r['error']}", markup=False,
@@ -838,7 +878,21 @@ def _format_row(r) -> dict:
                    photos=m.samples, top1_same=round(m.top1_agreement * m.samples),
                    decisive=m.decisive,
                    top1_same_decisive=round(m.top1_agreement_decisive * m.decisive))
+        if m.mask_miou is not None:  # segmentation: agreement is per pixel
+            row.update(pixel_agreement=m.top1_agreement, mask_miou=m.mask_miou,
+                       pixel_agreement_decisive=m.top1_agreement_decisive)
     return row
+
+
+def _pixel_agreement(row: dict) -> str:
+    """A segmentation row's share of pixels with PyTorch's class (on decisive pixels too,
+    the ones the gate counts, when some are near ties)."""
+    if "pixel_agreement" not in row:
+        return "-"
+    shown = f"{row['pixel_agreement']:.2%}"
+    if row["pixel_agreement_decisive"] != row["pixel_agreement"]:
+        shown += f" ({row['pixel_agreement_decisive']:.2%} decisive)"
+    return shown
 
 
 def _top1_counts(row: dict) -> str:
@@ -858,17 +912,20 @@ def _print_export_table(result, rows: list[dict]) -> None:
         f": validated on {gate} report photo(s), none used to calibrate or tune"
         if gate is not None else ""), box=box.SIMPLE_HEAD)
     timed = any("speedup" in row for row in rows)
-    for col in ("format", "precision", "MB", "status", "max abs", "SNR dB", "top-1 same",
-                "top-5", *(["x fp32"] if timed else []), "s"):
+    masks = any("mask_miou" in row for row in rows)  # segmentation: per-pixel agreement
+    agreement = ("pixels same", "mask mIoU") if masks else ("top-1 same", "top-5")
+    for col in ("format", "precision", "MB", "status", "max abs", "SNR dB", *agreement,
+                *(["x fp32"] if timed else []), "s"):
         table.add_column(col, no_wrap=True)
     for row in rows:
         status = {"passed": "[green]passed[/]", "structural": "[yellow]structural[/]"}.get(
             row["status"], f"[red]{row['status']}[/]")
-        shown = (("max_abs", "{:.1e}"), ("snr_db", "{:.1f}"), ("top1_agreement", None),
-                 ("top5_agreement", "{:.0%}"))
+        shown = (("max_abs", "{:.1e}"), ("snr_db", "{:.1f}"),
+                 *((("pixel_agreement", _pixel_agreement), ("mask_miou", "{:.3f}")) if masks
+                   else (("top1_agreement", _top1_counts), ("top5_agreement", "{:.0%}"))))
         # agreement with a reference that gives one answer for everything proves nothing
-        metrics = ["n/a" if row["degenerate"] and "agreement" in k
-                   else _top1_counts(row) if f is None
+        metrics = ["n/a" if row["degenerate"] and ("agreement" in k or k == "mask_miou")
+                   else f(row) if callable(f)
                    else f.format(row[k]) if k in row else "-" for k, f in shown]
         speed = ([f"{row['speedup']:.2f}" if "speedup" in row else "-"] if timed else [])
         table.add_row(row["format"], row["precision"] or "-", str(row.get("size_mb", "-")),
@@ -889,6 +946,13 @@ def _print_export_table(result, rows: list[dict]) -> None:
         if row["note"]:
             console.print(f"[yellow]{row['format']}: {escape(row['note'])}[/]")
         for acc in row["accuracy"].values():
+            if "artifact_miou" in acc:  # segmentation: a VOC-layout folder
+                console.print(f"{row['format']}: mIoU on {acc['images']} labelled images "
+                              f"{acc['artifact_miou']:.3f} (PyTorch {acc['reference_miou']:.3f}),"
+                              f" pixel accuracy {acc['artifact_pixel_accuracy']:.1%}, same class "
+                              f"as PyTorch on {acc['agreement_pixels']:.1%} of output pixels",
+                              markup=False, highlight=False)
+                continue
             console.print(f"{row['format']}: top-1 accuracy on {acc['images']} labelled images "
                           f"{acc['artifact_top1']:.1%} (PyTorch {acc['reference_top1']:.1%}), "
                           f"same top-1 as PyTorch {acc['agreement_top1']:.1%}"

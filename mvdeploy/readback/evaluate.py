@@ -1,6 +1,8 @@
-"""Accuracy of exported artifacts on a labelled image folder (`mvdeploy eval`), streamed in
-batches so memory stays flat, with each artifact's embedded preprocessing and labels. What a
-labelled folder is and how predictions are scored is the task's (mvdeploy.tasks.classification).
+"""Accuracy of exported artifacts on a labelled folder (`mvdeploy eval`), streamed in batches
+so memory stays flat, with each artifact's embedded preprocessing and labels. What a labelled
+folder is and how predictions are scored is the artifact's task's (mvdeploy.tasks): one
+sub-folder per class for classification, PASCAL VOC's JPEGImages/ + SegmentationClass/ for
+segmentation (mIoU, pixel accuracy).
 """
 
 from __future__ import annotations
@@ -10,21 +12,18 @@ from pathlib import Path
 
 from mvdeploy.data import Preprocessing
 from mvdeploy.errors import ConfigError
-from mvdeploy.tasks.classification import (
-    LabelledImages,
-    Predictions,
-    labelled_images,
-    predict_top,
-    torch_runner,
-)
+from mvdeploy.tasks import DEFAULT_TASK, get_task
+from mvdeploy.tasks.classification import torch_runner
 
 
 def evaluate_artifacts(artifacts: list[str | Path], data: str | Path, *,
                        limit: int | None = None, weights: str | None = None,
-                       threads: int | None = None,
+                       threads: int | None = None, task: str | None = None,
                        progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
-    """Top-1/top-5 of each artifact on `data`, with its embedded preprocessing and labels;
-    with `weights`, also the PyTorch model's accuracy and the artifact's agreement with it.
+    """Top-1/top-5 (classification) or mIoU and pixel accuracy (segmentation) of each
+    artifact on `data`, with its embedded preprocessing and labels; with `weights`, also the
+    PyTorch model's scores and the artifact's agreement with it. `task`, when given, must be
+    the artifacts' own (a check that the folder is read as the user meant).
 
     An artifact that cannot run here (e.g. a Core ML program with an op the reference executor
     does not implement) gets an "error" entry instead.
@@ -35,17 +34,22 @@ def evaluate_artifacts(artifacts: list[str | Path], data: str | Path, *,
     from mvdeploy.readback.predict import artifact_preprocessing, embedded_metadata
 
     results: list[dict] = []
-    references: dict[tuple, Predictions] = {}
+    references: dict[tuple, object] = {}
     for artifact in artifacts:
         info = inspect_artifact(artifact)
         meta = embedded_metadata(info)
+        found_task = meta.get("task", DEFAULT_TASK)
+        if task is not None and task != found_task:
+            raise ConfigError(f"{info['file']} is a {found_task} model, not {task}: drop "
+                              f"--task or pass --task {found_task}")
+        scorer = get_task(found_task)
         prep = artifact_preprocessing(meta)
         height, width = meta["resolution"]
         labels = meta.get("labels")
         num_classes = int(meta.get("num_classes") or len(labels or []))
-        images = labelled_images(data, labels, num_classes, limit)
+        images = scorer.open_labelled(data, labels, num_classes, limit)
         row: dict = {"artifact": info["file"], "format": info["format"],
-                     "precision": info["precision"], "data": str(data)}
+                     "precision": info["precision"], "task": found_task, "data": str(data)}
         batch = info["inputs"][0]["shape"][0]
         report = (lambda done, total, f=info["file"]: progress(f, done, total)) if progress \
             else None
@@ -56,9 +60,9 @@ def evaluate_artifacts(artifacts: list[str | Path], data: str | Path, *,
             except BackendUnavailable as exc:
                 results.append({**row, "error": str(exc)})
                 continue
-            predictions = predict_top(run, images, height, width, prep,
-                                      batch=batch if isinstance(batch, int) else None,
-                                      progress=report)
+            predictions = scorer.evaluate(run, images, num_classes, height, width, prep,
+                                          batch=batch if isinstance(batch, int) else None,
+                                          progress=report)
         row.update(predictions.accuracy(), unreadable=len(predictions.unreadable),
                    unreadable_files=[str(p) for p in predictions.unreadable[:10]])
         if weights:
@@ -66,7 +70,8 @@ def evaluate_artifacts(artifacts: list[str | Path], data: str | Path, *,
             key = (meta["model"], str(meta["patch_sizes"]), height, width, prep,
                    tuple(labels or ()), num_classes)
             if key not in references:
-                references[key] = _reference_predictions(meta, weights, images, prep, threads)
+                references[key] = _reference_predictions(meta, weights, scorer, images, prep,
+                                                         threads)
             reference = references[key]
             row["reference"] = {k: v for k, v in reference.accuracy().items() if k != "images"}
             row["agreement"] = predictions.agreement(reference)
@@ -74,8 +79,8 @@ def evaluate_artifacts(artifacts: list[str | Path], data: str | Path, *,
     return results
 
 
-def _reference_predictions(meta: dict, weights: str, images: LabelledImages,
-                           prep: Preprocessing, threads: int | None) -> Predictions:
+def _reference_predictions(meta: dict, weights: str, scorer, images, prep: Preprocessing,
+                           threads: int | None):
     import torch
 
     from mvdeploy.models import create_model
@@ -88,4 +93,4 @@ def _reference_predictions(meta: dict, weights: str, images: LabelledImages,
         raise ConfigError(f"{weights} has {model.num_classes} classes but the artifact has "
                           f"{meta['num_classes']}: pass the checkpoint it was exported from")
     height, width = meta["resolution"]
-    return predict_top(torch_runner(model), images, height, width, prep)
+    return scorer.evaluate(torch_runner(model), images, model.num_classes, height, width, prep)

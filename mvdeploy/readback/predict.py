@@ -1,4 +1,4 @@
-"""Classify photos with an exported artifact, using the preprocessing the artifact declares.
+"""Classify (or segment) photos with an exported artifact, using the preprocessing the artifact declares.
 
 The preprocessing and labels come from the metadata embedded in the file, not from flags, so
 what runs here is what an app reading that metadata would do.
@@ -6,6 +6,7 @@ what runs here is what an app reading that metadata would do.
 
 from __future__ import annotations
 
+import io
 from dataclasses import fields
 from pathlib import Path
 
@@ -24,8 +25,12 @@ def embedded_metadata(info: dict) -> dict:
     meta = (info.get("metadata") or {}).get("mvdeploy")
     if not meta and info.get("manifest"):  # e.g. Core ML: the manifest beside it
         manifest = info["manifest"]
-        meta = {"resolution": manifest["model"]["resolution"], "labels": manifest["labels"],
-                "preprocessing": manifest["preprocessing"]}
+        model = manifest["model"]
+        meta = {"resolution": model["resolution"], "labels": manifest["labels"],
+                "preprocessing": manifest["preprocessing"],
+                **{k: model[k] for k in ("task", "num_classes", "name", "patch_sizes")
+                   if k in model}}
+        meta["model"] = meta.pop("name", None)
     if not meta and not spec(info["format"]).metadata:  # e.g. the .pt2 beside the formats
         raise ArtifactError(f"{info['file']} is a {spec(info['format']).title} file, which "
                             "holds no preprocessing or labels: predict with one of the "
@@ -75,9 +80,35 @@ def _scores(info: dict, x: np.ndarray) -> np.ndarray:
         return run_batched(runner, x, batch if isinstance(batch, int) else None)
 
 
-def predict(artifact: str | Path, images: list[str | Path], *, top: int = 5) -> list[dict]:
+def _write_images(image: Path, found: dict, folder: Path | None) -> dict:
+    """A task's picture results (a segmentation mask) as PNGs named after the photo
+    (photo_mask.png), beside it or in `folder`; the result then holds their paths."""
+    from PIL import Image
+
+    from mvdeploy.files import write_atomic
+
+    shown = dict(found)
+    for key, value in found.items():
+        if isinstance(value, Image.Image):
+            target = (folder or image.parent) / f"{image.stem}_{key}.png"
+            buffer = io.BytesIO()
+            value.save(buffer, format="PNG")
+            write_atomic(target, buffer.getvalue())
+            shown[key] = str(target)
+    return shown
+
+
+def predict(artifact: str | Path, images: list[str | Path], *, top: int = 5,
+            masks_dir: str | Path | None = None) -> list[dict]:
+    """Per image: the task's prediction (top classes; for segmentation the classes by share of
+    pixels and a colour mask PNG, written beside the photo or into `masks_dir`)."""
     if top < 1:
         raise ConfigError("--top must be at least 1")
+    if masks_dir is not None:
+        masks_dir = Path(masks_dir)
+        if masks_dir.exists() and not masks_dir.is_dir():
+            raise ConfigError(f"--masks {masks_dir} is a file: give a folder")
+        masks_dir.mkdir(parents=True, exist_ok=True)
     info = inspect_artifact(artifact)
     meta = embedded_metadata(info)
     prep = artifact_preprocessing(meta)
@@ -97,8 +128,9 @@ def predict(artifact: str | Path, images: list[str | Path], *, top: int = 5) -> 
                              else ""))
     scores = _scores(info, np.stack(arrays))
     task = get_task(meta.get("task", DEFAULT_TASK))  # files from before tasks: classifiers
-    found = task.predictions(scores, meta.get("output_kind", "logits"), meta.get("labels"), top)
-    results = {image: {"image": str(image), **one}
+    found = task.predictions(scores, meta.get("output_kind", "logits"), meta.get("labels"), top,
+                             frame=(height, width))
+    results = {image: {"image": str(image), **_write_images(Path(image), one, masks_dir)}
                for image, one in zip(readable, found, strict=True)}
     for image in unreadable:
         results[image] = {"image": str(image), "error": unreadable_reason(Path(image))}
