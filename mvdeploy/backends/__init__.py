@@ -124,6 +124,7 @@ class CheckContext:
     batch: int
     dynamic_batch: bool
     preprocessing: Preprocessing
+    task: str = "classification"  # the model's (mvdeploy.tasks)
 
 
 def _no_check(options: Any, recipe: str | None, ctx: CheckContext) -> None:

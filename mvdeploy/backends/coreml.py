@@ -58,6 +58,9 @@ def _check(options: CoremlOptions, recipe: str | None, ctx: CheckContext) -> Non
                           f"got {options.compute_precision!r}")
     if recipe is None:  # not exported in this run: nothing else matters
         return
+    if options.classifier and ctx.task != "classification":
+        raise ConfigError(f"coreml.classifier is for classifiers, and this is a {ctx.task} "
+                          "model (per-pixel scores out): set coreml.classifier=false")
     if recipe in _PRECISIONS and options.compute_precision not in (None, recipe):
         raise ConfigError(f"--precision {recipe} and --coreml-precision (coreml.compute_precision)"
                           f" {options.compute_precision} disagree: give one of them")

@@ -44,7 +44,9 @@ LITERT_GRADLE = "com.google.ai.edge.litert:litert:1.0.1"  # 1.x ships org.tensor
 
 @dataclass(frozen=True)
 class TfliteOptions:
-    channels_last: bool = False  # NHWC input, as Android code usually feeds it
+    # NHWC input, as Android code usually feeds it; per-pixel scores (segmentation) then come
+    # out NHWC [B, h, w, classes] too, the layout MediaPipe's ImageSegmenter reads
+    channels_last: bool = False
     softmax_output: bool = False  # output "probabilities" (softmax folded in) instead of logits
 
 
@@ -92,7 +94,8 @@ SPEC = FormatSpec(
 
 
 def _channels_last(program):
-    """Take NHWC input [B, H, W, 3] and permute it for the captured NCHW graph.
+    """Take NHWC input [B, H, W, 3] and permute it for the captured NCHW graph; give rank-4
+    outputs (segmentation's [B, classes, h, w]) back NHWC.
 
     litert_torch.to_channel_last_io does the same but only for positional inputs, and the
     signature names its inputs after keyword arguments. (The attribute must not be called
@@ -106,7 +109,8 @@ def _channels_last(program):
             self.program = program
 
         def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
-            return self.program(**{INPUT_NAME: pixel_values.permute(0, 3, 1, 2)})
+            out = self.program(**{INPUT_NAME: pixel_values.permute(0, 3, 1, 2)})
+            return {k: v.permute(0, 2, 3, 1) if v.dim() == 4 else v for k, v in out.items()}
 
     return ChannelsLast()  # no .eval(): exported graphs refuse train(); they are inference-only
 
@@ -307,7 +311,9 @@ def load(path: Path, *, threads: int | None = None, accelerator: str = "cpu") ->
         out = out[output_name]
         if out_scale:
             out = (out.astype(np.float32) - out_zero) * out_scale
-        return out.astype(np.float32, copy=False)
+        if nhwc and out.ndim == 4:  # per-pixel scores come out NHWC with an NHWC input
+            out = out.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(out, dtype=np.float32)
 
     return Session(prepare=prepare, infer=lambda feed: runner(**feed), scores=scores)
 

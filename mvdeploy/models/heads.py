@@ -1,4 +1,5 @@
-"""What sits on top of a captured model for apps: the classifier's probabilities."""
+"""What sits on top of a captured model for apps: class probabilities (per pixel for
+segmentation)."""
 
 from __future__ import annotations
 
@@ -17,4 +18,5 @@ class WithSoftmax(torch.nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = self.module(**{INPUT_NAME: pixel_values})[OUTPUT_NAME]
-        return {PROBS_NAME: torch.softmax(logits, dim=-1)}
+        # the class axis: [B, classes], or [B, classes, h, w] per pixel (segmentation)
+        return {PROBS_NAME: torch.softmax(logits, dim=1)}

@@ -308,6 +308,10 @@ def _check(cfg: ExportConfig) -> None:
         able = [s.name for s in specs() if s.hf_file_names]
         raise ConfigError(f"export.layout = hf is the folder Hugging Face clients load, which "
                           f"read {', '.join(able)}: add it to export.formats")
+    if cfg.export.layout == "hf" and model_cfg.task != "classification":
+        raise ConfigError(f"export.layout = hf writes image-classification folders; "
+                          f"{cfg.model.name} is a {model_cfg.task} model: use the default "
+                          "layout (mvdeploy)")
     if not cfg.export.out.strip():
         raise ConfigError("export.out is empty: give the folder the artifacts go to (--out)")
     fixed_batch = [f for f in formats if not spec(f).dynamic_batch]
@@ -316,7 +320,7 @@ def _check(cfg: ExportConfig) -> None:
         raise ConfigError(f"export.dynamic_batch is supported for {', '.join(able)} only: "
                           "export the other formats with a fixed export.batch in a separate run")
     ctx = CheckContext(batch=cfg.export.batch, dynamic_batch=cfg.export.dynamic_batch,
-                       preprocessing=cfg.preprocessing)
+                       preprocessing=cfg.preprocessing, task=model_cfg.task)
     for fmt in _format_tables():
         recipe = None
         if fmt in formats:

@@ -299,6 +299,13 @@ def _app_metadata(cfg: ExportConfig, model_info: dict, labels: list[str] | None,
             **asdict(cfg.metadata)}
 
 
+def _output_shape(reference: _Reference, batch: int | None, nhwc: bool) -> list:
+    """The scores' shape: [B, classes], or per pixel [B, classes, h, w], which an NHWC
+    artifact gives as [B, h, w, classes]."""
+    shape = [batch, *reference.logits["photos"].shape[1:]]
+    return [batch, *shape[2:], shape[1]] if nhwc and len(shape) == 4 else shape
+
+
 def _tolerance(cfg: ExportConfig, fmt: str, precision: str) -> Tolerance:
     if spec(fmt).recipes[precision].searched:  # the target the search worked to
         return Tolerance(min_snr_db=cfg.quantize.min_snr_db,
@@ -729,8 +736,7 @@ def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> F
                                   references=expected, labelled=reference.labelled,
                                   outputs=tuple(outputs.names),
                                   precision=precision, input_shape=input_shape,
-                                  # the task's shape: [B, classes] or [B, classes, h, w]
-                                  output_shape=[batch, *reference.logits["photos"].shape[1:]],
+                                  output_shape=_output_shape(reference, batch, nhwc),
                                   batch=batch, max_rank=format_spec.max_rank, threads=threads,
                                   tolerance=_tolerance(cfg, fmt, precision),
                                   # random noise lies outside what int8 was calibrated on:

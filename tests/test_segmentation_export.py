@@ -1,0 +1,169 @@
+"""DeepLabV3 segmentation through export, predict and eval (issue 25, item 2): per-pixel logits
+out of every format, validated against PyTorch per pixel; masks written by `predict`; mIoU of a
+PASCAL VOC-layout folder through `mvdeploy eval`; and the done-when, a Hugging Face hub id
+exported to ONNX, TFLite, Core ML (reference executor) and ExecuTorch, whose ONNX gives
+transformers' own logits on transformers' own processor output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mvdeploy.cli import run
+from mvdeploy.data import sample_image_paths
+from mvdeploy.tasks import segmentation
+from tests.helpers import lay_out_hub_cache, needs
+
+# what transformers' convert_mlcvnets_to_pytorch.py writes for the DeepLabV3 checkpoints
+# (MobileViTImageProcessor(crop_size=512, size=544)), in the older flat form
+APPLE_SEG_PREPROCESSOR = {"crop_size": 512, "do_center_crop": True, "do_flip_channel_order": True,
+                          "do_resize": True, "feature_extractor_type": "MobileViTFeatureExtractor",
+                          "resample": 2, "size": 544}
+
+
+def _export(tmp_path, capsys, *args) -> dict:
+    code = run(["export", "-m", "deeplabv3_mobilevit_xxs", "-r", "64", "-o",
+                str(tmp_path / "out"), "--json", *args])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return {f["format"]: f for f in json.loads(out)["formats"]}
+
+
+def voc_folder(root, photos, masks) -> None:
+    """A PASCAL VOC-layout folder: photos and palette masks (255 = void)."""
+    (root / segmentation.IMAGE_DIR).mkdir(parents=True)
+    (root / segmentation.MASK_DIR).mkdir()
+    for index, (photo, mask) in enumerate(zip(photos, masks, strict=True)):
+        (root / segmentation.IMAGE_DIR / f"{index:03}.jpg").write_bytes(photo.read_bytes())
+        segmentation.colour_mask(mask).save(root / segmentation.MASK_DIR / f"{index:03}.png")
+
+
+def test_seeded_deeplab_exports_validates_predicts_and_evals(tmp_path, capsys):
+    """ONNX at 64²: the manifest records the task and per-pixel shape, the reference masks
+    vary (so agreement means something), predict writes a VOC-coloured mask whose pixels are
+    class indices, and eval's mIoU on a VOC folder equals the mIoU of PyTorch's own masks."""
+    # no centre crop (crop_pct 1): a mask in the frame the model saw is then in the photo's
+    report = _export(tmp_path, capsys, "-f", "onnx", "--set", "preprocessing.crop_pct=1.0")["onnx"]
+    assert report["status"] == "passed" and not report["degenerate"]
+    assert report["pixel_agreement"] == 1.0 and report["mask_miou"] == 1.0
+    manifest = json.loads((tmp_path / "out" / "onnx" / "manifest.json").read_text())
+    assert manifest["model"]["task"] == "segmentation" and manifest["model"]["num_classes"] == 21
+    onnx_file = report["artifact"]
+
+    photos = sample_image_paths()
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for photo in photos:
+        (folder / photo.name).write_bytes(photo.read_bytes())
+    assert run(["predict", onnx_file, *map(str, sorted(folder.iterdir())), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    masks = []
+    for one in found:
+        with Image.open(one["mask"]) as image:
+            assert image.mode == "P" and image.size == (64, 64)
+            masks.append(np.asarray(image))
+        assert abs(sum(c["share"] for c in one["classes"]) - 1) < 1e-3 or len(one["classes"]) == 5
+    # the seeded reference is not one class everywhere, nor the same mask for every photo
+    assert len(np.unique(np.stack(masks))) >= 2
+    assert len({m.tobytes() for m in masks}) >= 3
+
+    # truth = the model's own masks on 64x64 photos (no crop: the photo's frame): mIoU 1
+    voc = tmp_path / "voc"
+    small = []
+    for photo in photos:
+        resized = tmp_path / f"small_{photo.name}"
+        Image.open(photo).convert("RGB").resize((64, 64)).save(resized, quality=100)
+        small.append(resized)
+    assert run(["predict", onnx_file, *map(str, small), "--json"]) == 0
+    own = [np.asarray(Image.open(r["mask"])) for r in json.loads(capsys.readouterr().out)]
+    voc_folder(voc, small, own)
+    assert run(["eval", onnx_file, "--task", "segmentation", "--data", str(voc), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)[0]
+    assert result["task"] == "segmentation" and result["images"] == len(photos)
+    assert result["miou"] > 0.99 and result["pixel_accuracy"] > 0.99
+
+    # a wrong truth scores low: every label moved to another class
+    wrong = tmp_path / "wrong"
+    voc_folder(wrong, small, [(m + 1) % 21 for m in own])
+    assert run(["eval", onnx_file, "--data", str(wrong), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["miou"] < 0.05
+
+
+def test_segmentation_refusals_are_one_line(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert run(["export", "-m", "deeplabv3_mobilevit_xxs", "-f", "coreml", "--set",
+                "coreml.classifier=true", "-o", out]) == 2
+    assert "coreml.classifier is for classifiers" in capsys.readouterr().err
+    assert run(["export", "-m", "deeplabv3_mobilevit_xxs", "-f", "onnx", "--set",
+                "export.layout=hf", "-o", out]) == 2
+    assert "segmentation model" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@needs("tflite")
+def test_android_tflite_gives_per_pixel_probabilities_nhwc(tmp_path, capsys):
+    """--channels-last with softmax: NHWC in, NHWC [1, h, w, 21] probabilities out (what
+    MediaPipe's ImageSegmenter reads), equal to PyTorch's per-pixel softmax."""
+    report = _export(tmp_path, capsys, "-f", "tflite", "--channels-last", "--set",
+                     "tflite.softmax_output=true")["tflite"]
+    assert report["status"] == "passed" and report["pixel_agreement"] == 1.0
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=report["artifact"])
+    (details,) = interpreter.get_output_details()
+    assert list(details["shape"]) == [1, 4, 4, 21]
+
+
+@pytest.mark.slow
+@needs("tflite", "coreml", "executorch")
+def test_export_deeplab_hub_id_to_every_format_reproduces_transformers(tmp_path):
+    """The done-when: `mvdeploy export --model deeplabv3_mobilevit_xxs --weights
+    apple/deeplabv3-mobilevit-xx-small` from a laid-out hub cache, offline, validates for ONNX,
+    TFLite, Core ML (reference executor, fp32) and ExecuTorch; the ONNX then gives
+    transformers' MobileViTForSemanticSegmentation logits on MobileViTImageProcessor's output
+    (the checkpoint's own library and preprocessing)."""
+    from transformers import MobileViTImageProcessor
+
+    from tests.test_segmentation import hf_seg_folder
+
+    hf, directory = hf_seg_folder(tmp_path, "deeplabv3_mobilevit_xxs", seed=3)
+    cache = tmp_path / "hub"
+    repo = "apple/deeplabv3-mobilevit-xx-small"
+    lay_out_hub_cache(cache, repo, {"config.json": directory / "config.json",
+                                    "model.safetensors": directory / "model.safetensors",
+                                    "preprocessor_config.json": APPLE_SEG_PREPROCESSOR})
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "mvdeploy.cli", "export", "--model", "deeplabv3_mobilevit_xxs",
+         "--weights", repo, "-f", "onnx,tflite,coreml,executorch", "--coreml-precision", "fp32",
+         "-o", str(out), "--json"], capture_output=True, text=True, timeout=900,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)})
+    assert done.returncode == 0, done.stderr
+    report = {f["format"]: f for f in json.loads(done.stdout)["formats"]}
+    assert set(report) == {"onnx", "tflite", "coreml", "executorch"}
+    for fmt, row in report.items():
+        assert row["status"] == "passed" and not row["degenerate"], (fmt, row)
+        assert row["pixel_agreement"] > 0.999, (fmt, row)
+    assert report["coreml"]["snr_db"] > 60  # checked on numbers, not structurally only
+
+    processor = MobileViTImageProcessor.from_pretrained(repo, cache_dir=cache,
+                                                        local_files_only=True)
+    photos = [Image.open(p).convert("RGB") for p in sample_image_paths()]
+    pixels = processor(photos, return_tensors="pt", crop_size=256, size=272)["pixel_values"]
+    with torch.no_grad():
+        expected = hf(pixel_values=pixels).logits.numpy()
+    masks = expected.argmax(1)  # the reference tells photos and pixels apart
+    assert len({m.tobytes() for m in masks}) == len(photos) and len(np.unique(masks)) >= 3
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(report["onnx"]["artifact"])
+    logits = np.concatenate([session.run(["logits"], {"pixel_values": x[None]})[0]
+                             for x in pixels.numpy()])
+    assert np.abs(logits - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
