@@ -107,6 +107,7 @@ def test_segmentation_refusals_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 @needs("tflite")
 def test_android_tflite_gives_per_pixel_probabilities_nhwc(tmp_path, capsys):
     """--channels-last with softmax: NHWC in, NHWC [1, h, w, 21] probabilities out (what

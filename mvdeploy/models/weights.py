@@ -734,6 +734,16 @@ def hf_model_config(model: MobileViT, resolution: tuple[int, int]) -> dict:
     transformers' MobileViT has one patch size for every stage: the first stage's is written,
     and mvdeploy_patch_sizes keeps the real ones (a B model is not transformers' model)."""
     cfg, (height, _) = model.cfg, resolution
+    if cfg.task == "segmentation":  # the backbone's config plus the DeepLabV3 head's
+        from types import SimpleNamespace
+
+        backbone = SimpleNamespace(cfg=model.backbone_cfg, patch_sizes=model.patch_sizes,
+                                   class_labels=model.class_labels, num_classes=model.num_classes)
+        family = "MobileViTV2" if model.backbone_cfg.family == "v2" else "MobileViT"
+        return {**hf_model_config(backbone, resolution),
+                "architectures": [f"{family}ForSemanticSegmentation"],
+                "output_stride": cfg.output_stride, "atrous_rates": list(cfg.atrous_rates),
+                "aspp_out_channels": cfg.aspp_channels}
     labels = model.class_labels or [str(i) for i in range(model.num_classes)]
     label_maps = {"id2label": {str(i): name for i, name in enumerate(labels)},
                   "label2id": {name: i for i, name in enumerate(labels)},

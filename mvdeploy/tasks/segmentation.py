@@ -328,3 +328,16 @@ def evaluate(run, pairs: list[tuple[Path, Path]], num_classes: int, height: int,
     """`mvdeploy eval`: mIoU and pixel accuracy of `run` on `pairs`, streamed."""
     return score_folder(run, pairs, num_classes, height, width, prep, batch=batch,
                         progress=progress)
+
+
+def write_voc(out: str | Path, images: np.ndarray, found: np.ndarray) -> Path:
+    """A PASCAL VOC-layout folder that `mvdeploy eval --task segmentation` reads:
+    JPEGImages/<n>.png (lossless, so the photo is exactly `images[n]`, RGB uint8) and
+    SegmentationClass/<n>.png (`found[n]` as a palette mask in VOC colours)."""
+    out = Path(out)
+    (out / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
+    (out / MASK_DIR).mkdir(parents=True, exist_ok=True)
+    for n, (image, mask) in enumerate(zip(images, found, strict=True)):
+        Image.fromarray(image).save(out / IMAGE_DIR / f"{n:04}.png")
+        colour_mask(mask).save(out / MASK_DIR / f"{n:04}.png")
+    return out
