@@ -1,7 +1,8 @@
 """The trained segmentation fixture: DeepLabV3-MobileViT-XXS trained here on digit scenes.
 
-    python benchmarks/seg_fixture.py train                  # ~12 min on 2 cores
+    python benchmarks/seg_fixture.py train                  # ~8 min on 2 cores
     python benchmarks/seg_fixture.py scenes --split held-out --out data/digit-scenes
+    python benchmarks/seg_fixture.py matrix                 # mIoU per format and precision
 
 `train` is seeded and runs on the CPU. Scenes (mvdeploy.fixtures.digit_scenes: handwritten
 digits painted on photo crops, per-pixel labels, 11 classes) go through mvdeploy's own
@@ -12,6 +13,11 @@ with scenes generated afresh each epoch. It reports held-out mIoU and writes
 mvdeploy/fixtures/deeplabv3_mobilevit_xxs_scenes/ in transformers' layout, plus
 `training.json`. `mvdeploy eval --task segmentation` must reproduce the mIoU on the folder that
 `scenes` writes.
+
+`matrix` exports the fixture with `mvdeploy export` to each format and precision (int8-static
+calibrated on training scenes, validated on the bundled photos), scores every artifact with
+`mvdeploy eval --task segmentation` on the held-out scenes, and writes
+benchmarks/results/seg_fixture_matrix.{json,md}.
 """
 
 from __future__ import annotations
@@ -19,6 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import platform
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,7 +104,7 @@ def train(args: argparse.Namespace) -> None:
             losses.append(loss.item())
         row = {"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4),
                "seconds": round(time.perf_counter() - start, 1)}
-        if (epoch + 1) % 2 == 0 or epoch + 1 == args.epochs:
+        if (epoch + 1) % 5 == 0 or epoch + 1 == args.epochs:
             row["held_out_miou"] = round(miou(model, x_held, y_held)[0], 4)
         history.append(row)
         print(json.dumps(row), flush=True)
@@ -114,12 +124,89 @@ def train(args: argparse.Namespace) -> None:
     print(f"held-out mIoU {held_miou:.4f}, pixel accuracy {held_accuracy:.2%}; wrote {out}")
 
 
+# (format, precision): the float formats at fp32 and their own fp16, and every int8 recipe
+MATRIX = [("onnx", "fp32"), ("tflite", "fp32"), ("coreml", "fp32"), ("executorch", "fp32"),
+          ("onnx", "fp16"), ("tflite", "fp16"), ("coreml", "fp16"),
+          ("onnx", "int8-dynamic"), ("tflite", "int8-dynamic"),
+          ("onnx", "int8-static"), ("tflite", "int8-static")]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _mvdeploy(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mvdeploy.cli", *argv], capture_output=True,
+                          text=True)
+
+
+def matrix(args: argparse.Namespace) -> None:
+    """Each (format, precision) exported as a user would and scored by `mvdeploy eval`."""
+    work = Path(tempfile.mkdtemp(prefix="mvdeploy_seg_matrix_"))
+    held_out = write_voc(work / "held-out", *scenes("held-out", HELD_OUT_SCENES, seed=0))
+    calibration = work / "calibration"  # training scenes: disjoint from the held-out ones
+    write_voc(calibration, *scenes("train", 128, seed=999))
+    rows = []
+    for fmt, precision in MATRIX:
+        out = work / f"{fmt}-{precision}"
+        start = time.perf_counter()
+        flags = ["--coreml-precision", precision] if fmt == "coreml" else [
+            "--precision", precision]
+        done = _mvdeploy("export", "-w", str(args.weights), "-r", str(SCENE_SIZE), "-f", fmt,
+                         *flags, "--calibration", str(calibration / "JPEGImages"),
+                         "-o", str(out), "--json")
+        row = {"format": fmt, "precision": precision,
+               "export_seconds": round(time.perf_counter() - start, 1)}
+        try:
+            (exported,) = json.loads(done.stdout)["formats"]
+        except (json.JSONDecodeError, ValueError, KeyError):
+            rows.append({**row, "error": done.stderr.strip().splitlines()[-1:]})
+            print(json.dumps(rows[-1]), flush=True)
+            continue
+        row.update(validation=exported["status"], snr_db=exported.get("snr_db"),
+                   pixel_agreement=exported.get("pixel_agreement"),
+                   size_mb=exported.get("size_mb"))
+        scored = _mvdeploy("eval", exported["artifact"], "--task", "segmentation", "--data",
+                           str(held_out), "--weights", str(args.weights), "--json")
+        if scored.returncode == 0:
+            (result,) = json.loads(scored.stdout)
+            row.update(miou=round(result["miou"], 4),
+                       pixel_accuracy=round(result["pixel_accuracy"], 4),
+                       pytorch_miou=round(result["reference"]["miou"], 4),
+                       same_pixels=round(result["agreement"]["pixels"], 4))
+        else:
+            row["error"] = scored.stderr.strip().splitlines()[-1:]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    meta = {"command": "python benchmarks/seg_fixture.py matrix", "machine": platform.machine(),
+            "held_out_scenes": HELD_OUT_SCENES, "resolution": SCENE_SIZE,
+            "weights": str(Path(args.weights).name), "date": time.strftime("%Y-%m-%d")}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "seg_fixture_matrix.json").write_text(json.dumps(
+        {**meta, "rows": rows}, indent=1) + "\n")
+    lines = [f"# Segmentation fixture: mIoU per format and precision ({meta['date']})", "",
+             f"`{meta['command']}`: the trained DeepLabV3-MobileViT-XXS "
+             f"(`mvdeploy/fixtures/{meta['weights']}`) at {SCENE_SIZE}², each artifact scored "
+             f"by `mvdeploy eval --task segmentation` on {HELD_OUT_SCENES} held-out digit "
+             "scenes (digits and backgrounds no training scene has). int8-static calibrates on "
+             "128 training scenes; validation gates on the bundled photos.", "",
+             "| format | precision | MB | validation | SNR dB | mIoU | PyTorch mIoU | "
+             "pixel acc. | same pixels as PyTorch |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "miou" not in r:
+            lines.append(f"| {r['format']} | {r['precision']} | - | error: "
+                         f"{' '.join(r.get('error', []))} | | | | | |")
+            continue
+        lines.append(f"| {r['format']} | {r['precision']} | {r['size_mb']} | {r['validation']} "
+                     f"| {r['snr_db']} | {r['miou']:.4f} | {r['pytorch_miou']:.4f} | "
+                     f"{r['pixel_accuracy']:.2%} | {r['same_pixels']:.2%} |")
+    (RESULTS / "seg_fixture_matrix.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / 'seg_fixture_matrix.md'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train and write the checkpoint")
-    t.add_argument("--epochs", type=int, default=8)
-    t.add_argument("--scenes", type=int, default=384, help="fresh training scenes per epoch")
+    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--scenes", type=int, default=512, help="fresh training scenes per epoch")
     t.add_argument("--batch", type=int, default=16)
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--seed", type=int, default=0)
@@ -129,9 +216,13 @@ def main() -> None:
     s.add_argument("--count", type=int, default=HELD_OUT_SCENES)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
+    m = sub.add_parser("matrix", help="mIoU of every format and precision (results/)")
+    m.add_argument("--weights", default=str(OUT))
     args = parser.parse_args()
     if args.command == "train":
         train(args)
+    elif args.command == "matrix":
+        matrix(args)
     else:
         images, masks = scenes(args.split, args.count, seed=args.seed)
         print(f"wrote {write_voc(args.out, images, masks)}")

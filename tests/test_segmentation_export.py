@@ -21,6 +21,12 @@ from mvdeploy.data import sample_image_paths
 from mvdeploy.tasks import segmentation
 from tests.helpers import lay_out_hub_cache, needs
 
+
+def segmentation_fixture_dir():
+    from mvdeploy.fixtures import segmentation_checkpoint_dir
+
+    return segmentation_checkpoint_dir()
+
 # what transformers' convert_mlcvnets_to_pytorch.py writes for the DeepLabV3 checkpoints
 # (MobileViTImageProcessor(crop_size=512, size=544)), in the older flat form
 APPLE_SEG_PREPROCESSOR = {"crop_size": 512, "do_center_crop": True, "do_flip_channel_order": True,
@@ -168,3 +174,83 @@ def test_export_deeplab_hub_id_to_every_format_reproduces_transformers(tmp_path)
     logits = np.concatenate([session.run(["logits"], {"pixel_values": x[None]})[0]
                              for x in pixels.numpy()])
     assert np.abs(logits - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
+
+
+def test_deeplab_layer_groups_come_from_the_graph():
+    """int8 can keep each ASPP branch, its projection and the classifier float: every op of
+    the captured DeepLabV3 falls in a named group."""
+    from mvdeploy.backends.capture import capture
+    from mvdeploy.models import create_model
+    from mvdeploy.models.groups import node_group
+
+    model = create_model("deeplabv3_mobilevit_xxs", init="random")
+    graph = capture(model, torch.zeros(1, 3, 64, 64)).module.graph
+    groups = [node_group(n) for n in graph.nodes if n.op == "call_function"
+              and n.meta.get("nn_module_stack")]
+    assert None not in groups
+    assert {f"aspp.convs.{i}" for i in range(5)} | {"aspp.fuse", "classifier", "stem"} \
+        <= set(groups)
+
+
+def test_bench_seeds_a_segmentation_model_as_a_folder(tmp_path):
+    """The bench's seeded weights for DeepLabV3 are a Hugging Face folder (a bare state dict
+    has no output stride or ASPP rates), and load as the same model."""
+    from mvdeploy.bench.artifacts import seeded_weights
+    from mvdeploy.models import create_model
+    from mvdeploy.models.weights import load_pretrained
+
+    folder = seeded_weights(tmp_path, "deeplabv3_mobilevit_xxs")
+    assert folder.is_dir() and (folder / "config.json").is_file()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(load_pretrained(folder)(x), create_model("deeplabv3_mobilevit_xxs")(x))
+    assert seeded_weights(tmp_path, "deeplabv3_mobilevit_xxs") == folder  # cached
+
+
+# mediapipe 1.2.3: a task closed or garbage-collected while the test process goes on can
+# deadlock in its dispatcher (tests/test_clients.py), so segmenters live until the process ends
+_KEEP_ALIVE: list = []
+
+
+@pytest.mark.slow
+@needs("tflite")
+def test_mediapipe_image_segmenter_loads_the_android_tflite_and_agrees_with_pytorch(tmp_path):
+    """The shipped Android config, with the trained fixture at its 128x128: MediaPipe Tasks'
+    ImageSegmenter loads the .tflite as it is (normalisation, RGB, labels and activation from
+    its metadata) and its category mask equals PyTorch's on held-out scenes. MediaPipe
+    upsamples the logits bilinearly with aligned corners before the argmax (measured against
+    it); the scenes are fed at 128x128, so MediaPipe's own resize changes nothing."""
+    pytest.importorskip("mediapipe")
+    import mediapipe as mp
+    import torch.nn.functional as F
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    from mvdeploy.data import normalise
+    from mvdeploy.fixtures.digit_scenes import CLASSES, scenes
+    from mvdeploy.models.weights import load_pretrained
+
+    fixture = segmentation_fixture_dir()
+    out = tmp_path / "android"
+    assert run(["export", "export_configs/deeplabv3_mobilevit_xxs_android.toml", "--set",
+                f"model.weights={fixture}", "--set", "model.resolution=128", "--set",
+                f"export.out={out}", "-f", "tflite"]) == 0
+    (tflite,) = (out / "tflite").glob("*.tflite")
+    segmenter = vision.ImageSegmenter.create_from_options(vision.ImageSegmenterOptions(
+        base_options=BaseOptions(model_asset_path=str(tflite)), output_category_mask=True,
+        output_confidence_masks=False))
+    _KEEP_ALIVE.append(segmenter)
+    assert segmenter.labels == CLASSES  # from the file's packed label file
+
+    images, truth = scenes("held-out", 6, seed=1)
+    model = load_pretrained(fixture)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(normalise(images, model.preprocessing)))
+    expected = F.interpolate(logits, size=images.shape[1:3], mode="bilinear",
+                             align_corners=True).argmax(1).numpy()
+    assert len(np.unique(expected)) >= 4  # the reference finds digits, not one class
+    for image, want in zip(images, expected, strict=True):
+        result = segmenter.segment(mp.Image(image_format=mp.ImageFormat.SRGB,
+                                            data=np.ascontiguousarray(image)))
+        got = result.category_mask.numpy_view()
+        assert got.shape == want.shape
+        assert (got == want).mean() >= 0.999

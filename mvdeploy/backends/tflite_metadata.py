@@ -26,6 +26,7 @@ LABEL_FILE = "labels.txt"
 # The schema version whose features are used here (image properties, normalisation, stats,
 # TENSOR_AXIS_LABELS): all in 1.0.0, metadata_schema.fbs's version history
 MIN_PARSER_VERSION = "1.0.0"
+SEGMENTER_PARSER_VERSION = "1.5.0"  # custom metadata (SEGMENTER_METADATA) came in 1.5.0
 
 
 def _mediapipe():
@@ -74,26 +75,55 @@ def standard_metadata(model: bytes, record: dict) -> bytes:
             f"(pixel - mean) / std with mean {mean}, std {std} (MediaPipe needs an NHWC "
             "export: tflite.channels_last = true)")
     kind = record.get("output_kind", "logits")
-    outputs = metadata_info.ClassificationTensorMd(
-        name=kind, description=("class probabilities (softmax)" if kind == "probabilities"
-                                else "class logits: apply softmax for probabilities"),
-        label_files=[metadata_info.LabelFileMd(LABEL_FILE)],
-        tensor_type=writer_utils.get_output_tensor_types(model)[0])
     subgraph = metadata_fb.SubGraphMetadataT()
     subgraph.inputTensorMetadata = [inputs.create_metadata()]
+    segmentation = record.get("task") == "segmentation"
+    if segmentation:  # what MediaPipe's ImageSegmenter reads: NHWC [1, h, w, classes] scores
+        outputs = metadata_info.SegmentationMaskMd(
+            name=kind, description=f"per-pixel class {kind} [1, h, w, classes] at 1/16 of the "
+            "input: upsample bilinearly to the image, then take the argmax",
+            label_files=[metadata_info.LabelFileMd(LABEL_FILE)])
+        subgraph.customMetadata = [_segmenter_options(kind)]
+    else:
+        outputs = metadata_info.ClassificationTensorMd(
+            name=kind, description=("class probabilities (softmax)" if kind == "probabilities"
+                                    else "class logits: apply softmax for probabilities"),
+            label_files=[metadata_info.LabelFileMd(LABEL_FILE)],
+            tensor_type=writer_utils.get_output_tensor_types(model)[0])
     subgraph.outputTensorMetadata = [outputs.create_metadata()]
     general = metadata_info.GeneralMd(
         name=record["model"], version=record.get("version") or None,
         description=record.get("description") or (
             f"{record['model']} (MobileViT), patch sizes {record['patch_sizes']}, "
-            f"{height}x{width} input: image classification"),
+            f"{height}x{width} input: image "
+            f"{'segmentation' if segmentation else 'classification'}"),
         author=record.get("author") or f"mvdeploy {record['mvdeploy']}",
         licenses=record.get("license") or None).create_metadata()
     general.subgraphMetadata = [subgraph]
-    general.minParserVersion = MIN_PARSER_VERSION
+    general.minParserVersion = SEGMENTER_PARSER_VERSION if segmentation else MIN_PARSER_VERSION
     builder = flatbuffers.Builder(0)
     builder.Finish(general.Pack(builder), b"M001")  # the metadata schema's file identifier
     return bytes(builder.Output())
+
+
+def _segmenter_options(kind: str):
+    """The SEGMENTER_METADATA custom metadata MediaPipe's ImageSegmenter reads its activation
+    from (mediapipe/tasks/metadata/image_segmenter_metadata_schema.fbs, as its
+    image_segmenter metadata writer fills it): softmax for logits, none for probabilities.
+    Without it MediaPipe assumes none and logs a warning; its category mask is the argmax
+    either way, its confidence masks are the activation's output."""
+    import flatbuffers
+    from mediapipe.tasks.metadata import image_segmenter_metadata_schema_py_generated as seg
+    from mediapipe.tasks.metadata import metadata_schema_py_generated as metadata_fb
+
+    options = seg.ImageSegmenterOptionsT()
+    options.activation = seg.Activation.SOFTMAX if kind == "logits" else seg.Activation.NONE
+    builder = flatbuffers.Builder(0)
+    builder.Finish(options.Pack(builder), b"V001")  # that schema's file identifier
+    custom = metadata_fb.CustomMetadataT()
+    custom.name = "SEGMENTER_METADATA"
+    custom.data = list(bytes(builder.Output()))
+    return custom
 
 
 def pack_files(model: bytes, files: dict[str, bytes]) -> bytes:

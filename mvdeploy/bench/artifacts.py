@@ -9,6 +9,7 @@ weights, and the fidelity columns measure something.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,9 +21,9 @@ from mvdeploy.bench.matrix import BenchConfig
 from mvdeploy.errors import NoSpaceError
 from mvdeploy.files import failed_for_space
 from mvdeploy.isolate import run_isolated
-from mvdeploy.models import create_model
+from mvdeploy.models import create_model, get_model_cfg
 from mvdeploy.models.macs import count_macs
-from mvdeploy.models.weights import resolve_weights, save_checkpoint
+from mvdeploy.models.weights import resolve_weights, save_checkpoint, save_pretrained
 from mvdeploy.native_output import redirect_native_output
 from mvdeploy.pipeline.config import load_config
 from mvdeploy.pipeline.exporter import clean_stale, run_export
@@ -44,6 +45,15 @@ def seeded_weights(cache: Path, model: str) -> Path:
     # input-sensitive (mvdeploy.models.init); "aligned": the smooth, input-aligned init (older
     # caches hold the earlier "photos" init, or plain random weights)
     path = cache / "weights" / f"{model}_seed0_aligned.safetensors"
+    if get_model_cfg(model).task != "classification":
+        # a DeepLabV3's output stride and ASPP rates live in config.json: a Hugging Face folder
+        path = path.with_suffix("")
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+            save_pretrained(create_model(model), partial, resolution=(256, 256))
+            partial.rename(path)
+        return path
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(create_model(model), path)

@@ -22,7 +22,8 @@ def layer_group(stack: Iterable[tuple[str, str]]) -> str | None:
     Groups are what int8 can be switched off for: the stem, each MobileNetV2 block, a MobileViT
     block's local convs (`.local`), each transformer layer's attention (`.attn`, with its
     LayerNorm) and MLP (`.mlp`), a MobileViT block's fold and fusion (`.fusion`; in v2 the
-    final norm, fold and 1x1 projection), `head_conv` (v1) and `classifier`.
+    final norm, fold and 1x1 projection), `head_conv` (v1) and `classifier`; DeepLabV3 adds
+    each ASPP branch (`aspp.convs.N`) and its projection (`aspp.fuse`).
     None: an op outside every group (the global pooling)."""
     entries = [(_relative(path), kind.rsplit(".", 1)[-1]) for path, kind in stack]
     entries = [(path, kind) for path, kind in entries if path]
@@ -42,6 +43,9 @@ def layer_group(stack: Iterable[tuple[str, str]]) -> str | None:
     if "InvertedResidual" in innermost:
         return innermost["InvertedResidual"]
     top = entries[0][0].split(".")[0] if entries else ""
+    if top == "aspp":  # DeepLabV3: each ASPP branch, and the projection that fuses them
+        parts = entries[-1][0].split(".")
+        return ".".join(parts[:3]) if len(parts) > 2 and parts[1] == "convs" else "aspp.fuse"
     return top if top in ("stem", "head_conv", "classifier") else None
 
 
