@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,7 +35,13 @@ from mvdeploy.models.weights import (
     remap_state_dict,
     save_checkpoint,
 )
-from tests.helpers import APPLE_V2_PREPROCESSOR, input_sensitive_, lay_out_hub_cache, needs
+from tests.helpers import (
+    APPLE_V2_PREPROCESSOR,
+    input_sensitive_,
+    lay_out_hub_cache,
+    needs,
+    seeded_state,
+)
 
 transformers = pytest.importorskip("transformers")
 
@@ -263,3 +270,42 @@ def test_v2_hugging_face_folder_and_bench_peer_are_transformers_own_model(tmp_pa
     with pytest.raises(ConfigError, match="holds 2x2 patches only"):
         save_pretrained(create_model("mobilevitv2_050", patch_sizes="B"), tmp_path / "b",
                         resolution=(256, 256))
+
+
+TIMM_V2_REFERENCE = Path(__file__).with_name("data") / "timm_mobilevitv2_050.npz"
+
+
+def test_timm_v2_state_dict_loads_with_timm_logits(tmp_path):
+    """A timm MobileViTv2 state dict (tests/data/record_timm_v2_reference.py: timm 1.0.31's
+    own key list and logits) is recognised as timm's v2, gets timm's v2 preprocessing (RGB,
+    bicubic, crop_pct 0.888) and gives timm's logits on real photos; a timm hub folder
+    (config.json with pretrained_cfg) names the width."""
+    from safetensors.torch import save_file
+
+    from mvdeploy.models.weights import TIMM_PREPROCESSING, detect_source
+
+    data = np.load(TIMM_V2_REFERENCE)
+    keys = [(str(n), tuple(int(d) for d in s.split(",") if d), str(t)) for n, s, t in
+            zip(data["key_names"], data["key_shapes"], data["key_dtypes"], strict=True)]
+    state = seeded_state(keys, seed=4)
+    state.update({n.removeprefix("state/"): torch.from_numpy(data[n])
+                  for n in data.files if n.startswith("state/")})
+    assert detect_source(state, "x") == "timm"
+    save_file(state, str(tmp_path / "timm.safetensors"))
+    model = load_pretrained(tmp_path / "timm.safetensors")
+    assert model.cfg.name == "mobilevitv2_050" and model.checkpoint["source"] == "timm"
+    assert model.preprocessing == TIMM_PREPROCESSING["v2"]
+    x, _, _ = load_images(sample_image_paths(), 256, 256, model.preprocessing)
+    with torch.no_grad():
+        ours = model(torch.from_numpy(x)).numpy()
+    expected = data["logits"]
+    assert len(set(expected.argmax(1).tolist())) >= 3  # the reference tells photos apart
+    assert np.abs(ours - expected).max() <= 1e-4 * np.abs(expected).max()
+
+    folder = tmp_path / "timm_hub"
+    folder.mkdir()
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({
+        "architecture": "mobilevitv2_050", "num_classes": 10, "pretrained_cfg": {
+            "crop_pct": 0.888, "interpolation": "bicubic", "mean": [0, 0, 0], "std": [1, 1, 1]}}))
+    assert load_pretrained(folder).cfg.name == "mobilevitv2_050"

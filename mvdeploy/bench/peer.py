@@ -1,4 +1,5 @@
-"""The peer baseline: the same weights in `transformers`' MobileViT(V2)ForImageClassification,
+"""The peer baseline: the same weights in `transformers`' MobileViT(V2)ForImageClassification
+(or ...ForSemanticSegmentation for DeepLabV3),
 exported the plain way (each format's `plain_export`: the converter's one documented call),
 no mvdeploy graph changes. It shows what mvdeploy's model and export path cost or save."""
 
@@ -25,8 +26,8 @@ class _Logits(torch.nn.Module):
 
 
 def transformers_model(name: str, weights: str) -> torch.nn.Module:
-    """transformers' MobileViT or MobileViTV2 (patch 2 at every stage) holding the weights of
-    `weights`."""
+    """transformers' MobileViT or MobileViTV2 (patch 2 at every stage), classifier or DeepLabV3,
+    holding the weights of `weights`."""
     try:
         import transformers
     except ImportError:
@@ -36,7 +37,8 @@ def transformers_model(name: str, weights: str) -> torch.nn.Module:
     # transformers' own auto classes: the peer is exactly the model a hub user would load
     conf = hf_model_config(ours, (256, 256))  # image_size only names the training size
     config = transformers.AutoConfig.for_model(conf.pop("model_type"), **conf)
-    model = transformers.AutoModelForImageClassification.from_config(config)
+    # the task's head: ...ForImageClassification, or ...ForSemanticSegmentation (DeepLabV3)
+    model = getattr(transformers, conf["architectures"][0])(config)
     model.load_state_dict(export_state_dict(ours, "huggingface"), strict=True)
     return _Logits(model.eval()).eval()
 

@@ -52,6 +52,9 @@ TELLTALE_KEYS: dict[Source, str] = {
 # in a block without a fusion conv
 V2_TELLTALE_KEYS: dict[Source, str] = {
     "huggingface": "mobilevitv2.conv_stem.convolution.weight",
+    # timm's v2 attention is ml-cvnets' qkv_proj; asked before mvdeploy's, whose final-norm
+    # key timm's v2 has too
+    "timm": "stages.2.1.transformer.0.attn.qkv_proj.weight",
     "mvdeploy": "stages.4.1.norm.weight",
 }
 
@@ -128,6 +131,14 @@ _TIMM_RULES: list[_Rule] = [
     (r"^classifier\.", "head.fc."),
 ]
 
+# timm's MobileViTv2 (mobilevit.py's MobileVitV2Block on byobnet): v1's names without the exp
+# and fusion convs, and ml-cvnets' LinearSelfAttention (qkv_proj, out_proj: 1x1 convs as ours)
+_TIMM_V2_RULES: list[_Rule] = [
+    *_TIMM_RULES,
+    (r"\.attn\.qkv\.", ".attn.qkv_proj."),
+    (r"\.attn\.proj\.", ".attn.out_proj."),
+]
+
 
 def _mlcvnets_rules(depths: tuple[int, int, int]) -> list[_Rule]:
     # ml-cvnets keeps the block's final LayerNorm as global_rep[depth]: the index depends on depth
@@ -168,10 +179,10 @@ def foreign_keys(key: str, source: Source, depths: tuple[int, int, int] = (2, 4,
                                   f"so far, not {source}")
         rules = _HF_SEG_RULES[family]
     elif family == "v2":
-        if source != "huggingface":
-            raise CheckpointError(f"MobileViTv2 weights load from Hugging Face checkpoints "
-                                  f"only so far, not {source}")
-        rules = _HF_V2_RULES
+        if source not in ("huggingface", "timm"):
+            raise CheckpointError(f"MobileViTv2 weights load from Hugging Face and timm "
+                                  f"checkpoints only so far, not {source}")
+        rules = _HF_V2_RULES if source == "huggingface" else _TIMM_V2_RULES
     else:
         rules = ({"huggingface": _HF_RULES, "timm": _TIMM_RULES}.get(source)
                  or _mlcvnets_rules(depths))
@@ -346,6 +357,9 @@ def _infer_cfg(state: Mapping[str, torch.Tensor], source: Source, where: object)
 # std 1; timm's transforms feed RGB scaled to [0, 1]).
 TIMM_MOBILEVIT_PREPROCESSING = Preprocessing(channel_order="RGB", crop_pct=0.9,
                                              resample="bicubic")
+# MobileViTv2's `_cfg` differs only in crop_pct 0.888 (timm/models/mobilevit.py, timm 1.0.31)
+TIMM_PREPROCESSING = {"v1": TIMM_MOBILEVIT_PREPROCESSING,
+                      "v2": replace(TIMM_MOBILEVIT_PREPROCESSING, crop_pct=0.888)}
 
 _HF_FIXED = {  # config.json values our architecture implements; anything else is refused
     "num_attention_heads": 4, "mlp_ratio": 2.0, "conv_kernel_size": 3, "hidden_act": "silu",
@@ -392,7 +406,7 @@ def _read_directory(directory: Path) -> CheckpointDir:
     if "architecture" in conf and "model_type" not in conf:
         cfg, labels, prep = _timm_config(conf, cfg_path)
         if prep is None:
-            return CheckpointDir("timm", cfg, labels, TIMM_MOBILEVIT_PREPROCESSING, weights,
+            return CheckpointDir("timm", cfg, labels, TIMM_PREPROCESSING[cfg.family], weights,
                                  _timm_default_origin(cfg, f"{cfg_path} has no pretrained_cfg"))
         return CheckpointDir("timm", cfg, labels, prep, weights,
                              f"checkpoint ({cfg_path.name}: pretrained_cfg)")
@@ -602,9 +616,10 @@ def _timm_config(conf: dict, cfg_path: Path
                  ) -> tuple[MobileViTCfg, list[str] | None, Preprocessing | None]:
     """timm's hub config.json: architecture, num_classes, label_names, pretrained_cfg."""
     arch = str(conf["architecture"])
-    if arch not in MODEL_CFGS:
-        raise CheckpointError(f"{cfg_path}: timm architecture {arch!r} is not MobileViT v1 "
-                              f"(supported: {', '.join(MODEL_CFGS)})")
+    known = {**MODEL_CFGS, **V2_CFGS}
+    if arch not in known:
+        raise CheckpointError(f"{cfg_path}: timm architecture {arch!r} is not MobileViT v1 or "
+                              f"v2 (supported: {', '.join(known)})")
     labels = conf.get("label_names")
     labels = [str(x) for x in labels] if isinstance(labels, list) and labels else None
     pre = conf.get("pretrained_cfg") or {}
@@ -619,7 +634,7 @@ def _timm_config(conf: dict, cfg_path: Path
                 resample=str(pre.get("interpolation", "bilinear")))
         except (TypeError, ValueError) as exc:  # ConfigError is a ValueError
             raise CheckpointError(f"{cfg_path}: pretrained_cfg: {exc}") from None
-    return MODEL_CFGS[arch], labels, prep
+    return known[arch], labels, prep
 
 
 def resolve_weights(spec: str | Path) -> Path:
@@ -705,7 +720,7 @@ def _bare_file_preprocessing(source: Source, cfg: MobileViTCfg, path: Path
     what apple/mobilevit-*'s preprocessor_config.json records), timm with its own `_cfg`.
     """
     if source == "timm":
-        return TIMM_MOBILEVIT_PREPROCESSING, _timm_default_origin(
+        return TIMM_PREPROCESSING[cfg.family], _timm_default_origin(
             cfg, f"{path.name} is a bare state dict without pretrained_cfg")
     if source == "mlcvnets":
         return None, f"ml-cvnets' default, as Apple published it ({path.name} is a bare file)"
