@@ -309,3 +309,48 @@ def test_timm_v2_state_dict_loads_with_timm_logits(tmp_path):
         "architecture": "mobilevitv2_050", "num_classes": 10, "pretrained_cfg": {
             "crop_pct": 0.888, "interpolation": "bicubic", "mean": [0, 0, 0], "std": [1, 1, 1]}}))
     assert load_pretrained(folder).cfg.name == "mobilevitv2_050"
+
+
+def _transformers_name(cvnets: str) -> str:
+    """What transformers' models/mobilevitv2/convert_mlcvnets_to_pytorch.py
+    (create_rename_keys) renames an ml-cvnets MobileViTv2 key to: its steps, in its order, as
+    an independent oracle for mvdeploy's ml-cvnets names."""
+    k = cvnets.replace(".block.", ".").replace(".conv.", ".convolution.")
+    k = k.replace(".norm.", ".normalization.").replace("conv_1.", "mobilevitv2.conv_stem.")
+    for i in (1, 2):
+        k = k.replace(f"layer_{i}.", f"mobilevitv2.encoder.layer.{i - 1}.layer.")
+    k = k.replace(".exp_1x1.", ".expand_1x1.").replace(".red_1x1.", ".reduce_1x1.")
+    for i, depth in ((3, 2), (4, 4), (5, 3)):
+        prefix = f"mobilevitv2.encoder.layer.{i - 1}."
+        k = k.replace(f"layer_{i}.0.", f"{prefix}downsampling_layer.")
+        k = k.replace(f"layer_{i}.1.local_rep.0.", f"{prefix}conv_kxk.")
+        k = k.replace(f"layer_{i}.1.local_rep.1.", f"{prefix}conv_1x1.")
+        for j in range(depth):
+            k = k.replace(f"layer_{i}.1.global_rep.{j}.", f"{prefix}transformer.layer.{j}.")
+        k = k.replace(f"layer_{i}.1.global_rep.{depth}.", f"{prefix}layernorm.")
+        k = k.replace(f"layer_{i}.1.conv_proj.", f"{prefix}conv_projection.")
+    for old, new in (("pre_norm_attn.0.", "layernorm_before."), ("pre_norm_attn.1.", "attention."),
+                     ("pre_norm_ffn.0.", "layernorm_after."), ("pre_norm_ffn.1.", "ffn.conv1."),
+                     ("pre_norm_ffn.3.", "ffn.conv2."), ("classifier.1.", "classifier.")):
+        k = k.replace(old, new)
+    return k
+
+
+def test_mlcvnets_v2_names_are_what_transformers_converter_reads(tmp_path):
+    """Every v2 key in ml-cvnets' names goes, through transformers' own conversion steps, to
+    the transformers name mvdeploy maps it to (which test_logits_equal_transformers proves);
+    and an ml-cvnets-named .pt loads as the same model."""
+    from mvdeploy.models.weights import foreign_keys, save_checkpoint
+
+    model = create_model("mobilevitv2_050")
+    depths = V2_CFGS["mobilevitv2_050"].depths
+    for key in model.state_dict():
+        (cvnets,) = foreign_keys(key, "mlcvnets", depths, "v2")
+        (hf,) = foreign_keys(key, "huggingface", depths, "v2")
+        assert _transformers_name(cvnets) == hf, (key, cvnets)
+    path = save_checkpoint(model, tmp_path / "mobilevitv2-0.5.pt", source="mlcvnets")
+    loaded = load_pretrained(path)
+    assert loaded.cfg.name == "mobilevitv2_050" and loaded.checkpoint["source"] == "mlcvnets"
+    x = torch.from_numpy(load_images(sample_image_paths()[:2], 256, 256)[0])
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

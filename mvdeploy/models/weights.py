@@ -55,6 +55,7 @@ V2_TELLTALE_KEYS: dict[Source, str] = {
     # timm's v2 attention is ml-cvnets' qkv_proj; asked before mvdeploy's, whose final-norm
     # key timm's v2 has too
     "timm": "stages.2.1.transformer.0.attn.qkv_proj.weight",
+    "mlcvnets": "layer_3.1.global_rep.0.pre_norm_attn.1.qkv_proj.block.conv.weight",
     "mvdeploy": "stages.4.1.norm.weight",
 }
 
@@ -168,6 +169,37 @@ def _mlcvnets_rules(depths: tuple[int, int, int]) -> list[_Rule]:
     ]
 
 
+def _mlcvnets_v2_rules(depths: tuple[int, int, int]) -> list[_Rule]:
+    """ml-cvnets' MobileViTv2 names (its mobilevit_v2.py, as transformers'
+    models/mobilevitv2/convert_mlcvnets_to_pytorch.py reads them): v1's stages and MV2 blocks,
+    local_rep.0 / local_rep.1 for the local convs, pre_norm_attn / pre_norm_ffn for the linear
+    transformer (1x1 convs in ConvLayer2d blocks), the final norm as global_rep[depth] and the
+    classifier as classifier.1 (after its pooling)."""
+    def final_norm(m: re.Match) -> str:
+        return f"layer_{m[1]}.1.global_rep.{depths[int(m[1]) - 3]}."
+
+    return [
+        (r"^stem\.", "conv_1.block."),
+        (r"^stages\.(\d)\.", lambda m: f"layer_{int(m[1]) + 1}."),
+        (r"^classifier\.", "classifier.1."),
+        (r"\.expand\.", ".block.exp_1x1.block."),
+        (r"\.dw\.", ".block.conv_3x3.block."),
+        (r"\.project\.", ".block.red_1x1.block."),
+        (r"\.local_conv\.", ".local_rep.0.block."),
+        (r"\.to_tokens\.", ".local_rep.1.block.conv."),
+        (r"\.transformer\.(\d+)\.", r".global_rep.\1."),
+        (r"\.norm1\.", ".pre_norm_attn.0."),
+        (r"\.attn\.qkv\.", ".pre_norm_attn.1.qkv_proj.block.conv."),
+        (r"\.attn\.proj\.", ".pre_norm_attn.1.out_proj.block.conv."),
+        (r"\.norm2\.", ".pre_norm_ffn.0."),
+        (r"\.mlp\.fc1\.", ".pre_norm_ffn.1.block.conv."),
+        (r"\.mlp\.fc2\.", ".pre_norm_ffn.3.block.conv."),
+        (r"^layer_(\d)\.1\.norm\.", final_norm),
+        (r"\.from_tokens\.", ".conv_proj.block."),
+        (r"\.bn\.", ".norm."),
+    ]
+
+
 def foreign_keys(key: str, source: Source, depths: tuple[int, int, int] = (2, 4, 3),
                  family: str = "v1", task: str = "classification") -> list[str]:
     """Names that `source` uses for our parameter `key` (three for HF's split q/k/v)."""
@@ -179,10 +211,8 @@ def foreign_keys(key: str, source: Source, depths: tuple[int, int, int] = (2, 4,
                                   f"so far, not {source}")
         rules = _HF_SEG_RULES[family]
     elif family == "v2":
-        if source not in ("huggingface", "timm"):
-            raise CheckpointError(f"MobileViTv2 weights load from Hugging Face and timm "
-                                  f"checkpoints only so far, not {source}")
-        rules = _HF_V2_RULES if source == "huggingface" else _TIMM_V2_RULES
+        rules = {"huggingface": _HF_V2_RULES, "timm": _TIMM_V2_RULES}.get(source) \
+            or _mlcvnets_v2_rules(depths)
     else:
         rules = ({"huggingface": _HF_RULES, "timm": _TIMM_RULES}.get(source)
                  or _mlcvnets_rules(depths))
