@@ -251,6 +251,6 @@ def test_mediapipe_image_segmenter_loads_the_android_tflite_and_agrees_with_pyto
     for image, want in zip(images, expected, strict=True):
         result = segmenter.segment(mp.Image(image_format=mp.ImageFormat.SRGB,
                                             data=np.ascontiguousarray(image)))
-        got = result.category_mask.numpy_view()
+        got = result.category_mask.numpy_view().squeeze(-1)  # [H, W, 1] uint8
         assert got.shape == want.shape
         assert (got == want).mean() >= 0.999
