@@ -152,7 +152,8 @@ def matrix(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         flags = ["--coreml-precision", precision] if fmt == "coreml" else [
             "--precision", precision]
-        done = _mvdeploy("export", "-w", str(args.weights), "-r", str(SCENE_SIZE), "-f", fmt,
+        done = _mvdeploy("export", "-m", "deeplabv3_mobilevit_xxs", "-w", str(args.weights),
+                         "-r", str(SCENE_SIZE), "-f", fmt,
                          *flags, "--calibration", str(calibration / "JPEGImages"),
                          "--images", str(report / "JPEGImages"),
                          "-o", str(out), "--json")

@@ -249,7 +249,10 @@ _HELP = _export_help()
 
 @app.command()
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
-@click.option("--model", "-m", help="mobilevit_xxs, mobilevit_xs or mobilevit_s.")
+@click.option("--model", "-m",
+              help="mobilevit_xxs (default), _xs, _s; mobilevitv2_050 ... _200; "
+                   "deeplabv3_mobilevit_xxs / _xs / _s, deeplabv3_mobilevitv2_050 ... "
+                   "(segmentation). It must be the model --weights holds.")
 @click.option("--weights", "-w", metavar="CKPT",
               help="Hugging Face Hub id (apple/mobilevit-xx-small, "
                    "timm/mobilevit_xxs.cvnets_in1k, org/name@revision) or a local checkpoint "

@@ -254,3 +254,32 @@ def test_mediapipe_image_segmenter_loads_the_android_tflite_and_agrees_with_pyto
         got = result.category_mask.numpy_view().squeeze(-1)  # [H, W, 1] uint8
         assert got.shape == want.shape
         assert (got == want).mean() >= 0.999
+
+
+def test_trained_fixture_miou_through_eval_equals_pytorch(tmp_path, capsys):
+    """The done-when's accuracy half: the trained segmentation fixture exported to ONNX and
+    scored by `mvdeploy eval --task segmentation` on held-out digit scenes (digits and
+    backgrounds no training scene has) gives PyTorch's mIoU, clearly above background
+    everywhere; its labels travel in the artifact."""
+    from mvdeploy.fixtures.digit_scenes import CLASSES, scenes
+
+    fixture = segmentation_fixture_dir()
+    report = segmentation.write_voc(tmp_path / "report", *scenes("held-out", 4, seed=7))
+    held_out = segmentation.write_voc(tmp_path / "held-out", *scenes("held-out", 40, seed=0))
+    assert run(["export", "-m", "deeplabv3_mobilevit_xxs", "-w", str(fixture), "-r", "128",
+                "-f", "onnx", "--images", str(report / segmentation.IMAGE_DIR),
+                "-o", str(tmp_path / "out"), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["formats"]
+    assert row["status"] == "passed" and not row["degenerate"]
+    assert run(["eval", row["artifact"], "--task", "segmentation", "--data", str(held_out),
+                "--weights", str(fixture), "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert result["miou"] == pytest.approx(result["reference"]["miou"], abs=1e-3)
+    assert result["agreement"]["pixels"] > 0.999
+    _, truth = scenes("held-out", 40, seed=0)
+    background = float(((truth == 0).sum() / (truth != 255).sum()) / len(CLASSES))
+    assert result["miou"] > 3 * background  # background everywhere scores about 0.07
+    assert run(["predict", row["artifact"], str(held_out / segmentation.IMAGE_DIR / "0000.png"),
+                "--masks", str(tmp_path / "masks"), "--json"]) == 0
+    (found,) = json.loads(capsys.readouterr().out)
+    assert {c["label"] for c in found["classes"]} <= set(CLASSES)

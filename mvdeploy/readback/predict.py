@@ -50,7 +50,9 @@ def _check_record(meta: dict, info: dict) -> None:
     """The record must fit the file it describes: as many labels as outputs, and the input's
     own height and width (a record of another export would classify into the wrong names)."""
     out_shape = (info.get("outputs") or [{}])[0].get("shape") or []  # a classifier: none
-    classes = out_shape[-1] if out_shape else None
+    # the class axis: last for [B, classes] and NHWC per-pixel scores, 1 for NCHW ones
+    nchw_pixels = len(out_shape) == 4 and meta["preprocessing"].get("input_layout") != "NHWC"
+    classes = (out_shape[1] if nchw_pixels else out_shape[-1]) if out_shape else None
     labels = meta.get("labels")
     if labels and isinstance(classes, int) and len(labels) != classes:
         raise ArtifactError(f"the record for {info['file']} lists {len(labels)} labels but the "
