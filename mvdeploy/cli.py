@@ -551,39 +551,40 @@ def eval_command(artifacts: tuple[str, ...], data: str, task: str | None, limit:
                                      threads=threads, task=task, progress=advance)
     if as_json:
         print(json.dumps(results, indent=2))
-    elif any(r.get("task") == "segmentation" for r in results):
-        _print_segmentation_eval(data, results)
     else:
-        table = Table(title=f"Accuracy on {data}", box=box.SIMPLE_HEAD)
-        for col in ("artifact", "format", "precision", "images", "top-1", "top-5",
-                    "PyTorch top-1", "same top-1"):
-            table.add_column(col, no_wrap=col != "artifact")
-        for r in results:
-            if "error" in r:
-                table.add_row(Text(r["artifact"]), r["format"], r["precision"], "-", "-", "-",
-                              "-", "-")
-                continue
-            table.add_row(Text(r["artifact"]), r["format"], r["precision"], str(r["images"]),
-                          f"{r['top1']:.2%}", f"{r['top5']:.2%}",
-                          f"{r['reference']['top1']:.2%}" if "reference" in r else "-",
-                          f"{r['agreement']['top1']:.2%}" if "agreement" in r else "-")
-        console.print(table)
+        _print_eval_table(data, results)
     _print_unreadable_and_errors(results, as_json)
 
 
-def _print_segmentation_eval(data: str, results: list[dict]) -> None:
-    table = Table(title=f"Segmentation on {data}", box=box.SIMPLE_HEAD)
-    for col in ("artifact", "format", "precision", "images", "mIoU", "pixel acc.",
-                "PyTorch mIoU", "same pixels"):
+# eval's table per task: title, then (header, where in a result, format) per score column
+_EVAL_COLUMNS = {
+    "classification": ("Accuracy", (("top-1", ("top1",), "{:.2%}"), ("top-5", ("top5",), "{:.2%}"),
+                                    ("PyTorch top-1", ("reference", "top1"), "{:.2%}"),
+                                    ("same top-1", ("agreement", "top1"), "{:.2%}"))),
+    "segmentation": ("Segmentation", (("mIoU", ("miou",), "{:.4f}"),
+                                      ("pixel acc.", ("pixel_accuracy",), "{:.2%}"),
+                                      ("PyTorch mIoU", ("reference", "miou"), "{:.4f}"),
+                                      ("same pixels", ("agreement", "pixels"), "{:.2%}"))),
+}
+
+
+def _print_eval_table(data: str, results: list[dict]) -> None:
+    task = next((r["task"] for r in results if "task" in r), "classification")
+    title, columns = _EVAL_COLUMNS[task]
+    table = Table(title=f"{title} on {data}", box=box.SIMPLE_HEAD)
+    for col in ("artifact", "format", "precision", "images", *(c[0] for c in columns)):
         table.add_column(col, no_wrap=col != "artifact")
+
+    def cell(result: dict, where: tuple[str, ...], fmt: str) -> str:
+        for key in where:
+            if not isinstance(result, dict) or key not in result:
+                return "-"
+            result = result[key]
+        return fmt.format(result)
+
     for r in results:
-        if "error" in r:
-            table.add_row(Text(r["artifact"]), r["format"], r["precision"], *["-"] * 5)
-            continue
-        table.add_row(Text(r["artifact"]), r["format"], r["precision"], str(r["images"]),
-                      f"{r['miou']:.4f}", f"{r['pixel_accuracy']:.2%}",
-                      f"{r['reference']['miou']:.4f}" if "reference" in r else "-",
-                      f"{r['agreement']['pixels']:.2%}" if "agreement" in r else "-")
+        table.add_row(Text(r["artifact"]), r["format"], r["precision"],
+                      str(r.get("images", "-")), *(cell(r, w, f) for _, w, f in columns))
     console.print(table)
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,6 +89,18 @@ def seeded_state(keys: list[tuple[str, tuple[int, ...], str]], seed: int = 0
     gen = torch.Generator().manual_seed(seed)
     return {name: perturbed_value(name, shape, gen) if dtype.startswith("float")
             else torch.zeros(shape, dtype=getattr(torch, dtype)) for name, shape, dtype in keys}
+
+
+def recorded_timm_state(path: Path, seed: int) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    """The state dict tests/data/record_timm_reference.py recorded in `path` (drawn with
+    `seed`) and timm's logits for the bundled photos."""
+    data = np.load(path)
+    keys = [(str(n), tuple(int(d) for d in s.split(",") if d), str(t)) for n, s, t in
+            zip(data["key_names"], data["key_shapes"], data["key_dtypes"], strict=True)]
+    state = seeded_state(keys, seed=seed)
+    state.update({n.removeprefix("state/"): torch.from_numpy(data[n])
+                  for n in data.files if n.startswith("state/")})
+    return state, data["logits"]
 
 
 def input_sensitive_(module: torch.nn.Module, head: torch.nn.Linear, seed: int = 0,
@@ -178,3 +191,25 @@ def once_across_workers(tmp_path_factory, name: str, build: Callable[[Path], Any
 def extended(*values) -> Any:
     """A parametrize case of the `extended` tier, which CI skips (tests/conftest.py)."""
     return pytest.param(*values, marks=pytest.mark.extended)
+
+
+def export_hub_id_to_every_format(model: str, repo: str, cache: Path, out: Path) -> dict:
+    """`mvdeploy export --model MODEL --weights REPO` to ONNX, TFLite, Core ML (fp32, numbers
+    from the reference executor) and ExecuTorch, offline from the hub cache `cache`, as a user
+    runs it; every format must pass with an input-sensitive reference. Returns format -> row."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "mvdeploy.cli", "export", "--model", model, "--weights", repo,
+         "-f", "onnx,tflite,coreml,executorch", "--coreml-precision", "fp32", "-o", str(out),
+         "--json"], capture_output=True, text=True, timeout=900,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)})
+    assert done.returncode == 0, done.stderr
+    report = {f["format"]: f for f in json.loads(done.stdout)["formats"]}
+    assert set(report) == {"onnx", "tflite", "coreml", "executorch"}
+    for fmt, row in report.items():
+        assert row["status"] == "passed" and not row["degenerate"], (fmt, row)
+    assert report["coreml"]["snr_db"] > 60  # checked on numbers, not structurally only
+    return report
+

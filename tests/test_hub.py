@@ -20,7 +20,7 @@ from mvdeploy.errors import CheckpointError
 from mvdeploy.models import create_model
 from mvdeploy.models.hub import parse_hub_id
 from mvdeploy.models.weights import TELLTALE_KEYS, detect_source, load_pretrained, save_checkpoint
-from tests.helpers import APPLE_PREPROCESSOR, lay_out_hub_cache, needs, seeded_state
+from tests.helpers import APPLE_PREPROCESSOR, lay_out_hub_cache, needs, recorded_timm_state
 
 # Apple's preprocessor_config.json for apple/mobilevit-xx-small, in its (older) integer form
 # timm's hub config.json for timm/mobilevit_xxs.cvnets_in1k (10 classes here)
@@ -37,14 +37,7 @@ TIMM_REFERENCE = Path(__file__).with_name("data") / "timm_mobilevit_xxs.npz"
 
 def timm_state() -> tuple[dict[str, torch.Tensor], np.ndarray]:
     """The state dict recorded by tests/data/record_timm_reference.py and timm's logits."""
-    data = np.load(TIMM_REFERENCE)
-    keys = [(str(n), tuple(int(d) for d in s.split(",") if d), str(t)) for n, s, t in
-            zip(data["key_names"], data["key_shapes"], data["key_dtypes"], strict=True)]
-    state = seeded_state(keys, seed=3)
-    for name in data.files:
-        if name.startswith("state/"):
-            state[name.removeprefix("state/")] = torch.from_numpy(data[name])
-    return state, data["logits"]
+    return recorded_timm_state(TIMM_REFERENCE, seed=3)
 
 
 @pytest.fixture

@@ -5,9 +5,6 @@ Hugging Face folders and hub ids, and exports to every format (the issue's done-
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +34,11 @@ from mvdeploy.models.weights import (
 )
 from tests.helpers import (
     APPLE_V2_PREPROCESSOR,
+    export_hub_id_to_every_format,
     input_sensitive_,
     lay_out_hub_cache,
     needs,
-    seeded_state,
+    recorded_timm_state,
 )
 
 transformers = pytest.importorskip("transformers")
@@ -222,18 +220,7 @@ def test_export_v2_hub_id_to_every_format_reproduces_transformers(tmp_path):
     repo = "apple/mobilevitv2-1.0-imagenet1k-256"
     lay_out_hub_cache(cache, repo, {n: directory / n for n in (
         "config.json", "model.safetensors", "preprocessor_config.json")})
-    out = tmp_path / "out"
-    done = subprocess.run(
-        [sys.executable, "-m", "mvdeploy.cli", "export", "--model", "mobilevitv2_100",
-         "--weights", repo, "-f", "onnx,tflite,coreml,executorch", "--coreml-precision", "fp32",
-         "-o", str(out), "--json"], capture_output=True, text=True, timeout=900,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)})
-    assert done.returncode == 0, done.stderr
-    report = {f["format"]: f for f in json.loads(done.stdout)["formats"]}
-    assert set(report) == {"onnx", "tflite", "coreml", "executorch"}
-    for fmt, row in report.items():
-        assert row["status"] == "passed" and not row["degenerate"], (fmt, row)
-    assert report["coreml"]["snr_db"] > 60  # checked on numbers, not structurally only
+    report = export_hub_id_to_every_format("mobilevitv2_100", repo, cache, tmp_path / "out")
 
     processor = MobileViTImageProcessor.from_pretrained(repo, cache_dir=cache,
                                                         local_files_only=True)
@@ -276,7 +263,7 @@ TIMM_V2_REFERENCE = Path(__file__).with_name("data") / "timm_mobilevitv2_050.npz
 
 
 def test_timm_v2_state_dict_loads_with_timm_logits(tmp_path):
-    """A timm MobileViTv2 state dict (tests/data/record_timm_v2_reference.py: timm 1.0.31's
+    """A timm MobileViTv2 state dict (tests/data/record_timm_reference.py: timm 1.0.31's
     own key list and logits) is recognised as timm's v2, gets timm's v2 preprocessing (RGB,
     bicubic, crop_pct 0.888) and gives timm's logits on real photos; a timm hub folder
     (config.json with pretrained_cfg) names the width."""
@@ -284,12 +271,7 @@ def test_timm_v2_state_dict_loads_with_timm_logits(tmp_path):
 
     from mvdeploy.models.weights import TIMM_PREPROCESSING, detect_source
 
-    data = np.load(TIMM_V2_REFERENCE)
-    keys = [(str(n), tuple(int(d) for d in s.split(",") if d), str(t)) for n, s, t in
-            zip(data["key_names"], data["key_shapes"], data["key_dtypes"], strict=True)]
-    state = seeded_state(keys, seed=4)
-    state.update({n.removeprefix("state/"): torch.from_numpy(data[n])
-                  for n in data.files if n.startswith("state/")})
+    state, expected = recorded_timm_state(TIMM_V2_REFERENCE, seed=4)
     assert detect_source(state, "x") == "timm"
     save_file(state, str(tmp_path / "timm.safetensors"))
     model = load_pretrained(tmp_path / "timm.safetensors")
@@ -298,7 +280,6 @@ def test_timm_v2_state_dict_loads_with_timm_logits(tmp_path):
     x, _, _ = load_images(sample_image_paths(), 256, 256, model.preprocessing)
     with torch.no_grad():
         ours = model(torch.from_numpy(x)).numpy()
-    expected = data["logits"]
     assert len(set(expected.argmax(1).tolist())) >= 3  # the reference tells photos apart
     assert np.abs(ours - expected).max() <= 1e-4 * np.abs(expected).max()
 

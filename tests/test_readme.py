@@ -15,8 +15,8 @@ paste. Two checks:
   and exits 0.
 
 A block right after `<!-- readme-order: not run (why) -->` is checked but not run: the digits
-and segmentation fixtures' retraining (it rewrites the shipped checkpoint), the full patch-size study and the
-peer study.
+and segmentation fixtures' retraining (it rewrites the shipped checkpoint), the full patch-size
+study and the peer study.
 """
 
 from __future__ import annotations

@@ -141,50 +141,26 @@ _TIMM_V2_RULES: list[_Rule] = [
 ]
 
 
-def _mlcvnets_rules(depths: tuple[int, int, int]) -> list[_Rule]:
-    # ml-cvnets keeps the block's final LayerNorm as global_rep[depth]: the index depends on depth
-    def final_norm(m: re.Match) -> str:
-        return f"layer_{m[1]}.1.global_rep.{depths[int(m[1]) - 3]}."
-
-    return [
-        (r"^stem\.", "conv_1.block."),
-        (r"^stages\.(\d)\.", lambda m: f"layer_{int(m[1]) + 1}."),
+# ml-cvnets' MobileViT blocks: v1's (mobilevit.py) and v2's (mobilevit_v2.py, as transformers'
+# models/mobilevitv2/convert_mlcvnets_to_pytorch.py reads them: local_rep.0 / .1, pre_norm_attn /
+# pre_norm_ffn over 1x1 ConvLayer2d blocks)
+_MLCVNETS_BLOCKS: dict[str, list[_Rule]] = {
+    "v1": [
         (r"^head_conv\.", "conv_1x1_exp.block."),
         (r"^classifier\.", "classifier.fc."),
-        (r"\.expand\.", ".block.exp_1x1.block."),
-        (r"\.dw\.", ".block.conv_3x3.block."),
-        (r"\.project\.", ".block.red_1x1.block."),
         (r"\.local_conv\.", ".local_rep.conv_3x3.block."),
         (r"\.to_tokens\.", ".local_rep.conv_1x1.block.conv."),
-        (r"\.transformer\.(\d+)\.norm1\.", r".global_rep.\1.pre_norm_mha.0."),
-        (r"\.transformer\.(\d+)\.attn\.qkv\.", r".global_rep.\1.pre_norm_mha.1.qkv_proj."),
-        (r"\.transformer\.(\d+)\.attn\.proj\.", r".global_rep.\1.pre_norm_mha.1.out_proj."),
-        (r"\.transformer\.(\d+)\.norm2\.", r".global_rep.\1.pre_norm_ffn.0."),
-        (r"\.transformer\.(\d+)\.mlp\.fc1\.", r".global_rep.\1.pre_norm_ffn.1."),
-        (r"\.transformer\.(\d+)\.mlp\.fc2\.", r".global_rep.\1.pre_norm_ffn.4."),
-        (r"^layer_(\d)\.1\.norm\.", final_norm),
-        (r"\.from_tokens\.", ".conv_proj.block."),
+        (r"\.transformer\.(\d+)\.", r".global_rep.\1."),
+        (r"\.norm1\.", ".pre_norm_mha.0."),
+        (r"\.attn\.qkv\.", ".pre_norm_mha.1.qkv_proj."),
+        (r"\.attn\.proj\.", ".pre_norm_mha.1.out_proj."),
+        (r"\.norm2\.", ".pre_norm_ffn.0."),
+        (r"\.mlp\.fc1\.", ".pre_norm_ffn.1."),
+        (r"\.mlp\.fc2\.", ".pre_norm_ffn.4."),
         (r"\.fusion\.", ".fusion.block."),
-        (r"\.bn\.", ".norm."),
-    ]
-
-
-def _mlcvnets_v2_rules(depths: tuple[int, int, int]) -> list[_Rule]:
-    """ml-cvnets' MobileViTv2 names (its mobilevit_v2.py, as transformers'
-    models/mobilevitv2/convert_mlcvnets_to_pytorch.py reads them): v1's stages and MV2 blocks,
-    local_rep.0 / local_rep.1 for the local convs, pre_norm_attn / pre_norm_ffn for the linear
-    transformer (1x1 convs in ConvLayer2d blocks), the final norm as global_rep[depth] and the
-    classifier as classifier.1 (after its pooling)."""
-    def final_norm(m: re.Match) -> str:
-        return f"layer_{m[1]}.1.global_rep.{depths[int(m[1]) - 3]}."
-
-    return [
-        (r"^stem\.", "conv_1.block."),
-        (r"^stages\.(\d)\.", lambda m: f"layer_{int(m[1]) + 1}."),
-        (r"^classifier\.", "classifier.1."),
-        (r"\.expand\.", ".block.exp_1x1.block."),
-        (r"\.dw\.", ".block.conv_3x3.block."),
-        (r"\.project\.", ".block.red_1x1.block."),
+    ],
+    "v2": [
+        (r"^classifier\.", "classifier.1."),  # after its global pooling
         (r"\.local_conv\.", ".local_rep.0.block."),
         (r"\.to_tokens\.", ".local_rep.1.block.conv."),
         (r"\.transformer\.(\d+)\.", r".global_rep.\1."),
@@ -194,6 +170,22 @@ def _mlcvnets_v2_rules(depths: tuple[int, int, int]) -> list[_Rule]:
         (r"\.norm2\.", ".pre_norm_ffn.0."),
         (r"\.mlp\.fc1\.", ".pre_norm_ffn.1.block.conv."),
         (r"\.mlp\.fc2\.", ".pre_norm_ffn.3.block.conv."),
+    ],
+}
+
+
+def _mlcvnets_rules(depths: tuple[int, int, int], family: str = "v1") -> list[_Rule]:
+    # ml-cvnets keeps the block's final LayerNorm as global_rep[depth]: the index depends on depth
+    def final_norm(m: re.Match) -> str:
+        return f"layer_{m[1]}.1.global_rep.{depths[int(m[1]) - 3]}."
+
+    return [
+        (r"^stem\.", "conv_1.block."),
+        (r"^stages\.(\d)\.", lambda m: f"layer_{int(m[1]) + 1}."),
+        (r"\.expand\.", ".block.exp_1x1.block."),
+        (r"\.dw\.", ".block.conv_3x3.block."),
+        (r"\.project\.", ".block.red_1x1.block."),
+        *_MLCVNETS_BLOCKS[family],
         (r"^layer_(\d)\.1\.norm\.", final_norm),
         (r"\.from_tokens\.", ".conv_proj.block."),
         (r"\.bn\.", ".norm."),
@@ -212,7 +204,7 @@ def foreign_keys(key: str, source: Source, depths: tuple[int, int, int] = (2, 4,
         rules = _HF_SEG_RULES[family]
     elif family == "v2":
         rules = {"huggingface": _HF_V2_RULES, "timm": _TIMM_V2_RULES}.get(source) \
-            or _mlcvnets_v2_rules(depths)
+            or _mlcvnets_rules(depths, "v2")
     else:
         rules = ({"huggingface": _HF_RULES, "timm": _TIMM_RULES}.get(source)
                  or _mlcvnets_rules(depths))

@@ -1,4 +1,5 @@
-"""Classify (or segment) photos with an exported artifact, using the preprocessing the artifact declares.
+"""Classify (or segment) photos with an exported artifact, using the preprocessing the
+artifact declares.
 
 The preprocessing and labels come from the metadata embedded in the file, not from flags, so
 what runs here is what an app reading that metadata would do.
