@@ -193,7 +193,8 @@ def extended(*values) -> Any:
     return pytest.param(*values, marks=pytest.mark.extended)
 
 
-def export_hub_id_to_every_format(model: str, repo: str, cache: Path, out: Path) -> dict:
+def export_hub_id_to_every_format(model: str, repo: str, cache: Path, out: Path,
+                                  *flags: str) -> dict:
     """`mvdeploy export --model MODEL --weights REPO` to ONNX, TFLite, Core ML (fp32, numbers
     from the reference executor) and ExecuTorch, offline from the hub cache `cache`, as a user
     runs it; every format must pass with an input-sensitive reference. Returns format -> row."""
@@ -203,7 +204,7 @@ def export_hub_id_to_every_format(model: str, repo: str, cache: Path, out: Path)
     done = subprocess.run(
         [sys.executable, "-m", "mvdeploy.cli", "export", "--model", model, "--weights", repo,
          "-f", "onnx,tflite,coreml,executorch", "--coreml-precision", "fp32", "-o", str(out),
-         "--json"], capture_output=True, text=True, timeout=900,
+         "--json", *flags], capture_output=True, text=True, timeout=900,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)})
     assert done.returncode == 0, done.stderr
     report = {f["format"]: f for f in json.loads(done.stdout)["formats"]}

@@ -210,7 +210,8 @@ def test_readme_commands_are_found_in_order():
     assert "apple/mobilevit-xx-small" in second.argv
     assert not [c for c in commands if c.argv[0] in ("pip", "python3")]
     long_suites = ("benchmarks/patch_size_study.toml", "benchmarks/peer_study.toml",
-                   "benchmarks/openvino_study.toml", "benchmarks/patch_size_study_v2.toml")
+                   "benchmarks/openvino_study.toml", "benchmarks/patch_size_study_v2.toml",
+                   "benchmarks/patch_size_study_seg.toml")
     assert [c for c in commands if not c.runs] == [
         c for c in commands if c.argv[1:3] in (("benchmarks/digits_fixture.py", "train"),
                                                ("benchmarks/seg_fixture.py", "train"))

@@ -48,7 +48,9 @@ def voc_folder(root, photos, masks) -> None:
         segmentation.colour_mask(mask).save(root / segmentation.MASK_DIR / f"{index:03}.png")
 
 
-@pytest.mark.slow  # the trained fixture's test below proves the same path in the fast suite
+# CI time: the trained fixture's test below proves the same path in the fast suite
+@pytest.mark.slow
+@pytest.mark.extended
 def test_seeded_deeplab_exports_validates_predicts_and_evals(tmp_path, capsys):
     """ONNX at 64²: the manifest records the task and per-pixel shape, the reference masks
     vary (so agreement means something), predict writes a VOC-coloured mask whose pixels are
@@ -100,6 +102,24 @@ def test_seeded_deeplab_exports_validates_predicts_and_evals(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)[0]["miou"] < 0.05
 
 
+def test_softmax_head_is_over_the_class_axis():
+    """The probabilities head (tflite.softmax_output, Core ML's classifier) normalises over
+    classes: per row for [B, classes], per pixel for [B, classes, h, w]."""
+    from mvdeploy.models.heads import WithSoftmax
+    from mvdeploy.tensor_names import OUTPUT_NAME, PROBS_NAME
+
+    class Scores(torch.nn.Module):
+        def forward(self, pixel_values):
+            return {OUTPUT_NAME: pixel_values}
+
+    x = torch.randn(2, 21, 4, 5)
+    probs = WithSoftmax(Scores())(x)[PROBS_NAME]
+    assert torch.allclose(probs, torch.softmax(x, dim=1))
+    assert torch.allclose(probs.sum(1), torch.ones(2, 4, 5))
+    rows = torch.randn(3, 10)
+    assert torch.allclose(WithSoftmax(Scores())(rows)[PROBS_NAME], torch.softmax(rows, -1))
+
+
 def test_segmentation_refusals_are_one_line(tmp_path, capsys):
     out = str(tmp_path / "out")
     assert run(["export", "-m", "deeplabv3_mobilevit_xxs", "-f", "coreml", "--set",
@@ -111,7 +131,10 @@ def test_segmentation_refusals_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+# CI time: the MediaPipe test below proves NHWC per-pixel output, and
+# test_softmax_head_is_over_the_class_axis the per-pixel softmax
 @pytest.mark.slow
+@pytest.mark.extended
 @needs("tflite")
 def test_android_tflite_gives_per_pixel_probabilities_nhwc(tmp_path, capsys):
     """--channels-last with softmax: NHWC in, NHWC [1, h, w, 21] probabilities out (what
@@ -144,15 +167,17 @@ def test_export_deeplab_hub_id_to_every_format_reproduces_transformers(tmp_path)
     lay_out_hub_cache(cache, repo, {"config.json": directory / "config.json",
                                     "model.safetensors": directory / "model.safetensors",
                                     "preprocessor_config.json": APPLE_SEG_PREPROCESSOR})
+    # at 128² (the conversions of a 512² input take minutes), the crop ratio of 512 / 544
     report = export_hub_id_to_every_format("deeplabv3_mobilevit_xxs", repo, cache,
-                                           tmp_path / "out")
+                                           tmp_path / "out", "-r", "128")
     for fmt, row in report.items():
         assert row["pixel_agreement"] > 0.999, (fmt, row)
 
     processor = MobileViTImageProcessor.from_pretrained(repo, cache_dir=cache,
                                                         local_files_only=True)
     photos = [Image.open(p).convert("RGB") for p in sample_image_paths()]
-    pixels = processor(photos, return_tensors="pt", crop_size=256, size=272)["pixel_values"]
+    # mvdeploy keeps the checkpoint's crop ratio: shorter side floor(128 * 544 / 512) = 136
+    pixels = processor(photos, return_tensors="pt", crop_size=128, size=136)["pixel_values"]
     with torch.no_grad():
         expected = hf(pixel_values=pixels).logits.numpy()
     masks = expected.argmax(1)  # the reference tells photos and pixels apart
