@@ -235,6 +235,9 @@ def test_mediapipe_image_segmenter_loads_the_android_tflite_and_agrees_with_pyto
     upsamples the logits bilinearly with aligned corners before the argmax (measured against
     it); the scenes are fed at 128x128, so MediaPipe's own resize changes nothing."""
     pytest.importorskip("mediapipe")
+    import subprocess
+    import sys
+
     import mediapipe as mp
     import torch.nn.functional as F
     from mediapipe.tasks.python import BaseOptions, vision
@@ -245,9 +248,14 @@ def test_mediapipe_image_segmenter_loads_the_android_tflite_and_agrees_with_pyto
 
     fixture = segmentation_fixture_dir()
     out = tmp_path / "android"
-    assert run(["export", "export_configs/deeplabv3_mobilevit_xxs_android.toml", "--set",
-                f"model.weights={fixture}", "--set", "model.resolution=128", "--set",
-                f"export.out={out}", "-f", "tflite"]) == 0
+    # the command as a user runs it, in its own process: a converter forked from this test
+    # process (which has run onnxruntime sessions) once hung on a lock held at fork time
+    done = subprocess.run(
+        [sys.executable, "-m", "mvdeploy.cli", "export",
+         "export_configs/deeplabv3_mobilevit_xxs_android.toml", "--set",
+         f"model.weights={fixture}", "--set", "model.resolution=128", "--set",
+         f"export.out={out}", "-f", "tflite"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
     (tflite,) = (out / "tflite").glob("*.tflite")
     segmenter = vision.ImageSegmenter.create_from_options(vision.ImageSegmenterOptions(
         base_options=BaseOptions(model_asset_path=str(tflite)), output_category_mask=True,
