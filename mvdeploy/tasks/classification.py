@@ -86,8 +86,8 @@ def labelled_images(folder: str | Path, labels: list[str] | None, num_classes: i
             f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}; each folder name "
             f"must be {how} (the model has {num_classes} classes)")
     items = [(path, index[name]) for path, name in pairs]  # type: ignore[misc]
-    if limit is not None and limit < len(items):
-        items = [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
+    if limit is not None:
+        items = spread_evenly(items, limit)
     return LabelledImages(Path(folder), items)
 
 
@@ -140,6 +140,14 @@ def labelled_reference(folder: str | Path, model, height: int, width: int,
     images = labelled_images(folder, model.class_labels, model.num_classes)
     predictions = predict_top(torch_runner(model), images, height, width, prep)
     return LabelledReference(images, height, width, prep, predictions)
+
+
+def spread_evenly(items: list, limit: int) -> list:
+    """`limit` items spread evenly over `items`, first and last included (a folder's first
+    files may all be alike); all of them when there are no more than `limit`."""
+    if limit >= len(items):
+        return items
+    return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
 
 
 def open_labelled(folder: str | Path, labels: list[str] | None, num_classes: int,

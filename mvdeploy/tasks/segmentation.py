@@ -316,11 +316,7 @@ def open_labelled(folder: str | Path, labels: list[str] | None, num_classes: int
                   limit: int | None = None) -> list[tuple[Path, Path]]:
     """`mvdeploy eval`'s data: a VOC-layout folder's (photo, mask) pairs."""
     pairs = voc_pairs(folder)
-    if not limit or limit >= len(pairs):
-        return pairs
-    # spread over the folder, as classification's limit is (its first files may be alike)
-    return [pairs[i] for i in sorted({round(i * (len(pairs) - 1) / max(limit - 1, 1))
-                                      for i in range(limit)})]
+    return classification.spread_evenly(pairs, limit) if limit else pairs
 
 
 def evaluate(run, pairs: list[tuple[Path, Path]], num_classes: int, height: int, width: int,
