@@ -194,7 +194,7 @@ def _export_overrides(**flags) -> dict:
         "model": "model.name", "weights": "model.weights", "patch": "model.patch",
         "resolution": "model.resolution", "fold": "model.fold", "formats": "export.formats",
         "out": "export.out", "layout": "export.layout", "batch": "export.batch",
-        "dynamic_batch": "export.dynamic_batch",
+        "dynamic_batch": "export.dynamic_batch", "mask": "export.mask",
         "images": "validate.images", "labelled": "validate.labelled_images",
         "precision": "quantize.precision",
         "calibration": "quantize.calibration_images",
@@ -269,6 +269,9 @@ _HELP = _export_help()
 @click.option("--batch", type=click.IntRange(min=1),
               help="Fixed batch size of the artifacts (default 1).")
 @click.option("--dynamic-batch", is_flag=True, default=None, help=_HELP["dynamic_batch"])
+@click.option("--mask", is_flag=True, default=None,
+              help="Segmentation: output the class index of every input pixel (int32 "
+                   "[B, H, W], named mask) instead of logits at 1/16 of the input.")
 @_format_flags
 # the choices are models.FOLD_IMPLS, written out: importing models would import torch
 @click.option("--fold", type=click.Choice(["auto", "nhwc", "rank4", "permute"]),
@@ -580,7 +583,7 @@ def _print_eval_table(data: str, results: list[dict]) -> None:
             if not isinstance(result, dict) or key not in result:
                 return "-"
             result = result[key]
-        return fmt.format(result)
+        return "-" if result is None else fmt.format(result)
 
     for r in results:
         table.add_row(Text(r["artifact"]), r["format"], r["precision"],
@@ -930,7 +933,8 @@ def _print_export_table(result, rows: list[dict]) -> None:
         # agreement with a reference that gives one answer for everything proves nothing
         metrics = ["n/a" if row["degenerate"] and ("agreement" in k or k == "mask_miou")
                    else f(row) if callable(f)
-                   else f.format(row[k]) if k in row else "-" for k, f in shown]
+                   else f.format(row[k]) if row.get(k) is not None else "-"
+                   for k, f in shown]
         speed = ([f"{row['speedup']:.2f}" if "speedup" in row else "-"] if timed else [])
         table.add_row(row["format"], row["precision"] or "-", str(row.get("size_mb", "-")),
                       status, *metrics, *speed, f"{row['seconds']:.0f}")
@@ -953,8 +957,9 @@ def _print_export_table(result, rows: list[dict]) -> None:
             if "artifact_miou" in acc:  # segmentation: a VOC-layout folder
                 console.print(f"{row['format']}: mIoU on {acc['images']} labelled images "
                               f"{acc['artifact_miou']:.3f} (PyTorch {acc['reference_miou']:.3f}),"
-                              f" pixel accuracy {acc['artifact_pixel_accuracy']:.1%}, same class "
-                              f"as PyTorch on {acc['agreement_pixels']:.1%} of output pixels",
+                              f" pixel accuracy {acc['artifact_pixel_accuracy']:.1%}"
+                              + (f", same class as PyTorch on {acc['agreement_pixels']:.1%} of "
+                                 "output pixels" if acc["agreement_pixels"] is not None else ""),
                               markup=False, highlight=False)
                 continue
             console.print(f"{row['format']}: top-1 accuracy on {acc['images']} labelled images "

@@ -70,7 +70,7 @@ EXTENDED_CONFIGS = {"mobilevit_xs_B_android", "mobilevit_xs_B_ios", "mobilevit_s
                     "mobilevit_s_B_android",
                     "mobilevit_xxs_A_android", "mobilevit_xxs_A_ios",
                     # at 512²; tests/test_segmentation_export.py exports it at 128 for MediaPipe
-                    "deeplabv3_mobilevit_xxs_android"}
+                    "deeplabv3_mobilevit_xxs_android", "deeplabv3_mobilevit_xxs_ios"}
 
 
 @pytest.mark.slow

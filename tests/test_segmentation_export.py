@@ -129,6 +129,90 @@ def test_segmentation_refusals_are_one_line(tmp_path, capsys):
                 "export.layout=hf", "-o", out]) == 2
     assert "segmentation model" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    # --mask: only for segmentation, not with a search that compares logits or a softmax
+    for args, said in ((["-m", "mobilevit_xxs", "-f", "onnx"], "is a classification model"),
+                       (["-m", "deeplabv3_mobilevit_xxs", "-f", "onnx", "--precision",
+                         "int8-static"], "float-group search compares logits"),
+                       (["-m", "deeplabv3_mobilevit_xxs", "-f", "tflite", "--set",
+                         "tflite.softmax_output=true"], "no scores to soften")):
+        assert run(["export", *args, "--mask", "-o", out]) == 2
+        err = capsys.readouterr().err
+        assert said in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_mask_head_is_the_argmax_of_upsampled_logits():
+    """export.mask's head gives, inside the model, what `predict` computes from logits: the
+    argmax of the logits upsampled bilinearly to the input (align_corners=False), int32."""
+    from mvdeploy.models import create_model
+    from mvdeploy.models.heads import ArgmaxMask
+
+    model = create_model("deeplabv3_mobilevit_xxs").eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        got, logits = ArgmaxMask(model)(x), model(x).numpy()
+    assert got.dtype == torch.int32 and got.shape == (2, 64, 96)
+    want = segmentation.masks(segmentation.upsample(logits, 64, 96))
+    assert len(np.unique(want)) > 1
+    assert (got.numpy() == want).all()
+
+
+def test_mask_comparison_counts_decisive_pixels_and_catches_a_wrong_mask():
+    """A mask artifact is compared with PyTorch's upsampled logits: near-tie pixels do not
+    count against it, a mask off by one class fails, and the score metrics are absent."""
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(2, 5, 8, 8)).astype(np.float32)
+    scores[0, :, 0, 0] = [3.0, 3.0 + 1e-6, 0, 0, 0]  # a near tie
+    right = segmentation.masks(scores).astype(np.int32)
+    m = segmentation.compare(scores, right)
+    assert m.top1_agreement == 1.0 and m.mask_miou == 1.0 and m.snr_db is None
+    flipped = right.copy()
+    flipped[0, 0, 0] = 0  # the other side of the tie: not decisive, not counted
+    m = segmentation.compare(scores, flipped)
+    assert m.top1_agreement < 1.0 and m.top1_agreement_decisive == 1.0
+    wrong = segmentation.compare(scores, (right + 1) % 5)
+    assert wrong.top1_agreement_decisive == 0.0 and wrong.mask_miou == 0.0
+    with pytest.raises(ValueError, match="mask"):
+        segmentation.compare(scores, right[:, :4])
+
+
+def test_trained_fixture_mask_export_predicts_and_evals_as_pytorch(tmp_path, capsys):
+    """--mask on the trained fixture (ONNX at 128²): the artifact outputs int32 class indices
+    at the input's size, validation gates them on PyTorch's upsampled argmax, `predict` writes
+    them as they are, and `eval` scores them to PyTorch's mIoU."""
+    from mvdeploy.fixtures.digit_scenes import scenes
+
+    fixture = segmentation_fixture_dir()
+    report = segmentation.write_voc(tmp_path / "report", *scenes("held-out", 4, seed=7))
+    held_out = segmentation.write_voc(tmp_path / "held-out", *scenes("held-out", 12, seed=0))
+    assert run(["export", "-m", "deeplabv3_mobilevit_xxs", "-w", str(fixture), "-r", "128",
+                "-f", "onnx", "--mask", "--images", str(report / segmentation.IMAGE_DIR),
+                "-o", str(tmp_path / "out"), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["formats"]
+    assert row["status"] == "passed" and not row["degenerate"], row["failures"]
+    assert row["pixel_agreement_decisive"] >= 0.999 and row["snr_db"] is None
+    manifest = json.loads((tmp_path / "out" / "onnx" / "manifest.json").read_text())
+    assert manifest["artifact"]["outputs"] == [
+        {"name": "mask", "shape": [1, 128, 128], "dtype": "int32"}]
+    assert run(["eval", row["artifact"], "--task", "segmentation", "--data", str(held_out),
+                "--weights", str(fixture), "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert result["miou"] == pytest.approx(result["reference"]["miou"], abs=2e-3)
+    assert result["miou"] > 0.2  # background everywhere scores about 0.07
+    photo = held_out / segmentation.IMAGE_DIR / "0000.png"
+    assert run(["predict", row["artifact"], str(photo), "--masks", str(tmp_path / "masks"),
+                "--json"]) == 0
+    capsys.readouterr()
+    from mvdeploy.models.weights import load_pretrained
+
+    model = load_pretrained(fixture)
+    x = segmentation.read_pair(photo, held_out / segmentation.MASK_DIR / "0000.png", 128, 128,
+                               model.preprocessing)[0]
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x[None])).numpy()
+    want = segmentation.masks(segmentation.upsample(logits, 128, 128))[0]
+    written = np.asarray(Image.open(tmp_path / "masks" / "0000_mask.png"))
+    assert len(np.unique(want)) >= 3 and (written == want).mean() >= 0.999
 
 
 # CI time: the MediaPipe test below proves NHWC per-pixel output, and
@@ -309,3 +393,52 @@ def test_trained_fixture_miou_through_eval_equals_pytorch(tmp_path, capsys):
     assert run(["snippet", row["artifact"]]) == 2
     assert "segmentation model" in capsys.readouterr().err
 
+
+
+@pytest.mark.slow
+@needs("coreml")
+def test_ios_config_gives_image_input_and_a_mask_core_ml_computes_as_pytorch(tmp_path, capsys):
+    """The shipped iOS segmentation config, with the trained fixture at 128x128: Core ML fp16
+    with an image input (RGB, scale built in) and an int32 [1, 128, 128] mask output, whose
+    masks (through the reference executor, fed the picture as Core ML is) are PyTorch's on
+    held-out scenes."""
+    import subprocess
+    import sys
+
+    from mvdeploy.fixtures.digit_scenes import scenes
+    from mvdeploy.readback.inspect import inspect_artifact
+
+    fixture = segmentation_fixture_dir()
+    report = segmentation.write_voc(tmp_path / "report", *scenes("held-out", 4, seed=7))
+    out = tmp_path / "ios"
+    done = subprocess.run(  # as a user runs it (and no converter forked from this worker)
+        [sys.executable, "-m", "mvdeploy.cli", "export",
+         "export_configs/deeplabv3_mobilevit_xxs_ios.toml", "--set",
+         f"model.weights={fixture}", "--set", "model.resolution=128", "--set",
+         f"export.out={out}", "--images", str(report / segmentation.IMAGE_DIR)],
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((out / "coreml" / "manifest.json").read_text())
+    assert manifest["validation"]["status"] == "passed"
+    assert manifest["artifact"]["precision"] == "fp16"
+    (package,) = (out / "coreml").glob("*.mlpackage")
+    info = inspect_artifact(package)
+    assert info["inputs"][0]["dtype"].startswith("image")
+    assert [(o["name"], o["shape"], o["dtype"]) for o in info["outputs"]] == [
+        ("mask", [1, 128, 128], "int32")]
+    held_out = segmentation.write_voc(tmp_path / "held-out", *scenes("held-out", 3, seed=3))
+    photos = sorted((held_out / segmentation.IMAGE_DIR).glob("*.png"))
+    assert run(["predict", str(package), *map(str, photos), "--masks", str(tmp_path / "m"),
+                "--json"]) == 0
+    capsys.readouterr()
+    from mvdeploy.models.weights import load_pretrained
+
+    model = load_pretrained(fixture)
+    for photo in photos:
+        x = segmentation.read_pair(photo, held_out / segmentation.MASK_DIR / photo.name, 128, 128,
+                                   model.preprocessing)[0]
+        with torch.no_grad():
+            logits = model(torch.from_numpy(x[None])).numpy()
+        want = segmentation.masks(segmentation.upsample(logits, 128, 128))[0]
+        written = np.asarray(Image.open(tmp_path / "m" / f"{photo.stem}_mask.png"))
+        assert len(np.unique(want)) >= 2 and (written == want).mean() >= 0.995

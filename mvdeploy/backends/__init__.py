@@ -40,7 +40,7 @@ import numpy as np
 
 from mvdeploy.data import Preprocessing
 from mvdeploy.errors import ArtifactError, ConfigError, MissingDependencyError, MvdeployError
-from mvdeploy.tensor_names import OUTPUT_NAME
+from mvdeploy.tensor_names import MASK_NAME, OUTPUT_NAME
 
 if TYPE_CHECKING:
     from mvdeploy.backends.capture import Captured
@@ -88,7 +88,15 @@ class Outputs:
 
     names: tuple[str, ...] = (OUTPUT_NAME,)
     scores: str = OUTPUT_NAME
-    kind: str = "logits"  # or "probabilities" (softmax folded in)
+    kind: str = "logits"  # or "probabilities" (softmax folded in), or "mask"
+
+
+# beside every artifact: the record formats with metadata embed (input and output names,
+# labels, preprocessing), for apps that cannot read embedded metadata (onnxruntime's JS API)
+APP_METADATA = "app_metadata.json"
+
+# export.mask: every format's one output is the class index per input pixel (segmentation)
+MASK_OUTPUTS = Outputs((MASK_NAME,), MASK_NAME, "mask")
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,7 @@ class CheckContext:
     dynamic_batch: bool
     preprocessing: Preprocessing
     task: str = "classification"  # the model's (mvdeploy.tasks)
+    mask: bool = False  # export.mask: the artifact outputs a class-index mask, not scores
 
 
 def _no_check(options: Any, recipe: str | None, ctx: CheckContext) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mvdeploy.tensor_names import INPUT_NAME, OUTPUT_NAME
+from mvdeploy.tensor_names import INPUT_NAME, MASK_NAME, OUTPUT_NAME
 
 
 @dataclass(frozen=True)
@@ -18,10 +18,11 @@ class Captured:
     dynamic_batch: bool
     labels: tuple[str, ...] | None = None  # the checkpoint's class names, if it has them
     num_classes: int = 0
+    output: str = OUTPUT_NAME  # the program's one output: logits, or a segmentation mask
 
     @property
     def module(self) -> torch.nn.Module:
-        """The captured graph as a module: module(pixel_values=x) -> {"logits": y}."""
+        """The captured graph as a module: module(pixel_values=x) -> {output: y}."""
         return self.program.module()
 
 
@@ -29,28 +30,34 @@ class NamedOutputs(torch.nn.Module):
     """forward(pixel_values) -> {"logits": ...}: converters name signature outputs after dict
     keys (litert-torch) and the saved program documents itself."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, name: str = OUTPUT_NAME) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.name = model, name
 
     def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {OUTPUT_NAME: self.model(pixel_values)}
+        return {self.name: self.model(pixel_values)}
 
 
 def capture(model: torch.nn.Module, example: torch.Tensor, *,
-            dynamic_batch: bool = False) -> Captured:
-    """torch.export in eval mode; optionally with a symbolic batch dimension."""
-    model = NamedOutputs(model.eval()).eval()
+            dynamic_batch: bool = False, mask: bool = False) -> Captured:
+    """torch.export in eval mode; optionally with a symbolic batch dimension. `mask`: a
+    segmentation model's argmax mask at the input's size instead of its logits."""
+    from mvdeploy.models.heads import ArgmaxMask
+
+    model = model.eval()
+    output = MASK_NAME if mask else OUTPUT_NAME
+    model = NamedOutputs(ArgmaxMask(model) if mask else model, output).eval()
     dynamic_shapes = None
     if dynamic_batch:
         dynamic_shapes = {INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=1024)}}
     with torch.no_grad():
         program = torch.export.export(model, (), {INPUT_NAME: example},
                                       dynamic_shapes=dynamic_shapes)
-    labels = getattr(model.model, "class_labels", None)
+    plain = model.model.model if mask else model.model
+    labels = getattr(plain, "class_labels", None)
     return Captured(program=program, example=example, dynamic_batch=dynamic_batch,
                     labels=tuple(labels) if labels else None,
-                    num_classes=int(getattr(model.model, "num_classes", 0)))
+                    num_classes=int(getattr(plain, "num_classes", 0)), output=output)
 
 
 def program_bytes(captured: Captured) -> bytes:

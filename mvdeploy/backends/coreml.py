@@ -30,7 +30,7 @@ from mvdeploy.backends import (
 from mvdeploy.backends.pt2e import PT2E_PACKAGE
 from mvdeploy.backends.snippet_text import crop_text
 from mvdeploy.errors import ArtifactError, ConfigError
-from mvdeploy.tensor_names import INPUT_NAME, OUTPUT_NAME
+from mvdeploy.tensor_names import INPUT_NAME, MASK_NAME, OUTPUT_NAME
 from mvdeploy.version import __version__
 
 TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
@@ -189,8 +189,8 @@ def convert(job: Job) -> dict:
         program.run_decompositions({}),  # coremltools reads the ATen dialect
         inputs=[_image_input(ct, job.preprocessing, shape) if options.image_input
                 else ct.TensorType(name=INPUT_NAME, shape=shape, dtype=np.float32)],
-        outputs=None if options.classifier else [ct.TensorType(name=OUTPUT_NAME,
-                                                                  dtype=np.float32)],
+        outputs=None if options.classifier else [ct.TensorType(
+            name=captured.output, dtype=np.int32 if captured.output == MASK_NAME else np.float32)],
         classifier_config=ct.ClassifierConfig(labels, predicted_feature_name=CLASS_LABEL)
         if options.classifier else None,
         convert_to="mlprogram",
@@ -224,6 +224,10 @@ def _describe_for_xcode(model, job: Job) -> None:
     if options.classifier:
         model.output_description[CLASS_LABEL] = "Most likely class"
         model.output_description[CLASS_PROBS] = "Probability of each class"
+    elif job.captured.output == MASK_NAME:
+        model.output_description[MASK_NAME] = (
+            f"Class index of every pixel [1, {height}, {width}] (int32), in the image's "
+            "resized and cropped frame; the class names are in the mvdeploy metadata")
     else:
         model.output_description[OUTPUT_NAME] = "Class logits (apply softmax for probabilities)"
     model.user_defined_metadata.update({
@@ -289,6 +293,7 @@ def load(path: Path, *, threads: int | None = None, accelerator: str = "ALL") ->
     bgr = image and ct.proto.FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(
         image_type.imageType.colorSpace) == "BGR"
     probs_name = spec.description.predictedProbabilitiesName
+    output = spec.description.output[0].name  # logits, or a segmentation mask
     labels = class_labels(record.get("labels"), record.get("num_classes", 0))
     one_by_one = image or bool(probs_name)  # a picture or a dictionary per prediction
 
@@ -309,7 +314,8 @@ def load(path: Path, *, threads: int | None = None, accelerator: str = "ALL") ->
         if probs_name:
             return np.array([[out[probs_name][label] for label in labels] for out in outs],
                             dtype=np.float32)
-        return np.concatenate([np.asarray(out[OUTPUT_NAME], dtype=np.float32) for out in outs])
+        found = np.concatenate([np.asarray(out[output]) for out in outs])
+        return found if output == MASK_NAME else found.astype(np.float32)
 
     return Session(prepare=prepare, infer=lambda feeds: [predict(f) for f in feeds],
                    scores=scores, runtime=runtime,

@@ -207,6 +207,11 @@ def _upsample_bilinear(a) -> np.ndarray:
     return x
 
 
+def _reduce_argmax(a) -> np.ndarray:
+    found = np.argmax(_f32(a("x")), axis=int(a("axis", -1)))
+    return np.expand_dims(found, int(a("axis", -1))) if a("keep_dims", False) else found
+
+
 def _cast(a) -> np.ndarray:
     return np.asarray(a("x")).astype(_DTYPES[str(a("dtype"))])
 
@@ -262,7 +267,7 @@ OPS: dict[str, OpFn] = {
     "conv": _conv, "linear": _linear, "matmul": _matmul, "layer_norm": _layer_norm,
     "softmax": _softmax, "reshape": _reshape, "split": _split, "concat": _concat,
     "reduce_mean": _reduce(np.mean), "reduce_sum": _reduce(np.sum), "rsqrt": _rsqrt,
-    "upsample_bilinear": _upsample_bilinear, "cast": _cast,
+    "upsample_bilinear": _upsample_bilinear, "cast": _cast, "reduce_argmax": _reduce_argmax,
     "quantize": _quantize, "dequantize": _dequantize, "classify": _classify,
     "transpose": lambda a: np.transpose(np.asarray(a("x")), [int(p) for p in a("perm")]),
     "add": _binary(np.add), "sub": _binary(np.subtract), "mul": _binary(np.multiply),

@@ -13,6 +13,7 @@ so this is the one runtime that imports torch (the Android and iOS runtimes do n
 from __future__ import annotations
 
 import importlib.metadata
+import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mvdeploy.backends import (
+    APP_METADATA,
     FormatSpec,
     Job,
     Package,
@@ -129,10 +131,18 @@ def describe(path: Path) -> dict:
                                                                   str(tensor.scalar_type)))
 
     delegated = sum(n for op, n in ops.items() if op.startswith("delegate:"))
+    # a .pte names no tensors: the output's name is the one app_metadata.json beside it gives
+    # (logits, or mask for a segmentation mask export)
+    try:
+        named = json.loads(path.with_name(APP_METADATA).read_text()).get("outputs")
+    except (OSError, ValueError, AttributeError):
+        named = None
+    output_names = named if named and len(named) == len(plan.outputs) else [OUTPUT_NAME] * len(
+        plan.outputs)
     return {
         "methods": [p.name for p in program.execution_plan],
         "inputs": [info(INPUT_NAME, i) for i in plan.inputs],
-        "outputs": [info(OUTPUT_NAME, i) for i in plan.outputs],
+        "outputs": [info(name, i) for name, i in zip(output_names, plan.outputs, strict=True)],
         "ops": dict(ops.most_common()),
         "delegated_calls": delegated,
         "portable_calls": sum(ops.values()) - delegated,

@@ -129,7 +129,7 @@ def _export_float(job: Job, path: Path, attention: str) -> str:
     captured, options = job.captured, job.options
     program = torch.onnx.export(
         captured.program, (), kwargs={INPUT_NAME: captured.example}, dynamo=True,
-        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        input_names=[INPUT_NAME], output_names=[captured.output],
         opset_version=options.opset, optimize=options.optimize, verbose=False,
     )
     external = sum(t.nbytes for t in captured.program.state_dict.values()) >= _TWO_GB

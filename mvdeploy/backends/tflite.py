@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mvdeploy.backends import (
+    CheckContext,
     Flag,
     FormatSpec,
     Job,
@@ -35,7 +36,7 @@ from mvdeploy.backends.tflite_metadata import (
     read_standard_metadata,
     standard_metadata,
 )
-from mvdeploy.errors import ArtifactError, MissingDependencyError
+from mvdeploy.errors import ArtifactError, ConfigError, MissingDependencyError
 from mvdeploy.tensor_names import INPUT_NAME, PROBS_NAME
 
 SIGNATURE = "serving_default"
@@ -48,6 +49,12 @@ class TfliteOptions:
     # out NHWC [B, h, w, classes] too, the layout MediaPipe's ImageSegmenter reads
     channels_last: bool = False
     softmax_output: bool = False  # output "probabilities" (softmax folded in) instead of logits
+
+
+def _check(options: TfliteOptions, recipe: str | None, ctx: CheckContext) -> None:
+    if recipe is not None and options.softmax_output and ctx.mask:
+        raise ConfigError("tflite.softmax_output and export.mask both choose the output: a mask "
+                          "(--mask) has no scores to soften; drop one of them")
 
 
 def _types(s: dict) -> dict:
@@ -76,7 +83,7 @@ SPEC = FormatSpec(
             and (s.get("ops", {}).get("QUANTIZE", 0) > 0
                  or any(i["dtype"] == "int8" for i in s.get("inputs", [])))),
     },
-    options=TfliteOptions,
+    options=TfliteOptions, check=_check,
     outputs=lambda o: Outputs((PROBS_NAME,), PROBS_NAME, "probabilities") if o.softmax_output
     else Outputs(),
     input_layout=lambda o: "NHWC" if o.channels_last else "NCHW",
@@ -309,6 +316,8 @@ def load(path: Path, *, threads: int | None = None, accelerator: str = "cpu") ->
 
     def scores(out: dict) -> np.ndarray:
         out = out[output_name]
+        if np.issubdtype(out.dtype, np.integer) and not out_scale:  # a mask: class indices
+            return np.ascontiguousarray(out)
         if out_scale:
             out = (out.astype(np.float32) - out_zero) * out_scale
         if nhwc and out.ndim == 4:  # per-pixel scores come out NHWC with an NHWC input

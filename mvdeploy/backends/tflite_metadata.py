@@ -78,7 +78,13 @@ def standard_metadata(model: bytes, record: dict) -> bytes:
     subgraph = metadata_fb.SubGraphMetadataT()
     subgraph.inputTensorMetadata = [inputs.create_metadata()]
     segmentation = record.get("task") == "segmentation"
-    if segmentation:  # what MediaPipe's ImageSegmenter reads: NHWC [1, h, w, classes] scores
+    scores_out = kind != "mask"  # export.mask: the class indices, for an app's own code
+    if not scores_out:  # MediaPipe's ImageSegmenter reads scores: none here to describe
+        outputs = metadata_info.TensorMd(
+            name=kind, description=f"class index of every pixel [1, {height}, {width}] (int32) "
+            f"in the resized and cropped frame; class names in {LABEL_FILE}",
+            associated_files=[metadata_info.LabelFileMd(LABEL_FILE)])
+    elif segmentation:  # what MediaPipe's ImageSegmenter reads: NHWC [1, h, w, classes] scores
         outputs = metadata_info.SegmentationMaskMd(
             name=kind, description=f"per-pixel class {kind} [1, h, w, classes] at 1/16 of the "
             "input: upsample bilinearly to the image, then take the argmax",
@@ -100,7 +106,8 @@ def standard_metadata(model: bytes, record: dict) -> bytes:
         author=record.get("author") or f"mvdeploy {record['mvdeploy']}",
         licenses=record.get("license") or None).create_metadata()
     general.subgraphMetadata = [subgraph]
-    general.minParserVersion = SEGMENTER_PARSER_VERSION if segmentation else MIN_PARSER_VERSION
+    general.minParserVersion = (SEGMENTER_PARSER_VERSION if segmentation and scores_out
+                                else MIN_PARSER_VERSION)
     builder = flatbuffers.Builder(0)
     builder.Finish(general.Pack(builder), b"M001")  # the metadata schema's file identifier
     return bytes(builder.Output())

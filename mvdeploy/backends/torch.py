@@ -53,7 +53,8 @@ def load(path: Path, *, threads: int | None = None, accelerator: str = "cpu") ->
 
     def infer(x):
         with torch.no_grad():
-            return module(**{INPUT_NAME: x})[OUTPUT_NAME]
+            (out,) = module(**{INPUT_NAME: x}).values()  # logits, or a mask
+            return out
 
     return Session(prepare=torch.from_numpy, infer=infer, scores=lambda out: out.numpy())
 
@@ -66,13 +67,14 @@ def describe(path: Path) -> dict:
     inputs = [n for n in program.graph.nodes
               if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
     outputs = list(program.graph.nodes)[-1].args[0]
+    names = list(program.call_spec.out_spec.context or []) or [OUTPUT_NAME]  # the dict's keys
     ranks = [n.meta["val"].dim() for n in program.graph.nodes
              if isinstance(n.meta.get("val"), torch.Tensor)]
     return {
         "inputs": [tensor_info(INPUT_NAME, n.meta["val"].shape, str(n.meta["val"].dtype))
                    for n in inputs],
-        "outputs": [tensor_info(OUTPUT_NAME, n.meta["val"].shape, str(n.meta["val"].dtype))
-                    for n in outputs],
+        "outputs": [tensor_info(name, n.meta["val"].shape, str(n.meta["val"].dtype))
+                    for name, n in zip(names, outputs, strict=False)],
         "ops": dict(Counter(str(n.target) for n in nodes).most_common()),
         "max_rank": max(ranks, default=0),
     }

@@ -81,6 +81,9 @@ class ExportSection:
     # config.json and preprocessor_config.json at its root, the ONNX as onnx/model.onnx
     # (model_fp16, model_quantized); "mvdeploy": out/<format>/<stem>.<suffix> only
     layout: str = "mvdeploy"
+    # segmentation: output the class index of every input pixel ("mask", int32 [B, H, W]:
+    # logits upsampled bilinearly, then the argmax) instead of logits at 1/16 of the input
+    mask: bool = False
 
 
 @dataclass(frozen=True)
@@ -312,6 +315,8 @@ def _check(cfg: ExportConfig) -> None:
         raise ConfigError(f"export.layout = hf writes image-classification folders; "
                           f"{cfg.model.name} is a {model_cfg.task} model: use the default "
                           "layout (mvdeploy)")
+    if cfg.export.mask:
+        _check_mask(cfg, model_cfg.task)
     if not cfg.export.out.strip():
         raise ConfigError("export.out is empty: give the folder the artifacts go to (--out)")
     fixed_batch = [f for f in formats if not spec(f).dynamic_batch]
@@ -320,7 +325,8 @@ def _check(cfg: ExportConfig) -> None:
         raise ConfigError(f"export.dynamic_batch is supported for {', '.join(able)} only: "
                           "export the other formats with a fixed export.batch in a separate run")
     ctx = CheckContext(batch=cfg.export.batch, dynamic_batch=cfg.export.dynamic_batch,
-                       preprocessing=cfg.preprocessing, task=model_cfg.task)
+                       preprocessing=cfg.preprocessing, task=model_cfg.task,
+                       mask=cfg.export.mask)
     for fmt in _format_tables():
         recipe = None
         if fmt in formats:
@@ -360,6 +366,20 @@ def _check(cfg: ExportConfig) -> None:
 
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(ExportConfig)
              if f.metadata.get("table", True)}
+
+
+def _check_mask(cfg: ExportConfig, task: str) -> None:
+    """export.mask: what a class-index mask output cannot go with."""
+    if task != "segmentation":
+        raise ConfigError(f"export.mask (--mask) outputs a segmentation mask, and "
+                          f"{cfg.model.name} is a {task} model: leave it out")
+    searched = [f for f in cfg.export.formats if spec(f).recipes.get(cfg.precision(f))
+                and spec(f).recipes[cfg.precision(f)].searched]
+    if searched:
+        raise ConfigError(f"export.mask (--mask) cannot go with {cfg.precision(searched[0])} "
+                          f"for {', '.join(searched)}: its float-group search compares logits, "
+                          "which a mask hides; export logits for int8-static, or a mask with "
+                          "fp32, fp16 or int8-dynamic")
 
 
 def _table_class(table: str) -> type | None:

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 
 from mvdeploy.backends import (
+    APP_METADATA,
+    MASK_OUTPUTS,
     ArtifactMetadata,
     Calibration,
     Job,
@@ -299,14 +301,27 @@ def _app_metadata(cfg: ExportConfig, model_info: dict, labels: list[str] | None,
             **asdict(cfg.metadata)}
 
 
-def _output_shape(reference: _Reference, batch: int | None, nhwc: bool) -> list:
+def _output_shape(reference: _Reference, batch: int | None, nhwc: bool,
+                  outputs: Outputs) -> list:
     """The scores' shape: [B, classes], or per pixel [B, classes, h, w], which an NHWC
-    artifact gives as [B, h, w, classes]."""
+    artifact gives as [B, h, w, classes]; a mask is [B, H, W], the input's size."""
+    if outputs.kind == "mask":
+        return [batch, *reference.inputs["photos"].shape[2:]]
     shape = [batch, *reference.logits["photos"].shape[1:]]
     return [batch, *shape[2:], shape[1]] if nhwc and len(shape) == 4 else shape
 
 
-def _tolerance(cfg: ExportConfig, fmt: str, precision: str) -> Tolerance:
+# a mask artifact's pixels that are not near ties (in PyTorch's upsampled logits) must take
+# PyTorch's class: all but 1 in 1000 in float; quantised, quantize.min_top1_agreement
+MASK_MIN_AGREEMENT = 0.999
+
+
+def _tolerance(cfg: ExportConfig, fmt: str, precision: str, outputs: Outputs) -> Tolerance:
+    if outputs.kind == "mask":  # class indices: no scores to measure an SNR on
+        quantised = tolerance_kind(fmt, precision) == "quantized"
+        return Tolerance(min_top1_agreement=cfg.quantize.min_top1_agreement if quantised
+                         else MASK_MIN_AGREEMENT,
+                         max_top1_drop=cfg.quantize.max_top1_drop if quantised else None)
     if spec(fmt).recipes[precision].searched:  # the target the search worked to
         return Tolerance(min_snr_db=cfg.quantize.min_snr_db,
                          min_top1_agreement=cfg.quantize.min_top1_agreement,
@@ -573,7 +588,8 @@ def run_export(cfg: ExportConfig, *, force: bool = False, step: Step = no_progre
                   + (f" ({form.fold} fold, {form.tokens} tokens, {form.qkv} qkv)"
                      if len(forms) > 1 else "")):
             model.set_form(form)
-            captures[form] = capture(model, example, dynamic_batch=cfg.export.dynamic_batch)
+            captures[form] = capture(model, example, dynamic_batch=cfg.export.dynamic_batch,
+                                     mask=cfg.export.mask)
     out.mkdir(parents=True, exist_ok=True)
     program_path = None
     if cfg.export.save_program:
@@ -616,9 +632,6 @@ def _search(run: _Run, backend, job: Job, tmp: Path) -> FloatSearch:
 
 
 SPEED_ROUNDS = 3
-# beside every artifact: the record formats with metadata embed (input and output names,
-# labels, preprocessing), for apps that cannot read embedded metadata (onnxruntime's JS API)
-APP_METADATA = "app_metadata.json"
 
 
 def _cpu_runtime(fmt_spec) -> tuple[str | None, str]:
@@ -702,10 +715,12 @@ def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> F
     input_shape = [batch, height, width, 3] if nhwc else [batch, 3, height, width]
     precision = cfg.precision(fmt)
     uses_calibration = needs_calibration(fmt, precision)
-    outputs: Outputs = format_spec.outputs(options)
+    outputs: Outputs = MASK_OUTPUTS if cfg.export.mask else format_spec.outputs(options)
     expected = reference.logits
     if outputs.kind == "probabilities":
         expected = {k: task.softmax(v) for k, v in expected.items()}
+    if outputs.kind == "mask":  # the scores the artifact's argmax reads, at the input's size
+        expected = {k: task.upsample(v, height, width) for k, v in expected.items()}
     try:
         with _atomic_dir(final, run.force) as tmp:
             artifact = tmp / f"{stem}{format_spec.suffix}"
@@ -736,9 +751,9 @@ def _export_format(run: _Run, fmt: str, *, step: Step, threads: int | None) -> F
                                   references=expected, labelled=reference.labelled,
                                   outputs=tuple(outputs.names),
                                   precision=precision, input_shape=input_shape,
-                                  output_shape=_output_shape(reference, batch, nhwc),
+                                  output_shape=_output_shape(reference, batch, nhwc, outputs),
                                   batch=batch, max_rank=format_spec.max_rank, threads=threads,
-                                  tolerance=_tolerance(cfg, fmt, precision),
+                                  tolerance=_tolerance(cfg, fmt, precision, outputs),
                                   # random noise lies outside what int8 was calibrated on:
                                   # reported, but only photos are held to the tolerance
                                   gated=("photos",) if uses_calibration else None)

@@ -54,6 +54,8 @@ def _check_record(meta: dict, info: dict) -> None:
     # the class axis: last for [B, classes] and NHWC per-pixel scores, 1 for NCHW ones
     nchw_pixels = len(out_shape) == 4 and meta["preprocessing"].get("input_layout") != "NHWC"
     classes = (out_shape[1] if nchw_pixels else out_shape[-1]) if out_shape else None
+    if meta.get("output_kind") == "mask":  # [B, H, W] class indices: no class axis
+        classes = None
     labels = meta.get("labels")
     if labels and isinstance(classes, int) and len(labels) != classes:
         raise ArtifactError(f"the record for {info['file']} lists {len(labels)} labels but the "

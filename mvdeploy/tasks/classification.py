@@ -223,13 +223,14 @@ DECISIVE_MARGIN = 0.1
 @dataclass(frozen=True)
 class Metrics:
     samples: int
-    max_abs: float
-    max_rel: float  # max_abs / max |reference|
-    rel_l2: float
-    snr_db: float
-    cosine: float
+    # the score metrics are None for an artifact that outputs a segmentation mask (no scores)
+    max_abs: float | None
+    max_rel: float | None  # max_abs / max |reference|
+    rel_l2: float | None
+    snr_db: float | None
+    cosine: float | None
     top1_agreement: float
-    top5_agreement: float  # share of inputs whose reference top-1 is in the artifact's top 5
+    top5_agreement: float | None  # inputs whose reference top-1 is in the artifact's top 5
     decisive: int = 0  # inputs whose reference top-1 is not a near tie (DECISIVE_MARGIN)
     top1_agreement_decisive: float = 1.0  # top-1 agreement on those
     # segmentation (tasks/segmentation.py reads every pixel as a row of scores): the mIoU of

@@ -45,8 +45,40 @@ def _pixels(scores: np.ndarray) -> np.ndarray:
     return np.moveaxis(scores, 1, -1).reshape(-1, scores.shape[1])
 
 
+def compare_masks(reference: np.ndarray, candidate: np.ndarray) -> Metrics:
+    """A mask artifact's [N, H, W] classes against `reference` scores [N, classes, H, W] (the
+    logits its argmax reads, upsampled to the input): pixel agreement, counted on the pixels
+    whose two best reference classes are not near ties, and mask mIoU. A reference mask
+    [N, H, W] (the .pt2 of a mask export) counts every pixel. A mask has no scores, so the
+    score metrics are None."""
+    sized = reference.shape[:1] + reference.shape[2:] if reference.ndim == 4 else reference.shape
+    if reference.ndim not in (3, 4) or candidate.shape != sized:
+        raise ValueError(f"a mask [N, H, W] is compared with scores [N, classes, H, W] or a "
+                         f"mask, got {candidate.shape} and {reference.shape}")
+    found = candidate.reshape(-1)
+    if reference.ndim == 4:
+        rows = _pixels(reference).astype(np.float64)
+        truth, classes = rows.argmax(1), reference.shape[1]
+        top2 = np.sort(rows, axis=1)[:, -2:]
+        decisive = (top2[:, 1] - top2[:, 0]) >= classification.DECISIVE_MARGIN * rows.std(1)
+    else:
+        truth = reference.reshape(-1)
+        classes, decisive = int(max(truth.max(), found.max())) + 1, np.ones(len(truth), bool)
+    same = found == truth
+    confusion = ConfusionMatrix(classes)
+    confusion.update(candidate, truth.reshape(candidate.shape))
+    return Metrics(samples=len(reference), max_abs=None, max_rel=None, rel_l2=None,
+                   snr_db=None, cosine=None, top1_agreement=float(same.mean()),
+                   top5_agreement=None, decisive=int(decisive.sum()),
+                   top1_agreement_decisive=float(same[decisive].mean()) if decisive.any()
+                   else 1.0, mask_miou=confusion.miou())
+
+
 def compare(reference: np.ndarray, candidate: np.ndarray) -> Metrics:
-    """`candidate`'s scores against `reference`'s, both [N, classes, H, W]."""
+    """`candidate`'s scores against `reference`'s, both [N, classes, H, W]; a candidate
+    [N, H, W] is a mask artifact's classes (compare_masks)."""
+    if candidate.ndim == 3:
+        return compare_masks(np.asarray(reference), np.asarray(candidate))
     if reference.ndim != 4 or reference.shape != candidate.shape:
         raise ValueError(f"segmentation scores must be two [N, classes, H, W] arrays of one "
                          f"shape, got {reference.shape} and {candidate.shape}")
@@ -189,10 +221,12 @@ def predictions(scores: np.ndarray, output_kind: str, labels: list[str] | None, 
     """What `mvdeploy predict` reports per image: the `top` classes by share of pixels, and
     the mask as a VOC-coloured PNG (an Image value: predict writes it beside the photo) in the
     frame the model saw (`frame` = its input height and width)."""
-    if frame is not None:
-        scores = upsample(scores, *frame)
+    if output_kind == "mask":  # the artifact took the argmax itself, at the input's size
+        found_masks = scores.astype(np.uint8) if scores.max(initial=0) < 256 else scores
+    else:
+        found_masks = masks(upsample(scores, *frame) if frame is not None else scores)
     found = []
-    for mask in masks(scores):
+    for mask in found_masks:
         classes, counts = np.unique(mask, return_counts=True)
         order = np.argsort(-counts, kind="stable")[:top]
         found.append({
@@ -232,16 +266,20 @@ class MaskScores:
     the model's output resolution (small: a 512² input gives 32² masks) for agreement."""
 
     confusion: ConfusionMatrix
-    found: list[np.ndarray]
+    found: list[np.ndarray]  # empty for a mask artifact: its masks are input-sized
     unreadable: list[Path]
+    images: int = 0
 
     def accuracy(self) -> dict:
-        return {"images": len(self.found), "miou": self.confusion.miou(),
+        return {"images": self.images, "miou": self.confusion.miou(),
                 "pixel_accuracy": self.confusion.pixel_accuracy()}
 
     def agreement(self, reference: MaskScores) -> dict:
         """Share of output pixels whose class equals the reference's, and the mIoU of these
-        masks against the reference's."""
+        masks against the reference's (None for a mask artifact, whose input-sized masks
+        validation compares on the photos instead)."""
+        if not self.found:
+            return {"pixels": None, "mask_miou": None}
         same = ConfusionMatrix(self.confusion.num_classes)
         hits = total = 0
         for ours, theirs in zip(self.found, reference.found, strict=True):
@@ -258,7 +296,7 @@ def score_folder(run, pairs: list[tuple[Path, Path]], num_classes: int, height: 
     time: upsample to the input frame, argmax, count against the truth."""
     from mvdeploy.runner import run_batched
 
-    confusion, found, unreadable = ConfusionMatrix(num_classes), [], []
+    confusion, found, unreadable, scored = ConfusionMatrix(num_classes), [], [], 0
     for start in range(0, len(pairs), batch_size):
         chunk, xs, truths = pairs[start:start + batch_size], [], []
         for image_path, mask_path in chunk:
@@ -270,13 +308,17 @@ def score_folder(run, pairs: list[tuple[Path, Path]], num_classes: int, height: 
                 truths.append(pair[1])
         if xs:
             scores = run_batched(run, np.stack(xs), batch)
-            confusion.update(masks(upsample(scores, height, width)), np.stack(truths))
-            found += list(masks(scores))
+            scored += len(scores)
+            if scores.ndim == 3:  # a mask artifact (export.mask): classes at the input's size
+                confusion.update(scores, np.stack(truths))
+            else:
+                confusion.update(masks(upsample(scores, height, width)), np.stack(truths))
+                found += list(masks(scores))
         if progress:
             progress(min(start + batch_size, len(pairs)), len(pairs))
-    if not found:
+    if not scored:
         raise ConfigError(f"none of the {len(pairs)} photos could be read")
-    return MaskScores(confusion, found, unreadable)
+    return MaskScores(confusion, found, unreadable, scored)
 
 
 @dataclass(frozen=True)
