@@ -315,20 +315,24 @@ _KEEP_ALIVE: list = []
 def test_mediapipe_image_segmenter_loads_the_android_tflite_and_agrees_with_pytorch(tmp_path):
     """The shipped Android config, with the trained fixture at its 128x128: MediaPipe Tasks'
     ImageSegmenter loads the .tflite as it is (normalisation, RGB, labels and activation from
-    its metadata) and its category mask equals PyTorch's on held-out scenes. MediaPipe
+    its metadata), and run through the Python snippet `mvdeploy snippet --client
+    mediapipe-python` writes, its category mask equals PyTorch's on held-out scenes; the
+    Kotlin snippets name the file's real tensors. MediaPipe
     upsamples the logits bilinearly with aligned corners before the argmax (measured against
     it); the scenes are fed at 128x128, so MediaPipe's own resize changes nothing."""
     pytest.importorskip("mediapipe")
+    import os
     import subprocess
     import sys
+    from pathlib import Path
 
-    import mediapipe as mp
     import torch.nn.functional as F
-    from mediapipe.tasks.python import BaseOptions, vision
 
     from mvdeploy.data import normalise
     from mvdeploy.fixtures.digit_scenes import CLASSES, scenes
     from mvdeploy.models.weights import load_pretrained
+    from mvdeploy.readback.inspect import inspect_artifact
+    from mvdeploy.readback.snippets import load_manifest, snippet
 
     fixture = segmentation_fixture_dir()
     out = tmp_path / "android"
@@ -341,11 +345,17 @@ def test_mediapipe_image_segmenter_loads_the_android_tflite_and_agrees_with_pyto
          f"export.out={out}", "-f", "tflite"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     (tflite,) = (out / "tflite").glob("*.tflite")
-    segmenter = vision.ImageSegmenter.create_from_options(vision.ImageSegmenterOptions(
-        base_options=BaseOptions(model_asset_path=str(tflite)), output_category_mask=True,
-        output_confidence_masks=False))
-    _KEEP_ALIVE.append(segmenter)
-    assert segmenter.labels == CLASSES  # from the file's packed label file
+    # the Python snippet mvdeploy writes for it, run as a user would (from the file's folder)
+    language, code = snippet(load_manifest(tflite), "mediapipe-python")
+    assert language == "python" and "ImageSegmenter" in code
+    namespace: dict = {}
+    cwd = Path.cwd()
+    os.chdir(tflite.parent)
+    try:
+        exec(compile(code, "mediapipe_snippet.py", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    _KEEP_ALIVE.append(namespace)
 
     images, _ = scenes("held-out", 6, seed=1)
     model = load_pretrained(fixture)
@@ -354,12 +364,23 @@ def test_mediapipe_image_segmenter_loads_the_android_tflite_and_agrees_with_pyto
     expected = F.interpolate(logits, size=images.shape[1:3], mode="bilinear",
                              align_corners=True).argmax(1).numpy()
     assert len(np.unique(expected)) >= 4  # the reference finds digits, not one class
-    for image, want in zip(images, expected, strict=True):
-        result = segmenter.segment(mp.Image(image_format=mp.ImageFormat.SRGB,
-                                            data=np.ascontiguousarray(image)))
-        got = result.category_mask.numpy_view().squeeze(-1)  # [H, W, 1] uint8
+    for n, (image, want) in enumerate(zip(images, expected, strict=True)):
+        photo = tmp_path / f"scene{n}.png"  # 128x128: the snippet's resize and crop keep it
+        Image.fromarray(image).save(photo)
+        got, labels = namespace["segment"](str(photo))
+        assert labels == CLASSES  # from the file's packed label file
         assert got.shape == want.shape
         assert (got == want).mean() >= 0.999
+    info = inspect_artifact(tflite)
+    (inp,), (out,) = info["inputs"], info["outputs"]
+    _, rows, cols, classes = out["shape"]  # NHWC logits
+    language, kotlin = snippet(load_manifest(tflite))
+    assert language == "kotlin" and "fun segment(" in kotlin
+    assert f'mapOf("{inp["name"]}" to input)' in kotlin
+    assert f'mapOf("{out["name"]}" to scores)' in kotlin
+    assert f"Array({rows}) {{ Array({cols}) {{ FloatArray({classes}) }} }}" in kotlin
+    _, kotlin = snippet(load_manifest(tflite), "mediapipe")
+    assert "ImageSegmenter.createFromOptions" in kotlin and f'"{tflite.name}"' in kotlin
 
 
 def test_trained_fixture_miou_through_eval_equals_pytorch(tmp_path, capsys):
@@ -389,9 +410,8 @@ def test_trained_fixture_miou_through_eval_equals_pytorch(tmp_path, capsys):
                 "--masks", str(tmp_path / "masks"), "--json"]) == 0
     (found,) = json.loads(capsys.readouterr().out)
     assert {c["label"] for c in found["classes"]} <= set(CLASSES)
-    # the formats' app snippets read one row of class scores: not written for masks yet
-    assert run(["snippet", row["artifact"]]) == 2
-    assert "segmentation model" in capsys.readouterr().err
+    assert run(["snippet", row["artifact"]]) == 2  # ONNX: no app snippet, one line on why
+    assert "not onnx" in capsys.readouterr().err
 
 
 
@@ -407,6 +427,7 @@ def test_ios_config_gives_image_input_and_a_mask_core_ml_computes_as_pytorch(tmp
 
     from mvdeploy.fixtures.digit_scenes import scenes
     from mvdeploy.readback.inspect import inspect_artifact
+    from mvdeploy.readback.snippets import load_manifest, snippet
 
     fixture = segmentation_fixture_dir()
     report = segmentation.write_voc(tmp_path / "report", *scenes("held-out", 4, seed=7))
@@ -426,6 +447,9 @@ def test_ios_config_gives_image_input_and_a_mask_core_ml_computes_as_pytorch(tmp
     assert info["inputs"][0]["dtype"].startswith("image")
     assert [(o["name"], o["shape"], o["dtype"]) for o in info["outputs"]] == [
         ("mask", [1, 128, 128], "int32")]
+    language, swift = snippet(load_manifest(package))  # Vision, the file's names
+    assert language == "swift" and f"try {package.stem}(configuration:" in swift
+    assert '$0.featureName == "mask"' in swift
     held_out = segmentation.write_voc(tmp_path / "held-out", *scenes("held-out", 3, seed=3))
     photos = sorted((held_out / segmentation.IMAGE_DIR).glob("*.png"))
     assert run(["predict", str(package), *map(str, photos), "--masks", str(tmp_path / "m"),

@@ -28,7 +28,7 @@ from mvdeploy.backends import (
     tensor_info,
 )
 from mvdeploy.backends.pt2e import PT2E_PACKAGE
-from mvdeploy.backends.snippet_text import crop_text
+from mvdeploy.backends.snippet_text import swift_region
 from mvdeploy.errors import ArtifactError, ConfigError
 from mvdeploy.tensor_names import INPUT_NAME, MASK_NAME, OUTPUT_NAME
 from mvdeploy.version import __version__
@@ -392,6 +392,8 @@ def snippet(manifest: dict) -> str:
     art, prep = manifest["artifact"], manifest["preprocessing"]
     (image,) = art["inputs"]
     names = [o["name"] for o in art["outputs"]]
+    if (manifest.get("model") or {}).get("task") == "segmentation":
+        return _segmentation_snippet(art, prep)
     if image["dtype"] != "image" or len(names) != 2:
         raise ArtifactError("the Swift snippet uses Vision, which needs an image input and a "
                             "classifier: export with --set coreml.image_input=true --set "
@@ -399,7 +401,6 @@ def snippet(manifest: dict) -> str:
     label, probs = names
     cls = Path(art["file"]).stem  # Xcode names the generated class after the file
     height, width = prep["crop"]
-    short = prep["resize_shorter_side"]
     return f"""\
 // {art['file']}: add it to the Xcode target,
 // and Xcode generates the class `{cls}`.
@@ -411,13 +412,7 @@ import Vision
 func classify(_ photo: CGImage) throws -> (label: String, confidence: Float)? {{
     let model = try {cls}(configuration: MLModelConfiguration())
     let request = VNCoreMLRequest(model: try VNCoreMLModel(for: model.model))
-    // As the model was trained: {crop_text(prep)}.
-    let scale = {short}.0 / Double(min(photo.width, photo.height))
-    let cropWidth = {width}.0 / scale / Double(photo.width)
-    let cropHeight = {height}.0 / scale / Double(photo.height)
-    request.regionOfInterest = CGRect(x: (1 - cropWidth) / 2, y: (1 - cropHeight) / 2,
-                                      width: cropWidth, height: cropHeight)
-    request.imageCropAndScaleOption = .scaleFill
+{swift_region(prep)}\
     try VNImageRequestHandler(cgImage: photo).perform([request])
     guard let top = (request.results as? [VNClassificationObservation])?.first else {{ return nil }}
     return (top.identifier, top.confidence)
@@ -428,5 +423,45 @@ func classify(_ pixelBuffer: CVPixelBuffer) throws -> (String, Double) {{
     let model = try {cls}(configuration: MLModelConfiguration())
     let output = try model.prediction({image['name']}: pixelBuffer)
     return (output.{label}, output.{probs}[output.{label}] ?? 0)
+}}
+"""
+
+
+def _segmentation_snippet(art: dict, prep: dict) -> str:
+    """Swift for a segmentation .mlpackage with an image input and a mask output: Vision runs
+    it on the centre crop; the mask holds the class of every pixel of that crop."""
+    (image,) = art["inputs"]
+    (out,) = art["outputs"]
+    if image["dtype"] != "image" or out["name"] != MASK_NAME:
+        raise ArtifactError("the Swift segmentation snippet uses Vision and reads a mask: "
+                            "export with --set coreml.image_input=true --mask "
+                            "(export_configs/deeplabv3_mobilevit_xxs_ios.toml does)")
+    cls = Path(art["file"]).stem
+    height, width = prep["crop"]
+    return f"""\
+// {art['file']}: add it to the Xcode target,
+// and Xcode generates the class `{cls}`.
+// Input "{image['name']}": {image['color_layout']} image {width}x{height}, preprocessing built in.
+// Output "{out['name']}": Int32 {out['shape']}, the class of every pixel of the crop.
+import CoreML
+import Vision
+
+// mask[[0, y, x] as [NSNumber]].intValue is the class of pixel (x, y) of the {width}x{height} crop.
+func segment(_ photo: CGImage) throws -> MLMultiArray? {{
+    let model = try {cls}(configuration: MLModelConfiguration())
+    let request = VNCoreMLRequest(model: try VNCoreMLModel(for: model.model))
+{swift_region(prep)}\
+    try VNImageRequestHandler(cgImage: photo).perform([request])
+    let found = request.results as? [VNCoreMLFeatureValueObservation]
+    return found?.first {{ $0.featureName == "{out['name']}" }}?.featureValue.multiArrayValue
+}}
+
+// The class names, from the mvdeploy record in the model's metadata.
+func classNames(_ model: MLModel) -> [String] {{
+    let defined = model.modelDescription.metadata[.creatorDefinedKey] as? [String: String]
+    guard let record = defined?["mvdeploy"]?.data(using: .utf8),
+          let json = try? JSONSerialization.jsonObject(with: record) as? [String: Any]
+    else {{ return [] }}
+    return json["labels"] as? [String] ?? []
 }}
 """

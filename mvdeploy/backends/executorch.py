@@ -31,8 +31,8 @@ from mvdeploy.backends import (
     require,
     tensor_info,
 )
-from mvdeploy.backends.snippet_text import crop_text, kotlin_channel_expr
-from mvdeploy.tensor_names import INPUT_NAME, OUTPUT_NAME
+from mvdeploy.backends.snippet_text import kotlin_channel_expr, kotlin_crop
+from mvdeploy.tensor_names import INPUT_NAME, MASK_NAME, OUTPUT_NAME
 
 METHOD = "forward"
 ANDROID_GRADLE = "org.pytorch:executorch-android"
@@ -153,27 +153,53 @@ def describe(path: Path) -> dict:
 
 
 def snippet(manifest: dict) -> str:
-    """Kotlin for Android: ExecuTorch's Module with the artifact's shapes and preprocessing."""
+    """Kotlin for Android: ExecuTorch's Module with the artifact's shapes and preprocessing;
+    for segmentation, the class per pixel (a mask export) or per cell of the logits' grid."""
     art, prep = manifest["artifact"], manifest["preprocessing"]
     (inp,) = art["inputs"]
     (out,) = art["outputs"]
     height, width = prep["crop"]
-    short = prep["resize_shorter_side"]
     plane = height * width
     order = prep["channel_order"]
     channels = "\n".join(f"        input[{c * plane} + i] = {kotlin_channel_expr(name, prep)}"
                          for c, name in enumerate(order))
     labels = manifest.get("labels")
-    result = "labels[best]" if labels else "\"class $best\""
+    segmentation = (manifest.get("model") or {}).get("task") == "segmentation"
     labels_line = ("    val labels = context.assets.open(\"labels.txt\")"
-                   ".bufferedReader().readLines()\n" if labels else "")
+                   ".bufferedReader().readLines()\n" if labels and not segmentation else "")
     version = art.get("executorch", "")
+    forward = "module.forward(EValue.from(tensor))[0].toTensor()"
+    if not segmentation:
+        result = "labels[best]" if labels else "\"class $best\""
+        signature, kind = "fun classify(context: Context, photo: Bitmap): Pair<String, Float>", \
+            "logits"
+        read = f"""\
+    val scores = {forward}.dataAsFloatArray
+    // the model outputs logits: apply softmax for probabilities
+    val best = scores.indices.maxBy {{ scores[it] }}
+    return {result} to scores[best]
+"""
+    elif out["name"] == MASK_NAME:
+        _, rows, cols = out["shape"]
+        signature = "fun segment(context: Context, photo: Bitmap): IntArray"
+        kind = f"the class of every pixel of the crop, row by row: mask[y * {cols} + x]"
+        read = f"    return {forward}.dataAsIntArray\n"
+    else:
+        _, classes, rows, cols = out["shape"]
+        signature = "fun segment(context: Context, photo: Bitmap): IntArray"
+        kind = (f"logits at 1/16 of the crop; this returns the class of each cell of the "
+                f"{rows}x{cols} grid,\n// row by row (export with --mask for every pixel)")
+        read = f"""\
+    val scores = {forward}.dataAsFloatArray
+    return IntArray({rows * cols}) {{ cell ->
+        (0 until {classes}).maxBy {{ scores[it * {rows * cols} + cell] }} }}
+"""
     return f"""\
 // {art['file']}: copy it from the app's assets to filesDir (Module.load takes a file path).
 // Gradle: implementation("{ANDROID_GRADLE}:<version>"), the release matching the
 // executorch {version} that wrote this file.
 // Method "{METHOD}": input {inp['dtype']} {inp['shape']} (NCHW, {order}),
-// output {out['dtype']} {out['shape']} (logits).
+// output {out['dtype']} {out['shape']} ({kind}).
 import android.content.Context
 import android.graphics.Bitmap
 import org.pytorch.executorch.EValue
@@ -181,18 +207,13 @@ import org.pytorch.executorch.Module
 import org.pytorch.executorch.Tensor
 import java.io.File
 
-fun classify(context: Context, photo: Bitmap): Pair<String, Float> {{
+{signature} {{
     val file = File(context.filesDir, "{art['file']}")
     if (!file.exists()) {{
         context.assets.open("{art['file']}").use {{ it.copyTo(file.outputStream()) }}
     }}
     val module = Module.load(file.absolutePath)
-{labels_line}    // As the model was trained: {crop_text(prep)}.
-    val shorter = minOf(photo.width, photo.height)
-    val resized = Bitmap.createScaledBitmap(photo, maxOf({width}, {short} * photo.width / shorter),
-        maxOf({height}, {short} * photo.height / shorter), true)
-    val crop = Bitmap.createBitmap(resized, (resized.width - {width}) / 2,
-        (resized.height - {height}) / 2, {width}, {height})
+{labels_line}{kotlin_crop(prep)}\
     val pixels = IntArray({plane})
     crop.getPixels(pixels, 0, {width}, 0, 0, {width}, {height})
     val input = FloatArray(3 * {plane})
@@ -200,9 +221,5 @@ fun classify(context: Context, photo: Bitmap): Pair<String, Float> {{
 {channels}
     }}
     val tensor = Tensor.fromBlob(input, longArrayOf(1, 3, {height}, {width}))
-    val scores = module.forward(EValue.from(tensor))[0].toTensor().dataAsFloatArray
-    // the model outputs logits: apply softmax for probabilities
-    val best = scores.indices.maxBy {{ scores[it] }}
-    return {result} to scores[best]
-}}
+{read}}}
 """

@@ -27,7 +27,7 @@ from mvdeploy.backends import (
     require,
     tensor_info,
 )
-from mvdeploy.backends.snippet_text import crop_text, kotlin_channel_expr
+from mvdeploy.backends.snippet_text import crop_text, kotlin_channel_expr, kotlin_crop, python_crop
 from mvdeploy.backends.tflite_metadata import (
     LABEL_FILE,
     STANDARD_NAME,
@@ -37,7 +37,7 @@ from mvdeploy.backends.tflite_metadata import (
     standard_metadata,
 )
 from mvdeploy.errors import ArtifactError, ConfigError, MissingDependencyError
-from mvdeploy.tensor_names import INPUT_NAME, PROBS_NAME
+from mvdeploy.tensor_names import INPUT_NAME, MASK_NAME, OUTPUT_NAME, PROBS_NAME
 
 SIGNATURE = "serving_default"
 LITERT_GRADLE = "com.google.ai.edge.litert:litert:1.0.1"  # 1.x ships org.tensorflow.lite
@@ -365,21 +365,17 @@ def describe(path: Path) -> dict:
 
 def snippet(manifest: dict, client: str | None = None) -> str:
     """Kotlin for Android: LiteRT's Interpreter with the artifact's real tensor names; or, with
-    client "mediapipe" / "mediapipe-python", MediaPipe Tasks' ImageClassifier."""
+    client "mediapipe" / "mediapipe-python", MediaPipe Tasks' ImageClassifier (ImageSegmenter
+    for a segmentation model)."""
     if client:
         return _mediapipe_snippet(manifest, kotlin=client == "mediapipe")
+    if (manifest.get("model") or {}).get("task") == "segmentation":
+        return _segmentation_snippet(manifest)
     art, prep = manifest["artifact"], manifest["preprocessing"]
     (inp,) = art["inputs"]
     (out,) = art["outputs"]
     signature = art.get("signature", "serving_default")
-    height, width = prep["crop"]
-    short = prep["resize_shorter_side"]
     classes = out["shape"][-1]
-    nhwc = prep["input_layout"] == "NHWC"
-    index = "(i * 3 + c)" if nhwc else f"(c * {height * width} + i)"
-    channels = "\n".join(  # `when` as an expression needs an else branch
-        f"                {'else' if c == 2 else c} -> {kotlin_channel_expr(name, prep)}"
-        for c, name in enumerate(prep["channel_order"]))
     labels = manifest.get("labels")
     result = "labels[best]" if labels else "\"class $best\""
     labels_line = ("    val labels = context.assets.open(\"labels.txt\")"
@@ -388,6 +384,25 @@ def snippet(manifest: dict, client: str | None = None) -> str:
         "    // the model outputs logits: apply softmax for probabilities\n")
     return f"""\
 // {art['file']} in src/main/assets{' with labels.txt' if labels else ''}.
+{_interpreter_header(art, prep)}
+fun classify(context: Context, photo: Bitmap): Pair<String, Float> {{
+{_interpreter_input(art, prep, labels_line)}\
+    val scores = Array(1) {{ FloatArray({classes}) }}
+    interpreter.runSignature(mapOf("{inp['name']}" to input), mapOf("{out['name']}" to scores),
+        "{signature}")
+    interpreter.close()
+{softmax}    val best = scores[0].indices.maxBy {{ scores[0][it] }}
+    return {result} to scores[0][best]
+}}
+"""
+
+
+def _interpreter_header(art: dict, prep: dict) -> str:
+    """The Gradle line, the tensors in words and the imports of the Interpreter snippets."""
+    (inp,) = art["inputs"]
+    (out,) = art["outputs"]
+    signature = art.get("signature", "serving_default")
+    return f"""\
 // Gradle: implementation("{LITERT_GRADLE}")
 // Signature "{signature}": input "{inp['name']}" {inp['dtype']} {inp['shape']} \
 ({prep['input_layout']}, {prep['channel_order']}),
@@ -399,19 +414,25 @@ import java.io.FileInputStream
 import java.nio.ByteBuffer
 import java.nio.ByteOrder
 import java.nio.channels.FileChannel
+"""
 
-fun classify(context: Context, photo: Bitmap): Pair<String, Float> {{
+
+def _interpreter_input(art: dict, prep: dict, labels_line: str = "") -> str:
+    """Kotlin lines that open the Interpreter and fill `input` from the Bitmap `photo`,
+    preprocessed as in training, in the input's layout."""
+    height, width = prep["crop"]
+    nhwc = prep["input_layout"] == "NHWC"
+    index = "(i * 3 + c)" if nhwc else f"(c * {height * width} + i)"
+    channels = "\n".join(  # `when` as an expression needs an else branch
+        f"                {'else' if c == 2 else c} -> {kotlin_channel_expr(name, prep)}"
+        for c, name in enumerate(prep["channel_order"]))
+    return f"""\
     val model = context.assets.openFd("{art['file']}").use {{ fd ->
         FileInputStream(fd.fileDescriptor).channel.map(
             FileChannel.MapMode.READ_ONLY, fd.startOffset, fd.declaredLength)
     }}
 {labels_line}    val interpreter = Interpreter(model, Interpreter.Options().setNumThreads(2))
-    // As the model was trained: {crop_text(prep)}.
-    val shorter = minOf(photo.width, photo.height)
-    val resized = Bitmap.createScaledBitmap(photo, maxOf({width}, {short} * photo.width / shorter),
-        maxOf({height}, {short} * photo.height / shorter), true)
-    val crop = Bitmap.createBitmap(resized, (resized.width - {width}) / 2,
-        (resized.height - {height}) / 2, {width}, {height})
+{kotlin_crop(prep)}\
     val pixels = IntArray({width} * {height})
     crop.getPixels(pixels, 0, {width}, 0, 0, {width}, {height})
     val input = ByteBuffer.allocateDirect(4 * 3 * {width} * {height}).order(ByteOrder.nativeOrder())
@@ -422,13 +443,50 @@ fun classify(context: Context, photo: Bitmap): Pair<String, Float> {{
             }})
         }}
     }}
-    val scores = Array(1) {{ FloatArray({classes}) }}
-    interpreter.runSignature(mapOf("{inp['name']}" to input), mapOf("{out['name']}" to scores),
-        "{signature}")
-    interpreter.close()
-{softmax}    val best = scores[0].indices.maxBy {{ scores[0][it] }}
-    return {result} to scores[0][best]
-}}
+"""
+
+
+def _segmentation_snippet(manifest: dict) -> str:
+    """Kotlin for a segmentation .tflite: the class of every pixel of the crop from a mask
+    output (export --mask), or of every cell of the logits' grid (1/16 of the crop)."""
+    art, prep = manifest["artifact"], manifest["preprocessing"]
+    (inp,) = art["inputs"]
+    (out,) = art["outputs"]
+    signature = art.get("signature", "serving_default")
+    mask = out["name"] == MASK_NAME
+    run = (f'    interpreter.runSignature(mapOf("{inp["name"]}" to input), '
+           f'mapOf("{out["name"]}" to {"mask" if mask else "scores"}),\n'
+           f'        "{signature}")\n    interpreter.close()\n')
+    if mask:
+        _, rows, cols = out["shape"]
+        read = (f"    val mask = Array(1) {{ Array({rows}) {{ IntArray({cols}) }} }}\n{run}"
+                "    return mask[0]  // mask[0][y][x]: the class of pixel (x, y) of the crop\n")
+    elif out["name"] != OUTPUT_NAME:
+        raise ArtifactError(f"{art['file']} outputs {out['name']}: the Kotlin segmentation "
+                            "snippet reads logits or a mask (export --mask); for probabilities "
+                            "use --client mediapipe")
+    elif prep["input_layout"] == "NHWC":  # channels_last: scores [1, h, w, classes]
+        _, rows, cols, classes = out["shape"]
+        read = (f"    val scores = Array(1) {{ Array({rows}) {{ Array({cols}) {{ "
+                f"FloatArray({classes}) }} }} }}\n{run}"
+                f"    return Array({rows}) {{ y -> IntArray({cols}) {{ x ->\n"
+                "        scores[0][y][x].indices.maxBy { scores[0][y][x][it] } } }\n")
+    else:  # scores [1, classes, h, w]
+        _, classes, rows, cols = out["shape"]
+        read = (f"    val scores = Array(1) {{ Array({classes}) {{ Array({rows}) {{ "
+                f"FloatArray({cols}) }} }} }}\n{run}"
+                f"    return Array({rows}) {{ y -> IntArray({cols}) {{ x ->\n"
+                f"        (0 until {classes}).maxBy {{ scores[0][it][y][x] }} }} }}\n")
+    height, width = prep["crop"]
+    grid = "" if mask else (
+        f"// The logits are a {rows}x{cols} grid over the {width}x{height} crop: this returns the "
+        "class of each cell;\n// export with --mask for the class of every pixel.\n")
+    labels = " (labels.txt names them, one per line)" if manifest.get("labels") else ""
+    return f"""\
+// {art['file']} in src/main/assets: segmentation, class indices{labels}.
+{grid}{_interpreter_header(art, prep)}
+fun segment(context: Context, photo: Bitmap): Array<IntArray> {{
+{_interpreter_input(art, prep)}{read}}}
 """
 
 
@@ -441,15 +499,23 @@ def _mediapipe_snippet(manifest: dict, *, kotlin: bool) -> str:
     interest is bilinear without antialiasing, which disagrees with the checkpoint's on
     downscaled photos (docs/apps.md, "MediaPipe"); given the crop itself it matches PyTorch."""
     art, prep = manifest["artifact"], manifest["preprocessing"]
-    height, width = prep["crop"]
-    short = prep["resize_shorter_side"]
     how = f"As the model was trained: {crop_text(prep)}"
     if prep["input_layout"] != "NHWC" or prep["channel_order"] != "RGB":
         raise ArtifactError(f"{art['file']} takes {prep['input_layout']} {prep['channel_order']} "
                             "input; MediaPipe feeds NHWC RGB images: export with "
                             "tflite.channels_last = true and export.input_channels = RGB "
                             "(the shipped *_android.toml configs do)")
+    comment = "here rather than\n{0} through MediaPipe's region of interest, whose resize " \
+              "differs on downscaled photos.\n"
+    if (manifest.get("model") or {}).get("task") == "segmentation":
+        if art["outputs"][0]["name"] == MASK_NAME:
+            raise ArtifactError(f"{art['file']} outputs a mask (export --mask), and MediaPipe's "
+                                "ImageSegmenter reads class scores: export without --mask (the "
+                                "shipped deeplabv3_*_android.toml does)")
+        return (_mediapipe_segmenter_kotlin if kotlin else _mediapipe_segmenter_python)(
+            art, prep, f"{how}, " + comment)
     if kotlin:
+        crop = kotlin_crop(prep, f"    // {how}, " + comment.format("    //"))
         return f"""\
 // {art['file']} in src/main/assets: MediaPipe reads its labels and normalisation from the file.
 // Gradle: implementation("{MEDIAPIPE_GRADLE}")
@@ -464,19 +530,14 @@ fun classify(context: Context, photo: Bitmap): Pair<String, Float> {{
         .setBaseOptions(BaseOptions.builder().setModelAssetPath("{art['file']}").build())
         .setMaxResults(5).build()
     val classifier = ImageClassifier.createFromOptions(context, options)
-    // {how}, here rather than
-    // through MediaPipe's region of interest, whose resize differs on downscaled photos.
-    val shorter = minOf(photo.width, photo.height)
-    val resized = Bitmap.createScaledBitmap(photo, maxOf({width}, {short} * photo.width / shorter),
-        maxOf({height}, {short} * photo.height / shorter), true)
-    val crop = Bitmap.createBitmap(resized, (resized.width - {width}) / 2,
-        (resized.height - {height}) / 2, {width}, {height})
+{crop}\
     val result = classifier.classify(BitmapImageBuilder(crop).build())
     classifier.close()
     val best = result.classificationResult().classifications()[0].categories()[0]
     return best.categoryName() to best.score()
 }}
 """
+    crop = python_crop(prep, f"    # {how}, " + comment.format("    #"))
     return f"""\
 # {art['file']} with MediaPipe Tasks (pip install mediapipe): labels and normalisation come
 # from the file itself.
@@ -491,15 +552,57 @@ classifier = vision.ImageClassifier.create_from_options(vision.ImageClassifierOp
 
 
 def classify(path):
-    photo = ImageOps.exif_transpose(Image.open(path)).convert("RGB")  # upright, as shown
-    # {how}, here rather than
-    # through MediaPipe's region of interest, whose resize differs on downscaled photos.
-    w, h = photo.size
-    size = ({short}, int({short} * h / w)) if w <= h else (int({short} * w / h), {short})
-    size = (max({width}, size[0]), max({height}, size[1]))
-    photo = photo.resize(size, Image.Resampling.{prep['resample'].upper()})
-    left, top = (size[0] - {width}) // 2, (size[1] - {height}) // 2
-    crop = np.asarray(photo.crop((left, top, left + {width}, top + {height})))
+{crop}\
     result = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=crop))
     return [(c.category_name, c.score) for c in result.classifications[0].categories]
+"""
+
+
+def _mediapipe_segmenter_kotlin(art: dict, prep: dict, how: str) -> str:
+    height, width = prep["crop"]
+    return f"""\
+// {art['file']} in src/main/assets: MediaPipe's ImageSegmenter reads its labels,
+// normalisation and activation from the file.
+// Gradle: implementation("{MEDIAPIPE_GRADLE}")
+import android.content.Context
+import android.graphics.Bitmap
+import com.google.mediapipe.framework.image.BitmapImageBuilder
+import com.google.mediapipe.framework.image.ByteBufferExtractor
+import com.google.mediapipe.tasks.core.BaseOptions
+import com.google.mediapipe.tasks.vision.imagesegmenter.ImageSegmenter
+
+// The class of every pixel of the {width}x{height} crop, row by row; segmenter.labels names them.
+fun segment(context: Context, photo: Bitmap): ByteArray {{
+    val options = ImageSegmenter.ImageSegmenterOptions.builder()
+        .setBaseOptions(BaseOptions.builder().setModelAssetPath("{art['file']}").build())
+        .setOutputCategoryMask(true).setOutputConfidenceMasks(false).build()
+    val segmenter = ImageSegmenter.createFromOptions(context, options)
+{kotlin_crop(prep, "    // " + how.format("    //"))}\
+    val result = segmenter.segment(BitmapImageBuilder(crop).build())
+    val mask = ByteBufferExtractor.extract(result.categoryMask().get())
+    segmenter.close()
+    return ByteArray(mask.remaining()).also {{ mask.get(it) }}
+}}
+"""
+
+
+def _mediapipe_segmenter_python(art: dict, prep: dict, how: str) -> str:
+    return f"""\
+# {art['file']} with MediaPipe Tasks (pip install mediapipe): labels, normalisation and
+# activation come from the file itself.
+import mediapipe as mp
+import numpy as np
+from mediapipe.tasks.python import vision
+from mediapipe.tasks.python.core.base_options import BaseOptions
+from PIL import Image, ImageOps
+
+segmenter = vision.ImageSegmenter.create_from_options(vision.ImageSegmenterOptions(
+    base_options=BaseOptions(model_asset_path="{art['file']}"), output_category_mask=True,
+    output_confidence_masks=False))
+
+
+def segment(path):  # the class of every pixel of the crop (uint8 [H, W]), the class names
+{python_crop(prep, "    # " + how.format("    #"))}\
+    result = segmenter.segment(mp.Image(image_format=mp.ImageFormat.SRGB, data=crop))
+    return result.category_mask.numpy_view().squeeze(-1), segmenter.labels
 """

@@ -13,7 +13,6 @@ from pathlib import Path
 from mvdeploy.backends import get_backend, specs
 from mvdeploy.errors import ArtifactError
 from mvdeploy.pipeline.manifest import Manifest, trusted_manifest
-from mvdeploy.tasks import DEFAULT_TASK
 
 
 def load_manifest(artifact: str | Path) -> Manifest:
@@ -29,14 +28,9 @@ def load_manifest(artifact: str | Path) -> Manifest:
 
 
 def snippet(manifest: Manifest, client: str | None = None) -> tuple[str, str]:
-    """(language, code) for the manifest's artifact; `client`: one of its snippet_clients."""
+    """(language, code) for the manifest's artifact; `client`: one of its snippet_clients.
+    Each format writes its task's code (classify, or segment for segmentation)."""
     fmt = manifest.format
-    task = (manifest.model or {}).get("task", DEFAULT_TASK)
-    if task != DEFAULT_TASK:  # the formats' snippets read one row of class scores
-        raise ArtifactError(f"{manifest.artifact['file']} is a {task} model, and snippets are "
-                            "written for classifiers only so far; docs/apps.md "
-                            "(#segmentation-in-mediapipe) shows MediaPipe's ImageSegmenter "
-                            "running a segmentation .tflite")
     offered = [s for s in specs() if s.snippet_language]
     spec = next((s for s in offered if s.name == fmt), None)
     if spec is None:
