@@ -23,6 +23,7 @@ from mvdeploy.data import Preprocessing, normalise, sample_image_paths
 from mvdeploy.errors import ConfigError
 from mvdeploy.models import create_model
 from mvdeploy.pipeline.config import load_config
+from mvdeploy.pipeline.manifest import Manifest
 from mvdeploy.readback.inspect import inspect_artifact
 from mvdeploy.readback.snippets import load_manifest, snippet
 from tests.helpers import extended, needs
@@ -345,7 +346,8 @@ def test_apps_page_snippets_are_valid_shapes():
     blocks = re.findall(r"```(swift|kotlin)\n(.*?)```", APPS_PAGE, flags=re.S)
     assert {lang for lang, _ in blocks} == {"swift", "kotlin"}
     for _, code in blocks:
-        assert re.match(r"// mobilevit_xxs_B_256x256\.(mlpackage|tflite|pte)", code)
+        assert re.match(r"// (mobilevit_xxs_B_256x256|deeplabv3_mobilevit_xxs_A_512x512)\."
+                        r"(mlpackage|tflite|pte)", code)
     assert "```python\n# mobilevit_xxs_B_256x256.tflite with MediaPipe Tasks" in APPS_PAGE
 
 
@@ -372,3 +374,45 @@ def test_apps_page_executorch_snippet_is_what_mvdeploy_writes():
     assert _snippet_block(code, "kotlin") in APPS_PAGE, \
         "docs/apps.md's ExecuTorch snippet is stale"
     assert "Module.load(file.absolutePath)" in code and "longArrayOf(1, 3, 256, 256)" in code
+
+
+def _segmentation_doc_snippets() -> dict[str, tuple[str, str]]:
+    """The segmentation snippets docs/apps.md shows, generated from the shipped iOS and Android
+    configs' manifests with apple/deeplabv3-mobilevit-xx-small's preprocessing (the names and
+    shapes their files have: the slow tests check those on real exports at 128x128)."""
+    from mvdeploy.pipeline.exporter import _preprocessing
+
+    # the published checkpoints' crop: 512 of a shorter side resized to 544
+    published = {"preprocessing.crop_pct": 512 / 544}
+    ios = load_config(ROOT / "export_configs" / "deeplabv3_mobilevit_xxs_ios.toml", published)
+    android = load_config(ROOT / "export_configs" / "deeplabv3_mobilevit_xxs_android.toml",
+                          published)
+    def prep(cfg, nhwc: bool) -> dict:  # the configs fold RGB into the stem
+        return {**_preprocessing(cfg, nhwc=nhwc), "channel_order": cfg.export.input_channels}
+
+    model = {"task": "segmentation"}
+    record = {"mvdeploy_manifest": 1, "created": "", "validated": True, "degenerate": False,
+              "validation": {}, "tool": {}, "config": {}}
+    swift = Manifest.from_dict({**record,
+        "format": "coreml", "model": model, "labels": None,
+        "preprocessing": prep(ios, nhwc=False),
+        "artifact": {"file": "deeplabv3_mobilevit_xxs_A_512x512.mlpackage",
+                     "inputs": [{"name": "pixel_values", "shape": [1, 3, 512, 512],
+                                 "dtype": "image", "color_layout": "RGB"}],
+                     "outputs": [{"name": "mask", "shape": [1, 512, 512], "dtype": "int32"}]}})
+    tflite = Manifest.from_dict({**record,
+        "format": "tflite", "model": model, "labels": None,
+        "preprocessing": prep(android, nhwc=True),
+        "artifact": {"file": "deeplabv3_mobilevit_xxs_A_512x512.tflite",
+                     "inputs": [{"name": "pixel_values", "shape": [1, 512, 512, 3],
+                                 "dtype": "float32"}],
+                     "outputs": [{"name": "logits", "shape": [1, 32, 32, 21],
+                                  "dtype": "float32"}]}})
+    return {"swift": snippet(swift), "kotlin": snippet(tflite, "mediapipe"),
+            "python": snippet(tflite, "mediapipe-python")}
+
+
+def test_apps_page_segmentation_snippets_are_what_mvdeploy_writes():
+    for name, (language, code) in _segmentation_doc_snippets().items():
+        assert _snippet_block(code, language) in APPS_PAGE, \
+            f"docs/apps.md's segmentation {name} snippet is stale"
