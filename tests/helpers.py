@@ -214,3 +214,26 @@ def export_hub_id_to_every_format(model: str, repo: str, cache: Path, out: Path,
     assert report["coreml"]["snr_db"] > 60  # checked on numbers, not structurally only
     return report
 
+
+
+# mediapipe 1.2.3: a task closed or garbage-collected while the test process goes on can
+# deadlock in its dispatcher, so the snippets' namespaces (and their tasks) live until it ends
+_SNIPPET_NAMESPACES: list = []
+
+
+def run_python_snippet(tflite: Path) -> dict:
+    """The MediaPipe Python snippet `mvdeploy snippet --client mediapipe-python` writes for
+    `tflite`, run as a user would (from the artifact's folder): its namespace."""
+    from mvdeploy.readback.snippets import load_manifest, snippet
+
+    language, code = snippet(load_manifest(tflite), "mediapipe-python")
+    assert language == "python"
+    namespace: dict = {}
+    cwd = Path.cwd()
+    os.chdir(tflite.parent)
+    try:
+        exec(compile(code, "mediapipe_snippet.py", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    _SNIPPET_NAMESPACES.append(namespace)
+    return namespace

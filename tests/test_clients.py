@@ -23,8 +23,8 @@ from mvdeploy.data import load_images, sample_image_paths
 from mvdeploy.fixtures import checkpoint_dir
 from mvdeploy.models import PATCH_PRESETS
 from mvdeploy.models.weights import load_pretrained
-from mvdeploy.readback.snippets import load_manifest, snippet
-from tests.helpers import eval_top1, export_with_fixture
+from mvdeploy.readback.snippets import load_manifest
+from tests.helpers import eval_top1, export_with_fixture, run_python_snippet
 
 pytestmark = [pytest.mark.clients, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
@@ -60,16 +60,7 @@ def mediapipe_classify(android):
     """The Python snippet mvdeploy writes, run as a user would (from the artifact's folder)."""
     pytest.importorskip("mediapipe")
     (tflite,) = (android / "tflite").glob("*.tflite")
-    _, code = snippet(load_manifest(tflite), "mediapipe-python")
-    namespace: dict = {}
-    cwd = Path.cwd()
-    os.chdir(tflite.parent)
-    try:
-        exec(compile(code, "mediapipe_snippet.py", "exec"), namespace)
-    finally:
-        os.chdir(cwd)
-    _KEEP_ALIVE.append(namespace)
-    return namespace["classify"]
+    return run_python_snippet(tflite)["classify"]
 
 
 def test_mediapipe_loads_the_android_tflite_as_it_is(android):

@@ -16,7 +16,12 @@ from PIL import Image
 from mvdeploy.cli import run
 from mvdeploy.data import sample_image_paths
 from mvdeploy.tasks import segmentation
-from tests.helpers import export_hub_id_to_every_format, lay_out_hub_cache, needs
+from tests.helpers import (
+    export_hub_id_to_every_format,
+    lay_out_hub_cache,
+    needs,
+    run_python_snippet,
+)
 
 
 def segmentation_fixture_dir():
@@ -305,10 +310,6 @@ def test_bench_seeds_a_segmentation_model_as_a_folder(tmp_path):
     assert seeded_weights(tmp_path, "deeplabv3_mobilevit_xxs") == folder  # cached
 
 
-# mediapipe 1.2.3: a task closed or garbage-collected while the test process goes on can
-# deadlock in its dispatcher (tests/test_clients.py), so segmenters live until the process ends
-_KEEP_ALIVE: list = []
-
 
 @pytest.mark.slow
 @needs("tflite")
@@ -321,10 +322,8 @@ def test_mediapipe_image_segmenter_loads_the_android_tflite_and_agrees_with_pyto
     upsamples the logits bilinearly with aligned corners before the argmax (measured against
     it); the scenes are fed at 128x128, so MediaPipe's own resize changes nothing."""
     pytest.importorskip("mediapipe")
-    import os
     import subprocess
     import sys
-    from pathlib import Path
 
     import torch.nn.functional as F
 
@@ -346,16 +345,7 @@ def test_mediapipe_image_segmenter_loads_the_android_tflite_and_agrees_with_pyto
     assert done.returncode == 0, done.stderr
     (tflite,) = (out / "tflite").glob("*.tflite")
     # the Python snippet mvdeploy writes for it, run as a user would (from the file's folder)
-    language, code = snippet(load_manifest(tflite), "mediapipe-python")
-    assert language == "python" and "ImageSegmenter" in code
-    namespace: dict = {}
-    cwd = Path.cwd()
-    os.chdir(tflite.parent)
-    try:
-        exec(compile(code, "mediapipe_snippet.py", "exec"), namespace)
-    finally:
-        os.chdir(cwd)
-    _KEEP_ALIVE.append(namespace)
+    namespace = run_python_snippet(tflite)
 
     images, _ = scenes("held-out", 6, seed=1)
     model = load_pretrained(fixture)
