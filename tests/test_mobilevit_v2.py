@@ -312,7 +312,9 @@ def _transformers_name(cvnets: str) -> str:
         k = k.replace(f"layer_{i}.1.conv_proj.", f"{prefix}conv_projection.")
     for old, new in (("pre_norm_attn.0.", "layernorm_before."), ("pre_norm_attn.1.", "attention."),
                      ("pre_norm_ffn.0.", "layernorm_after."), ("pre_norm_ffn.1.", "ffn.conv1."),
-                     ("pre_norm_ffn.3.", "ffn.conv2."), ("classifier.1.", "classifier.")):
+                     ("pre_norm_ffn.3.", "ffn.conv2."), ("classifier.1.", "classifier."),
+                     ("seg_head.", "segmentation_head."), (".aspp_layer.", "."),
+                     (".aspp_pool.", ".")):
         k = k.replace(old, new)
     return k
 

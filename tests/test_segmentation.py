@@ -121,7 +121,7 @@ def test_checkpoints_that_do_not_fit_say_so_in_one_line(tmp_path):
     with pytest.raises(CheckpointError, match="weights are a segmentation model's"):
         load_pretrained(bad)
     model = load_pretrained(directory)
-    bare = save_checkpoint(model, tmp_path / "seg.safetensors")
+    bare = save_checkpoint(model, tmp_path / "seg.safetensors")  # mvdeploy's names: no config
     with pytest.raises(CheckpointError, match="bare DeepLabV3 state dict"):
         load_pretrained(bare)
 

@@ -230,3 +230,85 @@ def test_broken_config_json(hf_checkpoint, tmp_path):
     shutil.copytree(directory, tmp_path / "ckpt")
     (tmp_path / "ckpt" / "config.json").write_text("{not json")
     _expect(tmp_path / "ckpt", "cannot read")
+
+
+def _transformers_v1_name(cvnets: str) -> str:
+    """What transformers' models/mobilevit/convert_mlcvnets_to_pytorch.py (rename_key, and
+    convert_state_dict's split of qkv_proj) renames an ml-cvnets MobileViT v1 key to: its steps,
+    in its order, as an independent oracle for mvdeploy's ml-cvnets names."""
+    name = cvnets
+    for i in range(1, 6):
+        name = name.replace(f"layer_{i}.", f"encoder.layer.{i - 1}.")
+    for old, new in (("conv_1.", "conv_stem."), (".block.", "."), ("exp_1x1", "expand_1x1"),
+                     ("red_1x1", "reduce_1x1"), (".local_rep.conv_3x3.", ".conv_kxk."),
+                     (".local_rep.conv_1x1.", ".conv_1x1."), (".norm.", ".normalization."),
+                     (".conv.", ".convolution."), (".conv_proj.", ".conv_projection.")):
+        name = name.replace(old, new)
+    for i in range(0, 2):
+        for j in range(0, 4):
+            name = name.replace(f".{i}.{j}.", f".{i}.layer.{j}.")
+    for i in range(2, 6):
+        for j in range(0, 4):
+            if f".{i}.{j}." in name:
+                name = name.replace(f".{i}.{j}.", f".{i}.")
+                for part in ("expand_1x1", "conv_3x3", "reduce_1x1"):
+                    name = name.replace(part, f"downsampling_layer.{part}")
+    for i in range(2, 5):
+        for suffix in ("weight", "bias"):
+            name = name.replace(f".global_rep.{i}.{suffix}", f".layernorm.{suffix}")
+    for old, new in ((".global_rep.", ".transformer."), (".pre_norm_mha.0.", ".layernorm_before."),
+                     (".pre_norm_mha.1.out_proj.", ".attention.output.dense."),
+                     (".pre_norm_ffn.0.", ".layernorm_after."),
+                     (".pre_norm_ffn.1.", ".intermediate.dense."),
+                     (".pre_norm_ffn.4.", ".output.dense."),
+                     (".transformer.", ".transformer.layer."), (".aspp_layer.", "."),
+                     (".aspp_pool.", "."), ("seg_head.", "segmentation_head."),
+                     ("segmentation_head.classifier.classifier.", "segmentation_head.classifier.")):
+        name = name.replace(old, new)
+    if "classifier.fc." in name:
+        return name.replace("classifier.fc.", "classifier.")
+    name = name if "segmentation_head." in name else "mobilevit." + name
+    if ".pre_norm_mha.1.qkv_proj." in name:  # split into query, key, value
+        head, _, tail = name.partition(".pre_norm_mha.1.qkv_proj.")
+        return f"{head}.attention.attention.{{qkv}}.{tail}"
+    return name
+
+
+@pytest.mark.parametrize("name", ["deeplabv3_mobilevit_xxs", "deeplabv3_mobilevitv2_050"])
+def test_mlcvnets_deeplabv3_names_are_what_transformers_converter_reads(name, tmp_path):
+    """ml-cvnets' DeepLabV3 checkpoints: every key in ml-cvnets' names goes, through
+    transformers' own conversion steps, to the transformers name mvdeploy maps it to (which the
+    hub-id parity tests prove); and a bare .pt as ml-cvnets writes it (backbone under
+    encoder., the older nested classifier, an auxiliary training head) loads as the same model,
+    with the published output stride, rates and preprocessing."""
+    from mvdeploy.models.network import build_network
+    from mvdeploy.models.patches import PATCH_PRESETS
+    from mvdeploy.models.variants import SEG_CFGS
+    from mvdeploy.models.weights import foreign_keys
+    from tests.test_mobilevit_v2 import _transformers_name
+
+    # torch's default init is enough to tell the tensors apart (and 30 s cheaper for v2 than
+    # create_model's input-sensitive seeding)
+    model = build_network(SEG_CFGS[name], num_classes=21, patch_sizes=PATCH_PRESETS["A"]).eval()
+    backbone = model.backbone_cfg
+    for key in model.state_dict():
+        (cvnets,) = foreign_keys(key, "mlcvnets", backbone.depths, backbone.family, "segmentation")
+        hf = foreign_keys(key, "huggingface", backbone.depths, backbone.family, "segmentation")
+        if backbone.family == "v2":
+            assert [_transformers_name(cvnets)] == hf, (key, cvnets)
+        else:
+            oracle = _transformers_v1_name(cvnets)
+            assert (oracle == hf[0] if len(hf) == 1 else
+                    [oracle.replace("{qkv}", p) for p in ("query", "key", "value")] == hf), \
+                (key, cvnets, oracle, hf)
+    state = export_state_dict(model, "mlcvnets")
+    as_written = {(k.replace("seg_head.classifier.", "seg_head.classifier.classifier.")
+                   if k.startswith("seg_head.") else f"encoder.{k}"): v for k, v in state.items()}
+    as_written["seg_head.aux_head.0.block.conv.weight"] = torch.zeros(2, 2, 1, 1)
+    torch.save(as_written, tmp_path / f"{name}.pt")
+    loaded = load_pretrained(tmp_path / f"{name}.pt")
+    assert loaded.cfg == model.cfg and loaded.checkpoint["source"] == "mlcvnets"
+    assert loaded.preprocessing.shorter_side(512, 512) == 544
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

@@ -174,6 +174,19 @@ _MLCVNETS_BLOCKS: dict[str, list[_Rule]] = {
 }
 
 
+# ml-cvnets' DeepLabV3 head (cvnets/models/segmentation/heads/deeplabv3.py, modules/
+# aspp_block.py): seg_head.aspp.aspp_layer holds ASPP's convs (the pooling branch inside its
+# aspp_pool Sequential) and project; the classifier is a ConvLayer2d. transformers'
+# convert_mlcvnets_to_pytorch.py (v1 and v2) maps these to segmentation_head.*
+_MLCVNETS_SEG_HEAD: list[_Rule] = [
+    (r"^aspp\.convs\.4\.conv_1x1\.", "seg_head.aspp.aspp_layer.convs.4.aspp_pool.conv_1x1.block."),
+    (r"^aspp\.convs\.(\d)\.", r"seg_head.aspp.aspp_layer.convs.\1.block."),
+    (r"^aspp\.fuse\.", "seg_head.aspp.aspp_layer.project.block."),
+    (r"^classifier\.", "seg_head.classifier.block.conv."),
+    (r"\.bn\.", ".norm."),
+]
+
+
 def _mlcvnets_rules(depths: tuple[int, int, int], family: str = "v1") -> list[_Rule]:
     # ml-cvnets keeps the block's final LayerNorm as global_rep[depth]: the index depends on depth
     def final_norm(m: re.Match) -> str:
@@ -198,10 +211,14 @@ def foreign_keys(key: str, source: Source, depths: tuple[int, int, int] = (2, 4,
     if source == "mvdeploy":
         return [key]
     if task == "segmentation":
-        if source != "huggingface":
-            raise CheckpointError(f"DeepLabV3 weights load from Hugging Face checkpoints only "
-                                  f"so far, not {source}")
-        rules = _HF_SEG_RULES[family]
+        if source == "huggingface":
+            rules = _HF_SEG_RULES[family]
+        elif source == "mlcvnets":  # the head's own names; the backbone's as a classifier's
+            rules = _MLCVNETS_SEG_HEAD if key.startswith(("aspp.", "classifier.")) \
+                else _mlcvnets_rules(depths, family)
+        else:
+            raise CheckpointError(f"DeepLabV3 weights load from Hugging Face and ml-cvnets "
+                                  f"checkpoints, not {source}")
     elif family == "v2":
         rules = {"huggingface": _HF_V2_RULES, "timm": _TIMM_V2_RULES}.get(source) \
             or _mlcvnets_rules(depths, "v2")
@@ -309,13 +326,18 @@ def _read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
             obj = obj[wrapper]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
-    return {_strip_wrappers(k): v for k, v in obj.items()}
+    # ml-cvnets segmentation files may hold a training-only auxiliary head (transformers'
+    # converter drops it too)
+    return {_strip_wrappers(k): v for k, v in obj.items()
+            if not _strip_wrappers(k).startswith("seg_head.aux_head.")}
 
 
 def _strip_wrappers(key: str) -> str:
     for prefix in ("module.", "encoder."):  # DataParallel / ml-cvnets segmentation wrappers
         key = key.removeprefix(prefix)
-    return key
+    # older ml-cvnets releases nest the DeepLabV3 classifier once more (transformers'
+    # convert_mlcvnets_to_pytorch.py undoes the same)
+    return key.replace("seg_head.classifier.classifier.", "seg_head.classifier.")
 
 
 def detect_family(state: Mapping[str, torch.Tensor], source: Source) -> str:
@@ -342,9 +364,11 @@ def detect_source(state: Mapping[str, torch.Tensor], where: object) -> Source:
     )
 
 
-def _infer_cfg(state: Mapping[str, torch.Tensor], source: Source, where: object) -> ModelCfg:
+def _infer_cfg(state: Mapping[str, torch.Tensor], source: Source, where: object,
+               segmentation: bool = False) -> ModelCfg:
     """Pick the variant whose widths match the checkpoint's (stem, exp conv, transformer dims;
-    for v2 the stem and transformer dims, which set the width multiplier)."""
+    for v2 the stem and transformer dims, which set the width multiplier). A segmentation
+    backbone has no exp conv: its stem and transformer dims tell v1's variants apart too."""
     family = detect_family(state, source)
 
     def width(our_key: str) -> int | None:
@@ -366,7 +390,8 @@ def _infer_cfg(state: Mapping[str, torch.Tensor], source: Source, where: object)
         tuple(width(f"stages.{i}.1.to_tokens.weight") for i in (2, 3, 4)),
     )
     for cfg in MODEL_CFGS.values():
-        if found == (cfg.channels[0], cfg.channels[6], cfg.hidden_sizes):
+        exp = None if segmentation else cfg.channels[6]
+        if found == (cfg.channels[0], exp, cfg.hidden_sizes):
             return cfg
     raise CheckpointError(
         f"{where}: widths stem={found[0]} exp={found[1]} transformer dims={found[2]} match none "
@@ -488,8 +513,24 @@ _HF_SEG_DEFAULTS = {"v1": {"output_stride": 32, "atrous_rates": (6, 12, 18),
 
 
 def _has_seg_head(state: Mapping[str, torch.Tensor]) -> bool:
-    """A DeepLabV3 head's tensors (transformers' names or ours)."""
-    return any(k.startswith(("segmentation_head.", "aspp.")) for k in state)
+    """A DeepLabV3 head's tensors (transformers', ml-cvnets' or our names)."""
+    return any(k.startswith(("segmentation_head.", "seg_head.", "aspp.")) for k in state)
+
+
+# A bare ml-cvnets DeepLabV3 file: the published checkpoints' input, as transformers'
+# convert_mlcvnets_to_pytorch.py records it for them (MobileViTImageProcessor(crop_size=512,
+# size=544): BGR, scale 1/255, shorter side 544, centre crop 512)
+MLCVNETS_SEG_PREPROCESSING = Preprocessing(crop_pct=512 / 544)
+
+
+def _mlcvnets_seg_cfg(state: Mapping[str, torch.Tensor], path: Path) -> DeepLabV3Cfg:
+    """The DeepLabV3 variant of a bare ml-cvnets file: the backbone from its widths, the ASPP
+    width from its weights, the output stride and rates ml-cvnets trains with (its deeplabv3
+    defaults, which transformers' converters assume too: they are not in the weights)."""
+    backbone = _infer_cfg(state, "mlcvnets", path, segmentation=True)
+    channels = state.get("seg_head.aspp.aspp_layer.convs.0.block.conv.weight")
+    seg = SEG_CFGS[f"deeplabv3_{backbone.name}"]
+    return seg if channels is None else replace(seg, aspp_channels=int(channels.shape[0]))
 
 
 def _is_segmentation(conf: dict) -> bool:
@@ -699,13 +740,20 @@ def load_pretrained(path: str | Path, *, patch_sizes: PatchSizes = PATCH_PRESETS
         source = detect_source(state, path)
     else:
         state = _read_tensor_file(path)
-        if _has_seg_head(state):
+        mlcvnets_seg = any(k.startswith("seg_head.") for k in state)
+        if _has_seg_head(state) and not mlcvnets_seg:
             raise CheckpointError(f"{path} is a bare DeepLabV3 state dict: load its Hugging "
                                   "Face folder, whose config.json gives the output stride and "
                                   "ASPP rates")
         source = detect_source(state, path)
-        cfg = _infer_cfg(state, source, path)
-        preprocessing, origin = _bare_file_preprocessing(source, cfg, path)
+        if mlcvnets_seg:  # ml-cvnets' own file: its defaults for what the weights do not hold
+            cfg = _mlcvnets_seg_cfg(state, path)
+            preprocessing, origin = MLCVNETS_SEG_PREPROCESSING, (
+                f"the published DeepLabV3 checkpoints' (shorter side 544, crop 512, BGR), as "
+                f"transformers' converter records them ({path.name} is a bare ml-cvnets file)")
+        else:
+            cfg = _infer_cfg(state, source, path)
+            preprocessing, origin = _bare_file_preprocessing(source, cfg, path)
     _refuse_non_finite(state, found.weights if path.is_dir() else path)
     weights_task = "segmentation" if _has_seg_head(state) else "classification"
     if weights_task != cfg.task:
