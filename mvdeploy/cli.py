@@ -271,7 +271,7 @@ _HELP = _export_help()
 @click.option("--dynamic-batch", is_flag=True, default=None, help=_HELP["dynamic_batch"])
 @click.option("--mask", is_flag=True, default=None,
               help="Segmentation: output the class index of every input pixel (int32 "
-                   "[B, H, W], named mask) instead of logits at 1/16 of the input.")
+                   "[B, H, W], named mask) instead of logits at 1/output-stride of the input.")
 @_format_flags
 # the choices are models.FOLD_IMPLS, written out: importing models would import torch
 @click.option("--fold", type=click.Choice(["auto", "nhwc", "rank4", "permute"]),

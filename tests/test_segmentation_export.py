@@ -218,6 +218,16 @@ def test_trained_fixture_mask_export_predicts_and_evals_as_pytorch(tmp_path, cap
     want = segmentation.masks(segmentation.upsample(logits, 128, 128))[0]
     written = np.asarray(Image.open(tmp_path / "masks" / "0000_mask.png"))
     assert len(np.unique(want)) >= 3 and (written == want).mean() >= 0.999
+    # formats without embedded metadata (ExecuTorch) are read through the manifest's record
+    from mvdeploy.readback.inspect import inspect_artifact
+    from mvdeploy.readback.predict import embedded_metadata, fidelity
+
+    info = inspect_artifact(row["artifact"])
+    assert embedded_metadata({**info, "metadata": {}})["output_kind"] == "mask"
+    # against the .pt2 export wrote beside it, which outputs the mask too
+    (program,) = (tmp_path / "out").glob("*.pt2")
+    metrics, _ = fidelity(row["artifact"], program, [photo])
+    assert metrics.top1_agreement >= 0.999
 
 
 # CI time: the MediaPipe test below proves NHWC per-pixel output, and

@@ -308,6 +308,9 @@ def test_mlcvnets_deeplabv3_names_are_what_transformers_converter_reads(name, tm
     torch.save(as_written, tmp_path / f"{name}.pt")
     loaded = load_pretrained(tmp_path / f"{name}.pt")
     assert loaded.cfg == model.cfg and loaded.checkpoint["source"] == "mlcvnets"
+    # what ml-cvnets' PASCAL VOC configs train with (deeplabv3_mobilevit.yaml and
+    # deeplabv3_mobilevitv2.yaml): the file does not hold it
+    assert (loaded.cfg.output_stride, loaded.cfg.atrous_rates) == (16, (6, 12, 18))
     assert loaded.preprocessing.shorter_side(512, 512) == 544
     x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():

@@ -226,7 +226,8 @@ def _describe_for_xcode(model, job: Job) -> None:
         model.output_description[CLASS_PROBS] = "Probability of each class"
     elif job.captured.output == MASK_NAME:
         model.output_description[MASK_NAME] = (
-            f"Class index of every pixel [1, {height}, {width}] (int32), in the image's "
+            f"Class index of every pixel [{job.captured.example.shape[0]}, {height}, {width}] "
+            "(int32), in the image's "
             "resized and cropped frame; the class names are in the mvdeploy metadata")
     else:
         model.output_description[OUTPUT_NAME] = "Class logits (apply softmax for probabilities)"

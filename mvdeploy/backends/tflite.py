@@ -571,8 +571,8 @@ import com.google.mediapipe.framework.image.ByteBufferExtractor
 import com.google.mediapipe.tasks.core.BaseOptions
 import com.google.mediapipe.tasks.vision.imagesegmenter.ImageSegmenter
 
-// The class of every pixel of the {width}x{height} crop, row by row; segmenter.labels names them.
-fun segment(context: Context, photo: Bitmap): ByteArray {{
+// The class of every pixel of the {width}x{height} crop, row by row, and the class names.
+fun segment(context: Context, photo: Bitmap): Pair<ByteArray, List<String>> {{
     val options = ImageSegmenter.ImageSegmenterOptions.builder()
         .setBaseOptions(BaseOptions.builder().setModelAssetPath("{art['file']}").build())
         .setOutputCategoryMask(true).setOutputConfidenceMasks(false).build()
@@ -580,8 +580,9 @@ fun segment(context: Context, photo: Bitmap): ByteArray {{
 {kotlin_crop(prep, "    // " + how.format("    //"))}\
     val result = segmenter.segment(BitmapImageBuilder(crop).build())
     val mask = ByteBufferExtractor.extract(result.categoryMask().get())
+    val labels = segmenter.labels
     segmenter.close()
-    return ByteArray(mask.remaining()).also {{ mask.get(it) }}
+    return ByteArray(mask.remaining()).also {{ mask.get(it) }} to labels
 }}
 """
 

@@ -81,7 +81,7 @@ def standard_metadata(model: bytes, record: dict) -> bytes:
     scores_out = kind != "mask"  # export.mask: the class indices, for an app's own code
     if not scores_out:  # MediaPipe's ImageSegmenter reads scores: none here to describe
         outputs = metadata_info.TensorMd(
-            name=kind, description=f"class index of every pixel [1, {height}, {width}] (int32) "
+            name=kind, description=f"class index of every pixel [batch, {height}, {width}] (int32) "
             f"in the resized and cropped frame; class names in {LABEL_FILE}",
             associated_files=[metadata_info.LabelFileMd(LABEL_FILE)])
     elif segmentation:  # what MediaPipe's ImageSegmenter reads: NHWC [1, h, w, classes] scores

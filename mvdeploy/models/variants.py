@@ -129,9 +129,11 @@ SEG_CFGS: dict[str, DeepLabV3Cfg] = {
         *(DeepLabV3Cfg(f"deeplabv3_{v}", v, 256, (6, 12, 18), paper_miou=miou)
           for v, miou in (("mobilevit_xxs", 73.6), ("mobilevit_xs", 77.1),
                           ("mobilevit_s", 79.1))),
-        # v2: ml-cvnets' deeplabv3 defaults for MobileViTv2 (aspp 512, rates 12/24/36), which
-        # transformers' converter also assumes where a config does not say
-        *(DeepLabV3Cfg(f"deeplabv3_{v}", v, 512, (12, 24, 36)) for v in V2_CFGS),
+        # v2: what ml-cvnets trains DeepLabV3-MobileViTv2 on PASCAL VOC with
+        # (config/segmentation/pascal_voc/deeplabv3_mobilevitv2.yaml: output stride 16, ASPP
+        # 512 channels, rates 6/12/18); 12/24/36 is only transformers' converter's fallback
+        # and ml-cvnets' ADE20K config (output stride 8)
+        *(DeepLabV3Cfg(f"deeplabv3_{v}", v, 512, (6, 12, 18)) for v in V2_CFGS),
     )
 }
 

@@ -82,7 +82,7 @@ class ExportSection:
     # (model_fp16, model_quantized); "mvdeploy": out/<format>/<stem>.<suffix> only
     layout: str = "mvdeploy"
     # segmentation: output the class index of every input pixel ("mask", int32 [B, H, W]:
-    # logits upsampled bilinearly, then the argmax) instead of logits at 1/16 of the input
+    # logits upsampled bilinearly, then the argmax) instead of logits at 1/output-stride
     mask: bool = False
 
 

@@ -20,6 +20,7 @@ from mvdeploy.native_output import redirect_native_output
 from mvdeploy.readback.inspect import inspect_artifact
 from mvdeploy.runner import run_batched
 from mvdeploy.tasks import DEFAULT_TASK, get_task
+from mvdeploy.tensor_names import MASK_NAME, PROBS_NAME
 
 
 def embedded_metadata(info: dict) -> dict:
@@ -29,6 +30,7 @@ def embedded_metadata(info: dict) -> dict:
         model = manifest["model"]
         meta = {"resolution": model["resolution"], "labels": manifest["labels"],
                 "preprocessing": manifest["preprocessing"],
+                "output_kind": _output_kind(manifest["artifact"].get("outputs") or []),
                 **{k: model[k] for k in ("task", "num_classes", "name", "patch_sizes")
                    if k in model}}
         meta["model"] = meta.pop("name", None)
@@ -45,6 +47,13 @@ def embedded_metadata(info: dict) -> dict:
                             "beside it: export it with mvdeploy")
     _check_record(meta, info)
     return meta
+
+
+def _output_kind(outputs: list[dict]) -> str:
+    """What the artifact's scores output holds, from its name (tensor_names: the names are the
+    contract), for records rebuilt from a manifest (formats without embedded metadata)."""
+    names = [o.get("name") for o in outputs]
+    return "mask" if MASK_NAME in names else "probabilities" if PROBS_NAME in names else "logits"
 
 
 def _check_record(meta: dict, info: dict) -> None:
@@ -155,6 +164,6 @@ def fidelity(artifact: str | Path, program: str | Path, images: list[Path]):
     x, used, _ = load_images(images, height, width, artifact_preprocessing(meta))  # or raises
     got = _scores(info, x)
     reference = run_batched(get_backend("torch").load(Path(program)), x, 1)
-    if meta.get("output_kind", "logits") != "logits":
+    if meta.get("output_kind", "logits") == "probabilities":  # a mask is compared as it is
         reference = task.softmax(reference)
     return task.compare(reference, got), used

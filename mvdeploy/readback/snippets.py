@@ -31,6 +31,10 @@ def snippet(manifest: Manifest, client: str | None = None) -> tuple[str, str]:
     """(language, code) for the manifest's artifact; `client`: one of its snippet_clients.
     Each format writes its task's code (classify, or segment for segmentation)."""
     fmt = manifest.format
+    batch = (manifest.artifact.get("inputs") or [{}])[0].get("shape", [1])[0]
+    if isinstance(batch, int) and batch != 1:  # the snippets feed one photo
+        raise ArtifactError(f"{manifest.artifact['file']} takes a batch of {batch}, and the "
+                            "snippets feed one photo at a time: export with --batch 1")
     offered = [s for s in specs() if s.snippet_language]
     spec = next((s for s in offered if s.name == fmt), None)
     if spec is None:
