@@ -68,25 +68,29 @@ def run_isolated(fn: Callable[..., T], *args: Any, log: Path | None = None) -> T
         return fn(*args)
     context = multiprocessing.get_context("fork")
     reader, writer = context.Pipe(duplex=False)
-    # the child's temporary files (coremltools writes a package per conversion and removes it
-    # in a finaliser that a child's exit never runs) go here, and go when the child does
-    scratch = tempfile.mkdtemp(prefix="mvdeploy-convert-")
-    child = context.Process(target=_child, args=(writer, fn, args, scratch), daemon=True)
-    child.start()
-    writer.close()
-    try:
+    child, scratch = None, None
+    try:  # from here on, a signal (SIGTERM, Ctrl-C) still removes the scratch folder
+        # the child's temporary files (coremltools writes a package per conversion and removes
+        # it in a finaliser that a child's exit never runs) go here, and go when the child does
+        scratch = tempfile.mkdtemp(prefix="mvdeploy-convert-")
+        child = context.Process(target=_child, args=(writer, fn, args, scratch), daemon=True)
+        child.start()
+        writer.close()
         try:
             message = reader.recv()
         except EOFError:  # the child died before sending anything
             message = None
         child.join()
     except BaseException:
-        child.kill()
-        child.join()
+        if child is not None and child.pid is not None:
+            child.kill()
+            child.join()
         raise
     finally:
         reader.close()
-        shutil.rmtree(scratch, ignore_errors=True)
+        writer.close()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     if message is None:
         raise ChildCrashed(child.exitcode, last_line(log))
     kind, payload, description, child_traceback = message
