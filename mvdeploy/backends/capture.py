@@ -44,16 +44,15 @@ def capture(model: torch.nn.Module, example: torch.Tensor, *,
     segmentation model's argmax mask at the input's size instead of its logits."""
     from mvdeploy.models.heads import ArgmaxMask
 
-    model = model.eval()
+    plain = model.eval()
     output = MASK_NAME if mask else OUTPUT_NAME
-    model = NamedOutputs(ArgmaxMask(model) if mask else model, output).eval()
+    model = NamedOutputs(ArgmaxMask(plain) if mask else plain, output).eval()
     dynamic_shapes = None
     if dynamic_batch:
         dynamic_shapes = {INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=1024)}}
     with torch.no_grad():
         program = torch.export.export(model, (), {INPUT_NAME: example},
                                       dynamic_shapes=dynamic_shapes)
-    plain = model.model.model if mask else model.model
     labels = getattr(plain, "class_labels", None)
     return Captured(program=program, example=example, dynamic_batch=dynamic_batch,
                     labels=tuple(labels) if labels else None,

@@ -28,7 +28,7 @@ from mvdeploy.backends import (
     tensor_info,
 )
 from mvdeploy.backends.pt2e import PT2E_PACKAGE
-from mvdeploy.backends.snippet_text import swift_region
+from mvdeploy.backends.snippet_text import is_segmentation, swift_region
 from mvdeploy.errors import ArtifactError, ConfigError
 from mvdeploy.tensor_names import INPUT_NAME, MASK_NAME, OUTPUT_NAME
 from mvdeploy.version import __version__
@@ -393,7 +393,7 @@ def snippet(manifest: dict) -> str:
     art, prep = manifest["artifact"], manifest["preprocessing"]
     (image,) = art["inputs"]
     names = [o["name"] for o in art["outputs"]]
-    if (manifest.get("model") or {}).get("task") == "segmentation":
+    if is_segmentation(manifest):
         return _segmentation_snippet(art, prep)
     if image["dtype"] != "image" or len(names) != 2:
         raise ArtifactError("the Swift snippet uses Vision, which needs an image input and a "

@@ -31,7 +31,7 @@ from mvdeploy.backends import (
     require,
     tensor_info,
 )
-from mvdeploy.backends.snippet_text import kotlin_channel_expr, kotlin_crop
+from mvdeploy.backends.snippet_text import is_segmentation, kotlin_channel_expr, kotlin_crop
 from mvdeploy.tensor_names import INPUT_NAME, MASK_NAME, OUTPUT_NAME
 
 METHOD = "forward"
@@ -164,7 +164,7 @@ def snippet(manifest: dict) -> str:
     channels = "\n".join(f"        input[{c * plane} + i] = {kotlin_channel_expr(name, prep)}"
                          for c, name in enumerate(order))
     labels = manifest.get("labels")
-    segmentation = (manifest.get("model") or {}).get("task") == "segmentation"
+    segmentation = is_segmentation(manifest)
     labels_line = ("    val labels = context.assets.open(\"labels.txt\")"
                    ".bufferedReader().readLines()\n" if labels and not segmentation else "")
     version = art.get("executorch", "")
@@ -187,8 +187,8 @@ def snippet(manifest: dict) -> str:
     else:
         _, classes, rows, cols = out["shape"]
         signature = "fun segment(context: Context, photo: Bitmap): IntArray"
-        kind = (f"logits at 1/16 of the crop; this returns the class of each cell of the "
-                f"{rows}x{cols} grid,\n// row by row (export with --mask for every pixel)")
+        kind = (f"logits on a {rows}x{cols} grid over the crop; this returns the class of each "
+                "cell,\n// row by row (export with --mask for every pixel)")
         read = f"""\
     val scores = {forward}.dataAsFloatArray
     return IntArray({rows * cols}) {{ cell ->

@@ -4,6 +4,11 @@ Kotlin), from the manifest's preprocessing record."""
 from __future__ import annotations
 
 
+def is_segmentation(manifest: dict) -> bool:
+    """Whether the manifest's model segments (its snippet is segment(), not classify())."""
+    return (manifest.get("model") or {}).get("task") == "segmentation"
+
+
 def crop_text(prep: dict) -> str:
     height, width = prep["crop"]
     return f"resize the shorter side to {prep['resize_shorter_side']}, centre-crop {height}x{width}"

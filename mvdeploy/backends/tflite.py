@@ -27,7 +27,13 @@ from mvdeploy.backends import (
     require,
     tensor_info,
 )
-from mvdeploy.backends.snippet_text import crop_text, kotlin_channel_expr, kotlin_crop, python_crop
+from mvdeploy.backends.snippet_text import (
+    crop_text,
+    is_segmentation,
+    kotlin_channel_expr,
+    kotlin_crop,
+    python_crop,
+)
 from mvdeploy.backends.tflite_metadata import (
     LABEL_FILE,
     STANDARD_NAME,
@@ -369,7 +375,7 @@ def snippet(manifest: dict, client: str | None = None) -> str:
     for a segmentation model)."""
     if client:
         return _mediapipe_snippet(manifest, kotlin=client == "mediapipe")
-    if (manifest.get("model") or {}).get("task") == "segmentation":
+    if is_segmentation(manifest):
         return _segmentation_snippet(manifest)
     art, prep = manifest["artifact"], manifest["preprocessing"]
     (inp,) = art["inputs"]
@@ -448,7 +454,7 @@ def _interpreter_input(art: dict, prep: dict, labels_line: str = "") -> str:
 
 def _segmentation_snippet(manifest: dict) -> str:
     """Kotlin for a segmentation .tflite: the class of every pixel of the crop from a mask
-    output (export --mask), or of every cell of the logits' grid (1/16 of the crop)."""
+    output (export --mask), or of every cell of the logits' grid (1/output-stride of the crop)."""
     art, prep = manifest["artifact"], manifest["preprocessing"]
     (inp,) = art["inputs"]
     (out,) = art["outputs"]
@@ -507,7 +513,7 @@ def _mediapipe_snippet(manifest: dict, *, kotlin: bool) -> str:
                             "(the shipped *_android.toml configs do)")
     comment = "here rather than\n{0} through MediaPipe's region of interest, whose resize " \
               "differs on downscaled photos.\n"
-    if (manifest.get("model") or {}).get("task") == "segmentation":
+    if is_segmentation(manifest):
         if art["outputs"][0]["name"] == MASK_NAME:
             raise ArtifactError(f"{art['file']} outputs a mask (export --mask), and MediaPipe's "
                                 "ImageSegmenter reads class scores: export without --mask (the "

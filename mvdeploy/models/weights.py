@@ -328,8 +328,8 @@ def _read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
     # ml-cvnets segmentation files may hold a training-only auxiliary head (transformers'
     # converter drops it too)
-    return {_strip_wrappers(k): v for k, v in obj.items()
-            if not _strip_wrappers(k).startswith("seg_head.aux_head.")}
+    stripped = ((_strip_wrappers(k), v) for k, v in obj.items())
+    return {k: v for k, v in stripped if not k.startswith("seg_head.aux_head.")}
 
 
 def _strip_wrappers(key: str) -> str:

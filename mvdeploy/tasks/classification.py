@@ -253,6 +253,13 @@ def predictions(scores: np.ndarray, output_kind: str, labels: list[str] | None,
             for p in probs]
 
 
+def decisive_rows(ref: np.ndarray) -> np.ndarray:
+    """Which rows of reference scores [N, classes] have a top-1 that is not a near tie: the two
+    best classes at least DECISIVE_MARGIN row standard deviations apart."""
+    top2 = np.sort(ref, axis=1)[:, -2:] if ref.shape[1] > 1 else np.zeros((len(ref), 2))
+    return (top2[:, 1] - top2[:, 0]) >= DECISIVE_MARGIN * ref.std(axis=1)
+
+
 def compare(reference: np.ndarray, candidate: np.ndarray) -> Metrics:
     """Metrics of `candidate` against `reference`, both [N, classes]."""
     ref = reference.astype(np.float64).reshape(len(reference), -1)
@@ -262,8 +269,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> Metrics:
     snr = SNR_CAP_DB if noise == 0 else min(SNR_CAP_DB, 10 * math.log10(max(signal, 1e-30) / noise))
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
     same_top1 = ref.argmax(1) == out.argmax(1)
-    top2 = np.sort(ref, axis=1)[:, -2:] if ref.shape[1] > 1 else np.zeros((len(ref), 2))
-    decisive = (top2[:, 1] - top2[:, 0]) >= DECISIVE_MARGIN * ref.std(axis=1)
+    decisive = decisive_rows(ref)
     cosine = float(np.mean((ref * out).sum(axis=1) / np.maximum(norms, 1e-30)))
     max_abs = float(np.abs(err).max())
     return Metrics(

@@ -59,8 +59,7 @@ def compare_masks(reference: np.ndarray, candidate: np.ndarray) -> Metrics:
     if reference.ndim == 4:
         rows = _pixels(reference).astype(np.float64)
         truth, classes = rows.argmax(1), reference.shape[1]
-        top2 = np.sort(rows, axis=1)[:, -2:]
-        decisive = (top2[:, 1] - top2[:, 0]) >= classification.DECISIVE_MARGIN * rows.std(1)
+        decisive = classification.decisive_rows(rows)
     else:
         truth = reference.reshape(-1)
         classes, decisive = int(max(truth.max(), found.max())) + 1, np.ones(len(truth), bool)
