@@ -122,10 +122,15 @@ def calibrate_(model: nn.Module, head: nn.Linear, images: np.ndarray | None = No
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average: one batch sets the statistics exactly
-    model.train()
-    forward(model, x)
+    # only the norms learn: a dropout left in training mode (transformers' MobileViT has them)
+    # would draw from the global random stream, so the statistics would differ from process
+    # to process (a pytest-xdist worker rebuilding a checkpoint got other weights)
     model.eval()
     for norm in norms:
+        norm.train()
+    forward(model, x)
+    for norm in norms:
+        norm.eval()
         norm.momentum = 0.1
     logits = forward(model, x)
     head.weight.div_(logits.std().clamp_min(1e-6))
