@@ -215,10 +215,11 @@ def export_hub_id_to_every_format(model: str, repo: str, cache: Path, out: Path,
     return report
 
 
-
-# mediapipe 1.2.3: a task closed or garbage-collected while the test process goes on can
-# deadlock in its dispatcher, so the snippets' namespaces (and their tasks) live until it ends
-_SNIPPET_NAMESPACES: list = []
+# mediapipe 1.2.3: a task (ImageClassifier, ImageSegmenter) closed or garbage-collected while the
+# test process goes on can deadlock in its serial dispatcher (close() waits on a future nothing
+# completes), so the tasks tests make, and the snippets' namespaces holding them, go in here
+# and live until the process ends
+MEDIAPIPE_KEEP_ALIVE: list = []
 
 
 def run_python_snippet(tflite: Path) -> dict:
@@ -235,5 +236,5 @@ def run_python_snippet(tflite: Path) -> dict:
         exec(compile(code, "mediapipe_snippet.py", "exec"), namespace)
     finally:
         os.chdir(cwd)
-    _SNIPPET_NAMESPACES.append(namespace)
+    MEDIAPIPE_KEEP_ALIVE.append(namespace)
     return namespace

@@ -24,7 +24,12 @@ from mvdeploy.fixtures import checkpoint_dir
 from mvdeploy.models import PATCH_PRESETS
 from mvdeploy.models.weights import load_pretrained
 from mvdeploy.readback.snippets import load_manifest
-from tests.helpers import eval_top1, export_with_fixture, run_python_snippet
+from tests.helpers import (
+    MEDIAPIPE_KEEP_ALIVE,
+    eval_top1,
+    export_with_fixture,
+    run_python_snippet,
+)
 
 pytestmark = [pytest.mark.clients, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
@@ -49,12 +54,6 @@ def _pytorch_probabilities(paths: list[Path]) -> np.ndarray:
         return torch.softmax(model(torch.from_numpy(x)), -1).numpy()
 
 
-# mediapipe 1.2.3: an ImageClassifier closed or garbage-collected while the test process goes on
-# can deadlock in its serial dispatcher (close() waits on a future nothing completes), so the
-# classifiers made here live until the process ends.
-_KEEP_ALIVE: list = []
-
-
 @pytest.fixture(scope="module")
 def mediapipe_classify(android):
     """The Python snippet mvdeploy writes, run as a user would (from the artifact's folder)."""
@@ -68,7 +67,7 @@ def test_mediapipe_loads_the_android_tflite_as_it_is(android):
     from mediapipe.tasks.python import vision
 
     (tflite,) = (android / "tflite").glob("*.tflite")
-    _KEEP_ALIVE.append(vision.ImageClassifier.create_from_model_path(str(tflite)))
+    MEDIAPIPE_KEEP_ALIVE.append(vision.ImageClassifier.create_from_model_path(str(tflite)))
 
 
 def test_mediapipe_top1_on_rgb_photos_matches_pytorch_with_labels_from_the_file(

@@ -7,6 +7,9 @@ transformers' own logits on transformers' own processor output."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +32,7 @@ def segmentation_fixture_dir():
 
     return segmentation_checkpoint_dir()
 
+
 # what transformers' convert_mlcvnets_to_pytorch.py writes for the DeepLabV3 checkpoints
 # (MobileViTImageProcessor(crop_size=512, size=544)), in the older flat form
 APPLE_SEG_PREPROCESSOR = {"crop_size": 512, "do_center_crop": True, "do_flip_channel_order": True,
@@ -42,6 +46,18 @@ def _export(tmp_path, capsys, *args) -> dict:
     out = capsys.readouterr().out
     assert code == 0, out
     return {f["format"]: f for f in json.loads(out)["formats"]}
+
+
+def _export_config_with_fixture(config: str, out: Path, *args: str) -> None:
+    """export_configs/<config>.toml with the trained segmentation fixture at 128x128, as a user
+    runs it, in its own process: a converter forked from a test process that has run
+    onnxruntime sessions once hung on a lock held at fork time."""
+    done = subprocess.run(
+        [sys.executable, "-m", "mvdeploy.cli", "export", f"export_configs/{config}.toml",
+         "--set", f"model.weights={segmentation_fixture_dir()}", "--set",
+         "model.resolution=128", "--set", f"export.out={out}", *args],
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
 
 
 def voc_folder(root, photos, masks) -> None:
@@ -320,7 +336,6 @@ def test_bench_seeds_a_segmentation_model_as_a_folder(tmp_path):
     assert seeded_weights(tmp_path, "deeplabv3_mobilevit_xxs") == folder  # cached
 
 
-
 @pytest.mark.slow
 @needs("tflite")
 def test_mediapipe_image_segmenter_loads_the_android_tflite_and_agrees_with_pytorch(tmp_path):
@@ -332,9 +347,6 @@ def test_mediapipe_image_segmenter_loads_the_android_tflite_and_agrees_with_pyto
     upsamples the logits bilinearly with aligned corners before the argmax (measured against
     it); the scenes are fed at 128x128, so MediaPipe's own resize changes nothing."""
     pytest.importorskip("mediapipe")
-    import subprocess
-    import sys
-
     import torch.nn.functional as F
 
     from mvdeploy.data import normalise
@@ -345,14 +357,7 @@ def test_mediapipe_image_segmenter_loads_the_android_tflite_and_agrees_with_pyto
 
     fixture = segmentation_fixture_dir()
     out = tmp_path / "android"
-    # the command as a user runs it, in its own process: a converter forked from this test
-    # process (which has run onnxruntime sessions) once hung on a lock held at fork time
-    done = subprocess.run(
-        [sys.executable, "-m", "mvdeploy.cli", "export",
-         "export_configs/deeplabv3_mobilevit_xxs_android.toml", "--set",
-         f"model.weights={fixture}", "--set", "model.resolution=128", "--set",
-         f"export.out={out}", "-f", "tflite"], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
+    _export_config_with_fixture("deeplabv3_mobilevit_xxs_android", out, "-f", "tflite")
     (tflite,) = (out / "tflite").glob("*.tflite")
     # the Python snippet mvdeploy writes for it, run as a user would (from the file's folder)
     namespace = run_python_snippet(tflite)
@@ -414,7 +419,6 @@ def test_trained_fixture_miou_through_eval_equals_pytorch(tmp_path, capsys):
     assert "not onnx" in capsys.readouterr().err
 
 
-
 @pytest.mark.slow
 @needs("coreml")
 def test_ios_config_gives_image_input_and_a_mask_core_ml_computes_as_pytorch(tmp_path, capsys):
@@ -422,9 +426,6 @@ def test_ios_config_gives_image_input_and_a_mask_core_ml_computes_as_pytorch(tmp
     with an image input (RGB, scale built in) and an int32 [1, 128, 128] mask output, whose
     masks (through the reference executor, fed the picture as Core ML is) are PyTorch's on
     held-out scenes."""
-    import subprocess
-    import sys
-
     from mvdeploy.fixtures.digit_scenes import scenes
     from mvdeploy.readback.inspect import inspect_artifact
     from mvdeploy.readback.snippets import load_manifest, snippet
@@ -432,13 +433,8 @@ def test_ios_config_gives_image_input_and_a_mask_core_ml_computes_as_pytorch(tmp
     fixture = segmentation_fixture_dir()
     report = segmentation.write_voc(tmp_path / "report", *scenes("held-out", 4, seed=7))
     out = tmp_path / "ios"
-    done = subprocess.run(  # as a user runs it (and no converter forked from this worker)
-        [sys.executable, "-m", "mvdeploy.cli", "export",
-         "export_configs/deeplabv3_mobilevit_xxs_ios.toml", "--set",
-         f"model.weights={fixture}", "--set", "model.resolution=128", "--set",
-         f"export.out={out}", "--images", str(report / segmentation.IMAGE_DIR)],
-        capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
+    _export_config_with_fixture("deeplabv3_mobilevit_xxs_ios", out,
+                                "--images", str(report / segmentation.IMAGE_DIR))
     manifest = json.loads((out / "coreml" / "manifest.json").read_text())
     assert manifest["validation"]["status"] == "passed"
     assert manifest["artifact"]["precision"] == "fp16"

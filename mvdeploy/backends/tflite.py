@@ -505,23 +505,20 @@ def _mediapipe_snippet(manifest: dict, *, kotlin: bool) -> str:
     interest is bilinear without antialiasing, which disagrees with the checkpoint's on
     downscaled photos (docs/apps.md, "MediaPipe"); given the crop itself it matches PyTorch."""
     art, prep = manifest["artifact"], manifest["preprocessing"]
-    how = f"As the model was trained: {crop_text(prep)}"
     if prep["input_layout"] != "NHWC" or prep["channel_order"] != "RGB":
         raise ArtifactError(f"{art['file']} takes {prep['input_layout']} {prep['channel_order']} "
                             "input; MediaPipe feeds NHWC RGB images: export with "
                             "tflite.channels_last = true and export.input_channels = RGB "
                             "(the shipped *_android.toml configs do)")
-    comment = "here rather than\n{0} through MediaPipe's region of interest, whose resize " \
-              "differs on downscaled photos.\n"
     if is_segmentation(manifest):
         if art["outputs"][0]["name"] == MASK_NAME:
             raise ArtifactError(f"{art['file']} outputs a mask (export --mask), and MediaPipe's "
                                 "ImageSegmenter reads class scores: export without --mask (the "
                                 "shipped deeplabv3_*_android.toml does)")
         return (_mediapipe_segmenter_kotlin if kotlin else _mediapipe_segmenter_python)(
-            art, prep, f"{how}, " + comment)
+            art, prep)
     if kotlin:
-        crop = kotlin_crop(prep, f"    // {how}, " + comment.format("    //"))
+        crop = kotlin_crop(prep, _crop_here_comment(prep, "//"))
         return f"""\
 // {art['file']} in src/main/assets: MediaPipe reads its labels and normalisation from the file.
 // Gradle: implementation("{MEDIAPIPE_GRADLE}")
@@ -543,7 +540,7 @@ fun classify(context: Context, photo: Bitmap): Pair<String, Float> {{
     return best.categoryName() to best.score()
 }}
 """
-    crop = python_crop(prep, f"    # {how}, " + comment.format("    #"))
+    crop = python_crop(prep, _crop_here_comment(prep, "#"))
     return f"""\
 # {art['file']} with MediaPipe Tasks (pip install mediapipe): labels and normalisation come
 # from the file itself.
@@ -564,7 +561,15 @@ def classify(path):
 """
 
 
-def _mediapipe_segmenter_kotlin(art: dict, prep: dict, how: str) -> str:
+def _crop_here_comment(prep: dict, marker: str) -> str:
+    """The MediaPipe snippets' comment on why they crop the photo themselves; `marker` starts a
+    comment line ("//" in Kotlin, "#" in Python)."""
+    return (f"    {marker} As the model was trained: {crop_text(prep)}, here rather than\n"
+            f"    {marker} through MediaPipe's region of interest, whose resize differs on "
+            "downscaled photos.\n")
+
+
+def _mediapipe_segmenter_kotlin(art: dict, prep: dict) -> str:
     height, width = prep["crop"]
     return f"""\
 // {art['file']} in src/main/assets: MediaPipe's ImageSegmenter reads its labels,
@@ -583,7 +588,7 @@ fun segment(context: Context, photo: Bitmap): Pair<ByteArray, List<String>> {{
         .setBaseOptions(BaseOptions.builder().setModelAssetPath("{art['file']}").build())
         .setOutputCategoryMask(true).setOutputConfidenceMasks(false).build()
     val segmenter = ImageSegmenter.createFromOptions(context, options)
-{kotlin_crop(prep, "    // " + how.format("    //"))}\
+{kotlin_crop(prep, _crop_here_comment(prep, "//"))}\
     val result = segmenter.segment(BitmapImageBuilder(crop).build())
     val mask = ByteBufferExtractor.extract(result.categoryMask().get())
     val labels = segmenter.labels
@@ -593,7 +598,7 @@ fun segment(context: Context, photo: Bitmap): Pair<ByteArray, List<String>> {{
 """
 
 
-def _mediapipe_segmenter_python(art: dict, prep: dict, how: str) -> str:
+def _mediapipe_segmenter_python(art: dict, prep: dict) -> str:
     return f"""\
 # {art['file']} with MediaPipe Tasks (pip install mediapipe): labels, normalisation and
 # activation come from the file itself.
@@ -609,7 +614,7 @@ segmenter = vision.ImageSegmenter.create_from_options(vision.ImageSegmenterOptio
 
 
 def segment(path):  # the class of every pixel of the crop (uint8 [H, W]), the class names
-{python_crop(prep, "    # " + how.format("    #"))}\
+{python_crop(prep, _crop_here_comment(prep, "#"))}\
     result = segmenter.segment(mp.Image(image_format=mp.ImageFormat.SRGB, data=crop))
     return result.category_mask.numpy_view().squeeze(-1), segmenter.labels
 """
